@@ -1,0 +1,1 @@
+"""Prefect flows and the ``tlp`` command line; they only compose the steps in ``tasks``."""

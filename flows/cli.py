@@ -1,0 +1,144 @@
+"""``tlp``, the command line. Heavy libraries load inside commands, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# No network here and nothing to phone home to: set before Prefect, MLflow or GX is imported.
+_QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tlp",
+        description="Orchestrated transfer-learning pipeline (Prefect, timm, GX, MLflow, DVC).",
+    )
+    parser.add_argument(
+        "-C",
+        "--project-dir",
+        type=Path,
+        default=Path("."),
+        help="project root (default: current dir)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_params_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--profile", default="default", help="params profile: default, smoke, ...")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one params value (repeatable); the value is parsed as YAML",
+        )
+
+    run = sub.add_parser("run", help="run the whole pipeline as the Prefect flow transfer_pipeline")
+    add_params_args(run)
+    stage = sub.add_parser(
+        "stage", help="run one stage with the resolved params (what dvc.yaml calls)"
+    )
+    stage.add_argument("name", help="prepare, validate, pretrain, transfer, evaluate or register")
+    params = sub.add_parser(
+        "params", help="validate params, write params.resolved.yaml and print it"
+    )
+    add_params_args(params)
+    return parser
+
+
+def _resolve(args):
+    from tasks.params import PARAMS_FILE, resolve_params
+
+    return resolve_params(args.project_dir / PARAMS_FILE, args.profile, args.overrides)
+
+
+def cmd_params(args) -> int:
+    import yaml
+
+    from tasks.params import write_resolved
+
+    params = _resolve(args)
+    path = write_resolved(params, args.project_dir)
+    print(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False), end="")
+    print(f"# written to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_stage(args) -> int:
+    from tasks.context import open_context
+    from tasks.params import load_resolved
+    from tasks.stages import get_stage
+
+    stage = get_stage(args.name)
+    ctx = open_context(args.project_dir.resolve(), load_resolved(args.project_dir))
+    stage.run(ctx)
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    print("\nTransfer pipeline finished.")
+    print(f"  MLflow tracking URI : {summary['tracking_uri']}")
+    print(f"  open the MLflow UI  : {summary['ui_command']}")
+    aliases = ", ".join(f"@{a}" for a in summary["aliases"]) or "no alias"
+    print(
+        f"  registered model    : {summary['model_name']} version {summary['version']} ({aliases})"
+    )
+    uri = f"models:/{summary['model_name']}@champion"
+    print(f"  load it with        : mlflow.pyfunc.load_model('{uri}')")
+    print("  test accuracy       :")
+    for name, m in summary["candidates"].items():
+        gain = summary["transfer_gain"].get(name)
+        extra = f"  (gain over scratch {gain:+.4f})" if gain is not None else ""
+        mark = "  <- registered" if name == summary["registered_strategy"] else ""
+        print(f"    {name:<12} {m['accuracy']:.4f}{extra}{mark}")
+    skipped = ", ".join(summary["skipped_stages"]) or "none"
+    print(f"  skipped (up to date): {skipped}")
+    print(f"  wall time           : {summary['wall_seconds']:.1f} s  (reports/summary.json)")
+
+
+def cmd_run(args) -> int:
+    _resolve(args)  # reject bad params before Prefect or any work starts
+    from flows.pipeline import transfer_pipeline
+
+    summary = transfer_pipeline(
+        profile=args.profile, overrides=args.overrides, project_dir=str(args.project_dir.resolve())
+    )
+    print_summary(summary)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "stage": cmd_stage, "params": cmd_params}
+
+
+def main(argv: list[str] | None = None) -> int:
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    args = _parser().parse_args(argv)
+    from tasks.params import ParamsError
+
+    try:
+        return COMMANDS[args.command](args)
+    except ParamsError as exc:
+        print(f"tlp: params error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tlp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line; the traceback is in the Prefect/MLflow logs
+        print(f"tlp: {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if os.environ.get("TLP_DEBUG"):
+            raise
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

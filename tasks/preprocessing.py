@@ -1,0 +1,84 @@
+"""Raw image -> model input. One function, used by training, evaluation and the served model,
+so the registered model applies exactly the preprocessing it was trained with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from tasks.params import PreprocessParams
+
+Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs instead of exhausting memory
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def read_image(path: str | Path, channels: int) -> np.ndarray:
+    """Decode an image file to uint8 HxW (grey) or HxWx3; palette and RGBA are converted."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L" if channels == 1 else "RGB"))
+
+
+def _to_float_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    arr = torch.tensor(np.asarray(image))  # a copy: decoded arrays may be read-only
+    if arr.dtype == torch.uint8:
+        arr = arr.float() / 255.0
+    elif arr.is_floating_point() or arr.dtype == torch.bool:
+        arr = arr.float()
+        if arr.numel() and (arr.min() < 0 or arr.max() > 1):
+            raise ValueError("float images must be in [0, 1]; pass uint8 for 0-255 values")
+    else:
+        raise ValueError(f"expected uint8 (0-255) or float (0-1) images, got {arr.dtype}")
+    if arr.ndim == 2:
+        return arr.unsqueeze(0)
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+        return arr[..., :3].permute(2, 0, 1)  # HWC -> CHW, alpha dropped
+    raise ValueError(f"expected an HxW or HxWxC image, got shape {tuple(arr.shape)}")
+
+
+def _match_channels(chw: torch.Tensor, channels: int) -> torch.Tensor:
+    if chw.shape[0] == channels:
+        return chw
+    if channels == 1:
+        return (chw * _LUMA[:, None, None]).sum(0, keepdim=True)
+    return chw.expand(3, -1, -1)
+
+
+def _resize(batch: torch.Tensor, size: int) -> torch.Tensor:
+    if batch.shape[-2:] == (size, size):
+        return batch
+    return F.interpolate(
+        batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
+
+
+def preprocess(
+    images: Sequence[np.ndarray | str | Path] | np.ndarray,
+    cfg: PreprocessParams,
+    degrade_to: int | None = None,
+) -> torch.Tensor:
+    """Images (uint8 arrays, float arrays in [0, 1], or file paths) -> normalised NCHW float32.
+
+    ``degrade_to`` first resizes to that resolution: it makes a sharp source look like a
+    low-resolution target, which is part of what makes transfer work.
+    """
+    items = [read_image(x, cfg.channels) if isinstance(x, (str, Path)) else x for x in images]
+    tensors = [_match_channels(_to_float_chw(x), cfg.channels) for x in items]
+    if not tensors:
+        return torch.empty(0, cfg.channels, cfg.image_size, cfg.image_size)
+    same_size = all(t.shape == tensors[0].shape for t in tensors)
+    groups = [torch.stack(tensors)] if same_size else [t.unsqueeze(0) for t in tensors]
+    out = []
+    for batch in groups:
+        if degrade_to is not None:
+            batch = _resize(batch, degrade_to)
+        out.append(_resize(batch, cfg.image_size))
+    batch = torch.cat(out)
+    mean = torch.tensor(cfg.mean).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.std).view(1, -1, 1, 1)
+    return ((batch - mean) / std).contiguous()

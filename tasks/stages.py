@@ -1,0 +1,45 @@
+"""The stage DAG as code: prepare -> validate -> pretrain -> transfer -> evaluate -> register.
+
+dvc.yaml declares the same stages (``cmd: tlp stage NAME``); a test keeps the two in step.
+Stages pass files, never tensors: each reads what upstream stages wrote under ``Layout``.
+Each stage's function is ``run(ctx)`` in the module of its concern, imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from tasks.context import StageContext
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str  # holds ``run(ctx) -> dict`` and, optionally, ``still_valid(ctx) -> bool``
+
+    def run(self, ctx: StageContext) -> dict:
+        return importlib.import_module(self.module).run(ctx)
+
+    def still_valid(self, ctx: StageContext) -> bool:
+        """Checks beyond DVC's (e.g. the registered version still exists) before skipping."""
+        check = getattr(importlib.import_module(self.module), "still_valid", None)
+        return True if check is None else bool(check(ctx))
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare", "tasks.datasets"),
+    Stage("validate", "tasks.validation"),
+    Stage("pretrain", "tasks.pretrain"),
+    Stage("transfer", "tasks.transfer"),
+    Stage("evaluate", "tasks.evaluation"),
+    Stage("register", "tasks.registry"),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def get_stage(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"unknown stage {name!r} (stages: {', '.join(STAGE_NAMES)})")

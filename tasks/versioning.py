@@ -1,0 +1,91 @@
+"""DVC through its Python API: stage status, commit to dvc.lock and cache, push, lineage hashes.
+
+The Prefect flow runs each stage's function in-process (no subprocess start-up per stage),
+then ``commit_stage`` records what it produced exactly as ``dvc repro`` would.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+REMOTE_NAME = "tlp"
+
+
+class VersioningError(RuntimeError):
+    """DVC could not check, record or push a stage."""
+
+
+@contextmanager
+def open_repo(project_dir: Path):
+    import logging
+
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # no "Updating lock file" per stage
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        repo = Repo(str(project_dir))
+    except NotDvcRepoError:
+        raise VersioningError(f"{project_dir}: not a DVC repository (run `dvc init`)") from None
+    try:
+        yield repo
+    finally:
+        repo.close()
+
+
+def stage_changes(project_dir: Path, stage: str) -> dict:
+    """What DVC says changed for one stage (empty when it is up to date)."""
+    with open_repo(project_dir) as repo:
+        return repo.status(targets=[stage]).get(stage, {}) or {}
+
+
+def is_up_to_date(project_dir: Path, stage: str) -> bool:
+    """True when the stage's deps, params and outs match dvc.lock."""
+    with open_repo(project_dir) as repo:
+        return not repo.status(targets=[stage])
+
+
+def commit_stage(project_dir: Path, stage: str) -> None:
+    """Record the stage's deps, params and outs in dvc.lock and copy outs into the cache."""
+    with open_repo(project_dir) as repo:
+        repo.commit(stage, force=True)
+
+
+def ensure_remote(project_dir: Path, url: str) -> str:
+    """Make ``url`` (a directory, relative to the project, or any DVC URL) the default remote.
+
+    Written to ``.dvc/config.local`` so a params value never edits a tracked file.
+    """
+    if "://" not in url:
+        url = str((project_dir / url).resolve())
+    with open_repo(project_dir) as repo, repo.config.edit("local") as conf:
+        conf["remote"][REMOTE_NAME] = {"url": url}
+        conf["core"]["remote"] = REMOTE_NAME
+    return url
+
+
+def push(project_dir: Path) -> int:
+    """Push every tracked output to the default remote; returns the number of files sent."""
+    with open_repo(project_dir) as repo:
+        return int(repo.push() or 0)
+
+
+def output_hashes(project_dir: Path) -> dict[str, str]:
+    """``{output path: hash}`` for every stage output recorded in dvc.lock."""
+    hashes = {}
+    with open_repo(project_dir) as repo:
+        for stage in repo.index.stages:
+            for out in stage.outs:
+                if out.hash_info and out.hash_info.value:
+                    hashes[str(out.def_path)] = out.hash_info.value
+    return hashes
+
+
+def git_revision(project_dir: Path) -> tuple[str, bool]:
+    """(commit sha or 'none', dirty) of the project's git repository."""
+    with open_repo(project_dir) as repo:
+        try:
+            return repo.scm.get_rev(), bool(repo.scm.is_dirty(untracked_files=False))
+        except Exception:  # a repo with no commit yet
+            return "none", True

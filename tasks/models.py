@@ -29,10 +29,17 @@ class ModelCard(BaseModel):
         return len(self.classes)
 
 
-def create_model(arch: str, num_classes: int, in_chans: int) -> torch.nn.Module:
-    """A randomly initialised timm model (no hub download: pretrained weights come from files)."""
+def create_model(
+    arch: str, num_classes: int, in_chans: int, seed: int | None = None
+) -> torch.nn.Module:
+    """A randomly initialised timm model (no hub download: pretrained weights come from files).
+
+    ``seed`` fixes the initial weights, so a rerun in a fresh process builds the same model.
+    """
     import timm
 
+    if seed is not None:
+        torch.manual_seed(seed)
     try:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     except RuntimeError as exc:  # timm raises RuntimeError for unknown names

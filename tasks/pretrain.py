@@ -17,7 +17,7 @@ def run(ctx: StageContext) -> dict:
     x_train, y_train, classes = load_tensors(layout.source_data, "train", p.preprocess, degrade)
     x_test, y_test, _ = load_tensors(layout.source_data, "test", p.preprocess, degrade)
     device = resolve_device(p.base.device)
-    model = create_model(p.model.arch, len(classes), p.preprocess.channels)
+    model = create_model(p.model.arch, len(classes), p.preprocess.channels, seed=p.base.seed)
     with tracking.child_run("pretrain", ctx.experiment_id, ctx.parent_run_id):
         tracking.log_params({"arch": p.model.arch, **p.pretrain.model_dump(mode="json")})
         started = time.perf_counter()

@@ -6,6 +6,7 @@ Loaded from a safetensors checkpoint and its card, so ``mlflow.pyfunc.load_model
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,11 @@ def as_image_list(model_input: Any) -> list:
         return [arr] if single else list(arr)
     items = list(model_input)
     return [x if isinstance(x, (str, Path)) else _as_array(x) for x in items]
+
+
+warnings.filterwarnings(
+    "ignore", message=".*type hints to the `predict` method", category=UserWarning
+)
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):

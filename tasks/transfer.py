@@ -23,7 +23,7 @@ def _scratch(
     ctx: StageContext, classes: tuple[str, ...], train, val
 ) -> tuple[torch.nn.Module, History]:
     p = ctx.params
-    model = create_model(p.model.arch, len(classes), p.preprocess.channels)
+    model = create_model(p.model.arch, len(classes), p.preprocess.channels, seed=p.base.seed)
     history = _fit(ctx, model, train, val, lr=p.transfer.scratch_lr, layer_decay=None)
     return model, history
 
@@ -34,6 +34,7 @@ def _full(
     p = ctx.params
     model, source_card = load_checkpoint(ctx.layout.source_model)
     if not (p.transfer.keep_head and source_card.classes == classes):
+        torch.manual_seed(p.base.seed)
         model.reset_classifier(len(classes))  # timm: a fresh head sized for the target
     history = _fit(ctx, model, train, val, lr=p.transfer.lr, layer_decay=p.transfer.layer_decay)
     return model, history

@@ -6,7 +6,7 @@ then ``commit_stage`` records what it produced exactly as ``dvc repro`` would.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import chdir, contextmanager
 from pathlib import Path
 
 REMOTE_NAME = "tlp"
@@ -24,14 +24,15 @@ def open_repo(project_dir: Path):
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
-    try:
-        repo = Repo(str(project_dir))
-    except NotDvcRepoError:
-        raise VersioningError(f"{project_dir}: not a DVC repository (run `dvc init`)") from None
-    try:
-        yield repo
-    finally:
-        repo.close()
+    with chdir(project_dir):  # DVC resolves some paths against the working directory
+        try:
+            repo = Repo(str(project_dir))
+        except NotDvcRepoError:
+            raise VersioningError(f"{project_dir}: not a DVC repository (run `dvc init`)") from None
+        try:
+            yield repo
+        finally:
+            repo.close()
 
 
 def stage_changes(project_dir: Path, stage: str) -> dict:

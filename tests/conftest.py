@@ -1,0 +1,76 @@
+"""Shared fixtures: the real params.yaml shrunk to the smoke profile, and a real temp project
+(git + DVC) holding copies of the files DVC tracks, so tests run the code users run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+for key, value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "GIT_PYTHON_REFRESH": "quiet",
+}.items():
+    os.environ.setdefault(key, value)
+# tlp (for `dvc repro`) and dvc must be found next to the interpreter running the tests
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def smoke_params():
+    from tasks.params import resolve_params
+
+    return resolve_params(ROOT / "params.yaml", "smoke")
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=tlp-test", "-c", "user.email=tlp@example.invalid", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+
+
+def make_dvc_project(base: Path) -> Path:
+    """A fresh git + DVC repo holding the project's params, dvc.yaml and stage code."""
+    project = base / "project"
+    project.mkdir()
+    for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy2(ROOT / name, project / name)
+    shutil.copytree(ROOT / "tasks", project / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    _git(project, "init", "-q")
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True, capture_output=True
+    )
+    _git(project, "add", "-A")
+    _git(project, "commit", "-q", "-m", "test project")
+    return project
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path) -> Path:
+    return make_dvc_project(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real, temporary Prefect server and database for the whole test session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,136 @@
+"""The smoke pipeline end to end: real Prefect (test harness), MLflow (SQLite in a temp dir),
+DVC (a temp git + DVC repo), then the registered model loaded in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tasks.stages import STAGE_NAMES
+from tests.conftest import make_dvc_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+MODEL = "tlp-digits"
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, prefect_harness):
+    """One smoke run in a fresh project, then a second run with nothing changed."""
+    from flows.pipeline import transfer_pipeline
+
+    project = make_dvc_project(tmp_path_factory.mktemp("e2e"))
+
+    overrides = [f"base.tracking_uri=sqlite:///{project}/mlflow.db"]
+    first = transfer_pipeline(profile="smoke", overrides=overrides, project_dir=str(project))
+    lock_after_first = (project / "dvc.lock").read_text()
+    second = transfer_pipeline(profile="smoke", overrides=overrides, project_dir=str(project))
+    return project, first, second, lock_after_first
+
+
+def test_first_run_registers_a_champion(pipeline_run):
+    _, first, _, _ = pipeline_run
+    assert first["model_name"] == MODEL and first["version"] == "1"
+    assert set(first["aliases"]) == {"champion", "challenger"}
+    assert first["skipped_stages"] == []
+    assert set(first["candidates"]) == {"scratch", "full"}
+    for metrics in first["candidates"].values():
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] > 0
+
+
+def test_registered_version_carries_lineage(pipeline_run):
+    import mlflow
+    from mlflow import MlflowClient
+
+    project, first, _, _ = pipeline_run
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    version = MlflowClient().get_model_version_by_alias(MODEL, "champion")
+    tags = version.tags
+    assert len(tags["git_commit"]) == 40
+    assert len(tags["params_hash"]) == 16
+    assert tags["prefect_flow_run_id"] not in ("", "none")
+    assert tags["mlflow_parent_run_id"] == first["mlflow_run_id"]
+    lock = (project / "dvc.lock").read_text()
+    for path in ("data/source", "data/target", "models/source", "models/candidates"):
+        assert tags[f"dvc.{path}"].endswith(".dir") and tags[f"dvc.{path}"] in lock
+    parent = MlflowClient().get_run(first["mlflow_run_id"])
+    assert parent.data.tags["git_commit"] == tags["git_commit"]
+    children = MlflowClient().search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    names = {r.info.run_name for r in children}
+    assert {"prepare", "validate", "pretrain", "transfer/scratch", "transfer/full"} <= names
+    pretrain = next(r for r in children if r.info.run_name == "pretrain")
+    history = MlflowClient().get_metric_history(pretrain.info.run_id, "train_loss")
+    assert len(history) == 2  # one point per epoch (smoke: 2 epochs)
+
+
+def test_dvc_recorded_and_pushed_everything(pipeline_run):
+    from dvc.repo import Repo
+
+    project, _, _, _ = pipeline_run
+    with Repo(str(project)) as repo:
+        assert repo.status() == {}
+        assert repo.status(cloud=True) == {}
+        assert {s.name for s in repo.index.stages} == set(STAGE_NAMES)
+    assert any((project / "dvc-storage").rglob("*"))
+
+
+def test_second_run_trains_nothing(pipeline_run):
+    project, first, second, lock_after_first = pipeline_run
+    assert second["skipped_stages"] == list(STAGE_NAMES)
+    assert second["version"] == first["version"]
+    assert (project / "dvc.lock").read_text() == lock_after_first
+
+
+def test_champion_predicts_raw_arrays_and_paths_in_a_fresh_process(pipeline_run):
+    project, _, _, _ = pipeline_run
+    code = f"""
+import json, mlflow, numpy as np, pandas as pd
+mlflow.set_tracking_uri("sqlite:///{project}/mlflow.db")
+model = mlflow.pyfunc.load_model("models:/{MODEL}@champion")
+manifest = pd.read_parquet("{project}/data/target/manifest.parquet")
+test = manifest[manifest.split == "test"].head(60)
+from PIL import Image
+arrays = np.stack([np.asarray(Image.open("{project}/data/target/" + p)) for p in test.path])
+by_array = model.predict(arrays)
+by_path = model.predict(["{project}/data/target/" + p for p in test.path])
+print(json.dumps({{
+    "shape": list(arrays.shape), "dtype": str(arrays.dtype),
+    "labels_array": by_array["label"].tolist(), "labels_path": by_path["label"].tolist(),
+    "truth": test.class_name.tolist(), "probs": by_array["probabilities"].iloc[0],
+}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [60, 8, 8] and result["dtype"] == "uint8"
+    assert result["labels_array"] == result["labels_path"]
+    assert len(result["probs"]) == 10 and abs(sum(result["probs"]) - 1) < 1e-4
+    correct = sum(a == b for a, b in zip(result["labels_array"], result["truth"], strict=True))
+    assert correct / 60 > 0.5  # smoke-sized training, well above the 10% of chance
+
+
+def test_dvc_repro_without_prefect_reproduces_the_outputs(pipeline_run):
+    project, _, _, lock_after_first = pipeline_run
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "--force"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    import yaml
+
+    from tasks.versioning import output_hashes
+
+    hashes = output_hashes(project)
+    before = {
+        out["path"]: out["md5"]
+        for stage in yaml.safe_load(lock_after_first)["stages"].values()
+        for out in stage.get("outs", [])
+    }
+    for path in ("data/source", "data/target", "models/source", "models/candidates"):
+        assert hashes[path] == before[path], f"{path} differs after dvc repro"

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.datasets import (
+    MANIFEST_COLUMNS,
+    DataError,
+    assign_splits,
+    load_builtin,
+    load_split,
+    prepare_dataset,
+    subsample,
+)
+from tasks.params import DatasetParams
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_builtin("uci-digits")
+
+
+def test_builtin_recipes_are_real_data(digits):
+    assert digits.images.shape == (1797, 8, 8) and digits.images.dtype == np.uint8
+    assert digits.images.max() == 255 and digits.classes == tuple("0123456789")
+    mnist = load_builtin("mnist5k")
+    assert mnist.images.shape == (5000, 28, 28) and mnist.images.dtype == np.uint8
+    assert np.bincount(mnist.labels).tolist() == [500] * 10
+
+
+def test_unknown_builtin_is_named():
+    with pytest.raises(DataError, match="unknown built-in dataset 'cifar'"):
+        load_builtin("cifar")
+
+
+def _spec(**kw):
+    return DatasetParams(builtin="uci-digits", test_fraction=0.3, val_per_class=5, **kw)
+
+
+def test_test_and_val_splits_do_not_move_with_labels_per_class(digits):
+    runs = {
+        k: assign_splits(digits.labels, _spec(labels_per_class=k), 0, "t") for k in (1, 5, 10, None)
+    }
+    for splits in runs.values():
+        assert np.array_equal(splits == "test", runs[1] == "test")
+        assert np.array_equal(splits == "val", runs[1] == "val")
+    # a smaller labelled set is a subset of a larger one
+    assert np.all((runs[5] == "train") <= (runs[10] == "train"))
+    assert np.all((runs[10] == "train") <= (runs[None] == "train"))
+    assert np.bincount(digits.labels[runs[1] == "train"]).tolist() == [1] * 10
+    assert set(runs[None]) == {"test", "val", "train"}
+
+
+def test_splits_are_stratified_and_seeded(digits):
+    a = assign_splits(digits.labels, _spec(labels_per_class=10), 0, "t")
+    b = assign_splits(digits.labels, _spec(labels_per_class=10), 1, "t")
+    test_counts = np.bincount(digits.labels[a == "test"])
+    assert test_counts.min() >= 52 and test_counts.max() <= 55  # 30% of 174..183
+    assert not np.array_equal(a, b)
+
+
+def test_too_few_images_names_the_class(digits):
+    with pytest.raises(DataError, match="class 0 has 178 images"):
+        assign_splits(digits.labels, _spec(labels_per_class=500), 0, "uci-digits")
+
+
+def test_subsample_is_stratified():
+    labels = np.repeat(np.arange(10), 100)
+    kept = subsample(labels, 200, 0)
+    assert np.bincount(labels[kept]).tolist() == [20] * 10
+    assert len(subsample(labels, None, 0)) == 1000
+
+
+def test_materialised_dataset_round_trips(tmp_path, digits):
+    manifest = prepare_dataset(_spec(labels_per_class=2), 0, tmp_path / "target")
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    assert len(manifest) == 1797 and manifest["sha256"].is_unique
+    first = manifest.iloc[0]
+    pixels = np.asarray(Image.open(tmp_path / "target" / first["path"]))
+    assert pixels.shape == (8, 8) and first["class_name"] == first["path"].split("/")[1]
+    train = load_split(tmp_path / "target", "train", channels=1)
+    assert len(train) == 20 and train.classes == digits.classes
+    assert train.images[0].dtype == np.uint8

@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.params import (
+    RESOLVED_PARAMS_FILE,
+    ParamsError,
+    load_resolved,
+    parse_override,
+    resolve_params,
+    write_resolved,
+)
+
+
+def test_default_and_smoke_profiles_load(project_root):
+    default = resolve_params(project_root / "params.yaml")
+    smoke = resolve_params(project_root / "params.yaml", "smoke")
+    assert default.data.target.builtin == "uci-digits"
+    assert smoke.pretrain.epochs < default.pretrain.epochs
+    assert smoke.data.source.limit is not None
+    assert set(default.transfer.strategies) == {"scratch", "full"}
+
+
+def test_override_parses_yaml_values(project_root):
+    params = resolve_params(
+        project_root / "params.yaml",
+        overrides=[
+            "pretrain.epochs=3",
+            "transfer.strategies=[full]",
+            "data.target.labels_per_class=1",
+        ],
+    )
+    assert params.pretrain.epochs == 3
+    assert params.transfer.strategies == ("full",)
+    assert params.data.target.labels_per_class == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("pretrain.epochs=-1", "pretrain.epochs"),
+        ("pretrain.lr=0", "pretrain.lr"),
+        ("data.target.test_fraction=1.5", "data.target.test_fraction"),
+        ("base.device=tpu", "base.device"),
+        ("transfer.strategies=[full, full]", "transfer"),
+        ("pretrain.bogus=1", "pretrain.bogus"),
+        ("nosuchsection.key=1", "nosuchsection"),
+        ("preprocess.mean=[0.5, 0.5]", "preprocess"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_key(project_root, override, key):
+    with pytest.raises(ParamsError) as err:
+        resolve_params(project_root / "params.yaml", overrides=[override])
+    assert str(err.value).startswith(key)
+
+
+def test_unknown_key_in_file_is_rejected(tmp_path, project_root):
+    tree = yaml.safe_load((project_root / "params.yaml").read_text())
+    tree["pretrain"]["epochz"] = 3
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ParamsError, match=r"pretrain\.epochz: unknown key"):
+        resolve_params(path)
+
+
+def test_unknown_profile_and_malformed_override(project_root):
+    with pytest.raises(ParamsError, match="profile 'nope'"):
+        resolve_params(project_root / "params.yaml", "nope")
+    with pytest.raises(ParamsError, match="section.key=value"):
+        parse_override("pretrain.epochs")
+    with pytest.raises(ParamsError, match="is a value, not a section"):
+        resolve_params(project_root / "params.yaml", overrides=["base.seed.x=1"])
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        resolve_params(tmp_path / "params.yaml")
+
+
+def test_resolved_file_round_trips_and_is_not_rewritten(tmp_path, project_root):
+    params = resolve_params(project_root / "params.yaml", "smoke", ["base.seed=7"])
+    path = write_resolved(params, tmp_path)
+    mtime = path.stat().st_mtime_ns
+    assert write_resolved(params, tmp_path).stat().st_mtime_ns == mtime
+    assert load_resolved(tmp_path) == params
+    assert Path(tmp_path / RESOLVED_PARAMS_FILE).read_text().startswith("# Written by tlp")
+
+
+def test_digest_tracks_values(project_root):
+    a = resolve_params(project_root / "params.yaml")
+    b = resolve_params(project_root / "params.yaml", overrides=["base.seed=1"])
+    assert a.digest() == resolve_params(project_root / "params.yaml").digest()
+    assert a.digest() != b.digest()

@@ -134,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         print("tlp: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line; the traceback is in the Prefect/MLflow logs
-        print(f"tlp: {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        from tasks.stages import StageFailed
+
+        reason = str(exc) if isinstance(exc, StageFailed) else f"{type(exc).__name__}: {exc}"
+        print(f"tlp: {args.command} failed: {reason}", file=sys.stderr)
         if os.environ.get("TLP_DEBUG"):
             raise
         return 1

@@ -55,6 +55,9 @@ warnings.filterwarnings(
 class ImageClassifier(mlflow.pyfunc.PythonModel):
     """Raw images in; predicted label, its probability and every class probability out."""
 
+    # Inputs are arrays of any shape or file paths: MLflow's type-hint coercion must not touch them.
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         import torch
 
@@ -63,7 +66,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
         self.model, self.card = load_checkpoint(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow must not coerce it
+    def predict(self, context, model_input, params=None):
         import torch
 
         from tasks.preprocessing import preprocess

@@ -13,13 +13,20 @@ from dataclasses import dataclass
 from tasks.context import StageContext
 
 
+class StageFailed(RuntimeError):
+    """A stage raised; the message names the stage and the original error."""
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
     module: str  # holds ``run(ctx) -> dict`` and, optionally, ``still_valid(ctx) -> bool``
 
     def run(self, ctx: StageContext) -> dict:
-        return importlib.import_module(self.module).run(ctx)
+        try:
+            return importlib.import_module(self.module).run(ctx)
+        except Exception as exc:
+            raise StageFailed(f"stage '{self.name}' failed: {type(exc).__name__}: {exc}") from exc
 
     def still_valid(self, ctx: StageContext) -> bool:
         """Checks beyond DVC's (e.g. the registered version still exists) before skipping."""

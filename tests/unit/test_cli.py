@@ -43,3 +43,15 @@ def test_unknown_stage_is_named(tmp_path, project_root):
         text=True,
     )
     assert result.returncode == 1 and "unknown stage 'train'" in result.stderr
+
+
+def test_failing_stage_is_named(tmp_path, project_root):
+    (tmp_path / "params.yaml").write_text((project_root / "params.yaml").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "-C", str(tmp_path), "stage", "validate"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "stage 'validate' failed: DataError" in result.stderr
+    assert "manifest not found (run the prepare stage first)" in result.stderr

@@ -182,13 +182,13 @@ def _apply(tree: dict[str, Any], keys: list[str], value: Any, origin: str) -> No
     node[keys[-1]] = value
 
 
-def _merge(tree: dict[str, Any], overrides: dict[str, Any]) -> None:
-    """Deep-merge a profile's overrides into the params tree."""
+def _merge(tree: dict[str, Any], overrides: dict[str, Any], origin: str, prefix=()) -> None:
     for key, value in overrides.items():
+        path = [*prefix, key]
         if isinstance(value, dict) and isinstance(tree.get(key), dict):
-            _merge(tree[key], value)
+            _merge(tree[key], value, origin, path)
         else:
-            tree[key] = copy.deepcopy(value)
+            _apply(tree, [key], copy.deepcopy(value), origin)
 
 
 def _format_errors(exc: ValidationError) -> str:
@@ -230,7 +230,7 @@ def resolve_params(
         if profile not in profiles:
             known = ", ".join([DEFAULT_PROFILE, *profiles]) or DEFAULT_PROFILE
             raise ParamsError(f"profile {profile!r} is not in {params_file.name} (known: {known})")
-        _merge(tree, profiles[profile] or {})
+        _merge(tree, profiles[profile] or {}, f"profiles.{profile}")
     for text in overrides:
         keys, value = parse_override(text)
         _apply(tree, keys, value, f"--set {text}")

@@ -127,11 +127,17 @@ def build_expectations(check: ManifestCheck, bounds) -> list:
     ]
 
 
+def _short(value) -> object:
+    return value[:12] + "..." if isinstance(value, str) and len(value) > 16 else value
+
+
 def _observed(result: dict) -> str:
     for key in ("partial_missing_list", "partial_unexpected_list", "observed_value", "details"):
         value = result.get(key)
         if value not in (None, [], {}):
-            return str(value[:SHOWN_ROWS] if isinstance(value, list) else value)[:200]
+            if isinstance(value, list):  # distinct values, shortened: hashes are long
+                value = [_short(v) for v in dict.fromkeys(map(str, value))][:SHOWN_ROWS]
+            return str(value)[:200]
     return ""
 
 

@@ -81,11 +81,12 @@ def name_problem(name: str) -> str | None:
 
 
 def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root)
+    """The link stays in the dataset, or points into a DVC cache (``cache.type: symlink``)."""
+    real = path.resolve()
+    if real.is_relative_to(root):
         return True
-    except ValueError:
-        return False
+    parts = real.parts
+    return any(parts[i : i + 2] == (".dvc", "cache") for i in range(len(parts) - 1))
 
 
 def scan_image_folder(root: Path) -> FolderScan:

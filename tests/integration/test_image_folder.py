@@ -305,3 +305,21 @@ def test_failed_expectation_stops_at_validate_with_paths(
         "Data Docs (failed validation)",
     )
     assert "images/cat/00.png" in err
+
+
+def test_dvc_tracked_folder_with_symlinked_cache_works(store, source_folder, tmp_path, capsys):
+    """`dvc add` with cache.type symlink leaves links into .dvc/cache: they are accepted."""
+    import subprocess
+    import sys
+
+    from tests.conftest import make_dvc_project
+
+    project = make_dvc_project(tmp_path)
+    make_folder(project / "pets")
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "config", "cache.type", "symlink"], cwd=project, check=True)
+    subprocess.run([*dvc, "add", "-q", "pets"], cwd=project, check=True, capture_output=True)
+    assert (project / "pets" / "cat" / "00.png").is_symlink()
+    code = tlp_validate(project, store, source_folder, Path("pets"))  # relative to the project
+    assert code == 0, capsys.readouterr().err
+    assert "Data Docs: " in capsys.readouterr().out

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from flows import cli
+from tasks.datasets import SPLITS
 
 pytestmark = pytest.mark.integration
 MODEL = "tlp-byo-guard"
@@ -323,3 +324,22 @@ def test_dvc_tracked_folder_with_symlinked_cache_works(store, source_folder, tmp
     code = tlp_validate(project, store, source_folder, Path("pets"))  # relative to the project
     assert code == 0, capsys.readouterr().err
     assert "Data Docs: " in capsys.readouterr().out
+
+
+def test_folder_splits_are_seeded_and_test_stays_fixed(tmp_path):
+    from tasks.datasets import prepare_dataset
+    from tasks.params import DatasetParams
+
+    folder = make_folder(tmp_path / "pets")
+    runs = {
+        k: prepare_dataset(
+            DatasetParams(path=str(folder), test_fraction=0.25, labels_per_class=k),
+            0,
+            tmp_path / f"out{k}",
+        )
+        for k in (2, 6)
+    }
+    paths = {k: {s: set(m.loc[m["split"] == s, "path"]) for s in SPLITS} for k, m in runs.items()}
+    assert paths[2]["test"] == paths[6]["test"] and len(paths[2]["test"]) == 8
+    assert paths[2]["train"] < paths[6]["train"] and len(paths[6]["train"]) == 12
+    assert len(paths[6]["unlabeled"]) == 2 * PER_CLASS - 8 - 12  # the pool for adaptation

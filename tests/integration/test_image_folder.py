@@ -343,3 +343,21 @@ def test_folder_splits_are_seeded_and_test_stays_fixed(tmp_path):
     assert paths[2]["test"] == paths[6]["test"] and len(paths[2]["test"]) == 8
     assert paths[2]["train"] < paths[6]["train"] and len(paths[6]["train"]) == 12
     assert len(paths[6]["unlabeled"]) == 2 * PER_CLASS - 8 - 12  # the pool for adaptation
+
+
+def test_prepare_is_redone_when_the_users_folder_changes(tmp_path):
+    """DVC cannot see a folder outside the project; the flow asks `still_valid` before skipping."""
+    from types import SimpleNamespace
+
+    from tasks.context import Layout
+    from tasks.datasets import prepare_dataset, still_valid
+    from tasks.params import DatasetParams
+
+    layout = Layout(tmp_path / "project")
+    folders = {role: make_folder(tmp_path / role, seed=i) for i, role in enumerate(("s", "t"))}
+    for role, out in (("s", layout.source_data), ("t", layout.target_data)):
+        prepare_dataset(DatasetParams(path=str(folders[role]), labels_per_class=3), 0, out)
+    ctx = SimpleNamespace(layout=layout)
+    assert still_valid(ctx)
+    write_image(folders["t"] / "dog" / "new.png", 4242)
+    assert not still_valid(ctx)

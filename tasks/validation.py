@@ -136,7 +136,10 @@ def _observed(result: dict) -> str:
         value = result.get(key)
         if value not in (None, [], {}):
             if isinstance(value, list):  # distinct values, shortened: hashes are long
-                value = [_short(v) for v in dict.fromkeys(map(str, value))][:SHOWN_ROWS]
+                distinct = dict.fromkeys(
+                    v if isinstance(v, (str, int, float)) else str(v) for v in value
+                )
+                value = [_short(v) for v in distinct][:SHOWN_ROWS]
             return str(value)[:200]
     return ""
 

@@ -65,6 +65,15 @@ def test_bad_data_stops_the_flow_at_validate(tmp_path, prefect_harness):
     assert _snapshot(remote) == remote_before
     assert not (project / "models").exists()  # nothing was trained
     assert (project / "reports" / "data_docs" / "index.html").is_file()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("transfer-pipeline")
+    (validate,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'validate'")
+    logged = {a.path for a in client.list_artifacts(validate.info.run_id, "data_docs")}
+    assert {"data_docs/index.html", "data_docs/domain_shift.png"} <= logged  # Data Docs in MLflow
+    parent = client.get_run(validate.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FAILED"
     # Artifact.get sends nulls this server version rejects (422), so ask the API directly
     body = {"artifacts": {"key": {"any_": ["data-validation"]}}, "limit": 5, "offset": 0}
     with get_client(sync_client=True) as client:

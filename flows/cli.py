@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
         "params", help="validate params, write params.resolved.yaml and print it"
     )
     add_params_args(params)
+    validate = sub.add_parser(
+        "validate",
+        help="prepare and validate the datasets only (GX), then print the Data Docs path",
+    )
+    add_params_args(validate)
     return parser
 
 
@@ -116,7 +121,39 @@ def cmd_run(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "stage": cmd_stage, "params": cmd_params}
+def cmd_validate(args) -> int:
+    """prepare + validate in this process, without Prefect; dvc.lock is not touched."""
+    from tasks.context import open_context, read_json
+    from tasks.params import write_resolved
+    from tasks.stages import StageFailed, get_stage
+
+    params = _resolve(args)
+    project = args.project_dir.resolve()
+    write_resolved(params, project)
+    ctx = open_context(project, params)
+    get_stage("prepare").run(ctx)
+    docs = ctx.layout.data_docs / "index.html"
+    try:
+        get_stage("validate").run(ctx)
+    except StageFailed:
+        if docs.is_file():
+            print(f"Data Docs (failed validation): {docs}", file=sys.stderr)
+        raise
+    report = read_json(ctx.layout.validation_report)
+    for name in ("source", "target"):
+        r = report[name]
+        warned = f", warned: {', '.join(r['warned'])}" if r["warned"] else ""
+        print(
+            f"{name}: {r['rows']} images, {r['expectations']} expectations passed, "
+            f"{r['skipped_files']} files skipped{warned}"
+        )
+    shift = report["domain_shift"]
+    print(f"domain shift (KS mean/std intensity): {shift['ks_mean']} / {shift['ks_std']}")
+    print(f"Data Docs: {docs}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "stage": cmd_stage, "params": cmd_params, "validate": cmd_validate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ PATHS = {
     "source_model": "models/source",
     "candidates": "models/candidates",
     "validation_report": "reports/validation.json",
+    "data_docs": "reports/data_docs",
     "pretrain_report": "reports/pretrain.json",
     "transfer_report": "reports/transfer.json",
     "metrics": "reports/metrics.json",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,11 @@ MANIFEST_COLUMNS = (
     "width",
     "height",
     "channels",
+    "mode",
     "sha256",
+    "mean",
+    "std",
+    "bytes",
 )
 
 
@@ -94,7 +99,11 @@ def subsample(labels: np.ndarray, limit: int | None, split_seed: int) -> np.ndar
 
 
 def assign_splits(
-    labels: np.ndarray, spec: DatasetParams, split_seed: int, name: str
+    labels: np.ndarray,
+    spec: DatasetParams,
+    split_seed: int,
+    name: str,
+    classes: tuple[str, ...] | None = None,
 ) -> np.ndarray:
     """One split name per item; see the module docstring for why the order is fixed."""
     splits = np.full(len(labels), "unlabeled", dtype=object)
@@ -106,8 +115,9 @@ def assign_splits(
             len(order) - n_test - n_val if spec.labels_per_class is None else spec.labels_per_class
         )
         if n_train < 1 or n_test + n_val + n_train > len(order):
+            shown = classes[label] if classes is not None else label
             raise DataError(
-                f"{name}: class {label} has {len(order)} images, too few for {n_test} test + "
+                f"{name}: class {shown} has {len(order)} images, too few for {n_test} test + "
                 f"{n_val} val + {spec.labels_per_class} labelled train"
             )
         splits[order[:n_test]] = "test"
@@ -116,45 +126,148 @@ def assign_splits(
     return splits
 
 
-def materialize(
-    raw: RawDataset, splits: np.ndarray, index: np.ndarray, out_dir: Path
-) -> pd.DataFrame:
-    """Write images as PNG under ``out_dir/images/<class>/`` plus the manifest and info file."""
+def _relabel(labels: np.ndarray, names: tuple[str, ...], label_space: tuple[str, ...]):
+    """Labels as indices into the configured label space; -1 for a class outside it."""
+    index = {name: i for i, name in enumerate(label_space)}
+    mapping = np.array([index.get(name, -1) for name in names], dtype=np.int64)
+    return mapping[labels]
+
+
+def _write(out_dir: Path, rows: list[tuple], info: dict) -> pd.DataFrame:
+    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    manifest.to_parquet(out_dir / MANIFEST, index=False)
+    (out_dir / INFO).write_text(json.dumps(info, indent=2))
+    return manifest
+
+
+def _fresh(out_dir: Path) -> None:
     if out_dir.exists():
         shutil.rmtree(out_dir)
+    (out_dir / "images").mkdir(parents=True)
+
+
+def materialize(
+    raw: RawDataset,
+    splits: np.ndarray,
+    index: np.ndarray,
+    out_dir: Path,
+    label_space: tuple[str, ...] | None = None,
+) -> pd.DataFrame:
+    """Write images as PNG under ``out_dir/images/<class>/`` plus the manifest and info file."""
+    from tasks.ingest import intensity_stats, pixel_sha256
+
+    label_space = label_space or raw.classes
+    labels = _relabel(raw.labels, raw.classes, label_space)
+    _fresh(out_dir)
     for name in raw.classes:
         (out_dir / "images" / name).mkdir(parents=True)
     rows = []
     for i, split in zip(index, splits, strict=True):
-        image, label = raw.images[i], int(raw.labels[i])
-        rel = f"images/{raw.classes[label]}/{i:05d}.png"
+        image, name = raw.images[i], raw.classes[int(raw.labels[i])]
+        rel = f"images/{name}/{i:05d}.png"
         Image.fromarray(image).save(out_dir / rel, optimize=False, compress_level=1)
+        mode = "L" if image.ndim == 2 else "RGB"
+        mean, std = intensity_stats(image)
+        channels = 1 if image.ndim == 2 else image.shape[2]
         rows.append(
-            (
-                rel,
-                label,
-                raw.classes[label],
-                split,
-                image.shape[1],
-                image.shape[0],
-                1 if image.ndim == 2 else image.shape[2],
-                hashlib.sha256(image.tobytes()).hexdigest(),
-            )
+            (rel, int(labels[i]), name, split, image.shape[1], image.shape[0], channels, mode)
+            + (pixel_sha256(image, mode), mean, std, (out_dir / rel).stat().st_size)
         )
-    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-    manifest.to_parquet(out_dir / MANIFEST, index=False)
-    (out_dir / INFO).write_text(
-        json.dumps({"name": raw.name, "classes": list(raw.classes)}, indent=2)
-    )
-    return manifest
+    info = {"name": raw.name, "source": {"builtin": raw.name}, "classes": list(label_space)}
+    return _write(out_dir, rows, {**info, "skipped": []})
 
 
-def prepare_dataset(spec: DatasetParams, split_seed: int, out_dir: Path) -> pd.DataFrame:
-    """Build one dataset directory from its params: recipe, subsample, splits, files."""
+def _resolve_dir(path: str, base_dir: Path | None) -> Path:
+    root = Path(path).expanduser()
+    return root if root.is_absolute() or base_dir is None else base_dir / root
+
+
+def folder_fingerprint(root: Path) -> str:
+    """Cheap digest of names, sizes and times under ``root``: tells when a user's folder changed."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            try:
+                st = path.stat()
+                digest.update(f"{path.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{path.relative_to(root)}|missing\n".encode())
+    return digest.hexdigest()
+
+
+def ingest_folder(
+    spec: DatasetParams,
+    split_seed: int,
+    out_dir: Path,
+    role: str = "dataset",
+    max_pixels: int = 16_000_000,
+    base_dir: Path | None = None,
+) -> pd.DataFrame:
+    """An ImageFolder directory -> copied images, manifest and info; bad files named or skipped."""
+    from tasks.ingest import BadFile, IngestError, describe_error, inspect_image, scan_image_folder
+
+    root = _resolve_dir(spec.path, base_dir)
+    try:
+        scan = scan_image_folder(root)
+    except IngestError as exc:
+        raise DataError(f"data.{role}.path: {exc}") from None
+    if scan.fatal:
+        raise DataError(describe_error(scan.fatal + scan.bad, root, f"data.{role}.path"))
+    infos, kept, bad = [], [], list(scan.bad)
+    for rel, name in scan.files:
+        try:
+            infos.append(inspect_image(root / rel, max_pixels))
+            kept.append((rel, name))
+        except ValueError as exc:
+            bad.append(BadFile(rel, str(exc)))
+    if bad and not spec.skip_bad_files:
+        hint = f" (set data.{role}.skip_bad_files: true to skip them)"
+        raise DataError(describe_error(bad, root, f"data.{role}.path") + hint)
+    if not kept:
+        raise DataError(f"data.{role}.path: {root}: no usable images")
+    label_space = spec.classes or scan.classes
+    found = tuple(sorted({name for _, name in kept}))
+    raw_labels = np.array([found.index(name) for _, name in kept], dtype=np.int64)
+    labels = _relabel(raw_labels, found, label_space)
+    index = subsample(raw_labels, spec.limit, split_seed)
+    splits = assign_splits(raw_labels[index], spec, split_seed, f"{role} ({root})", found)
+    _fresh(out_dir)
+    rows = []
+    for i, split in zip(index, splits, strict=True):
+        (rel, name), info = kept[i], infos[i]
+        dest = out_dir / "images" / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / rel, dest)
+        rows.append(
+            (f"images/{rel}", int(labels[i]), name, split, info.width, info.height)
+            + (info.channels, info.mode, info.sha256, info.mean, info.std, dest.stat().st_size)
+        )
+    payload = {
+        "name": root.name,
+        "source": {"path": str(root), "fingerprint": folder_fingerprint(root)},
+        "classes": list(label_space),
+        "skipped": [{"path": b.path, "problem": b.problem} for b in bad],
+    }
+    return _write(out_dir, rows, payload)
+
+
+def prepare_dataset(
+    spec: DatasetParams,
+    split_seed: int,
+    out_dir: Path,
+    role: str = "dataset",
+    max_pixels: int = 16_000_000,
+    base_dir: Path | None = None,
+) -> pd.DataFrame:
+    """Build one dataset directory from its params: recipe or folder, subsample, splits, files."""
+    if spec.path is not None:
+        return ingest_folder(spec, split_seed, out_dir, role, max_pixels, base_dir)
     raw = load_builtin(spec.builtin)
     index = subsample(raw.labels, spec.limit, split_seed)
-    splits = assign_splits(raw.labels[index], spec, split_seed, raw.name)
-    return materialize(raw, splits, index, out_dir)
+    splits = assign_splits(raw.labels[index], spec, split_seed, raw.name, raw.classes)
+    return materialize(raw, splits, index, out_dir, spec.classes)
 
 
 @dataclass(frozen=True)
@@ -203,6 +316,14 @@ def load_tensors(dataset_dir: Path, split: str, cfg, degrade_to: int | None = No
     return inputs, torch.from_numpy(data.labels.copy()), data.classes
 
 
+def read_info(dataset_dir: Path) -> dict:
+    return json.loads((dataset_dir / INFO).read_text())
+
+
+def _describe(spec: DatasetParams) -> str:
+    return f"builtin:{spec.builtin}" if spec.builtin is not None else f"path:{spec.path}"
+
+
 def run(ctx) -> dict:
     """Stage ``prepare``: materialise source and target as image files plus a manifest each."""
     from tasks import tracking
@@ -214,8 +335,27 @@ def run(ctx) -> dict:
             ("source", p.data.source, layout.source_data),
             ("target", p.data.target, layout.target_data),
         ):
-            manifest = prepare_dataset(spec, p.data.split_seed, out)
+            manifest = prepare_dataset(
+                spec, p.data.split_seed, out, role, p.data.max_image_pixels, ctx.project_dir
+            )
             counts[role] = manifest["split"].value_counts().to_dict()
+            counts[f"{role}_skipped_files"] = len(read_info(out)["skipped"])
             tracking.log_metrics({f"{role}_{split}_images": n for split, n in counts[role].items()})
-            tracking.log_params({f"{role}.dataset": spec.builtin})
+            tracking.log_metrics({f"{role}_skipped_files": counts[f"{role}_skipped_files"]})
+            tracking.log_params({f"{role}.dataset": _describe(spec)})
     return counts
+
+
+def still_valid(ctx) -> bool:
+    """DVC cannot see a user's folder outside the project: rebuild when its files changed."""
+    layout = ctx.layout
+    for out in (layout.source_data, layout.target_data):
+        try:
+            source = read_info(out).get("source", {})
+        except (OSError, ValueError):
+            return False
+        if "path" in source:
+            root = Path(source["path"])
+            if not root.is_dir() or folder_fingerprint(root) != source.get("fingerprint"):
+                return False
+    return True

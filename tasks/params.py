@@ -46,7 +46,16 @@ class BaseParams(_Section):
 
 
 class DatasetParams(_Section):
-    builtin: Literal["mnist5k", "uci-digits"]
+    builtin: str | None = Field(None, description="a key of tasks.datasets.BUILTINS")
+    path: str | None = Field(
+        None, description="an ImageFolder directory (one subfolder per class); replaces builtin"
+    )
+    classes: tuple[str, ...] | None = Field(
+        None, description="the label space; folder names must be among these (label = index)"
+    )
+    skip_bad_files: bool = Field(
+        False, description="skip (and count) unreadable or invalid files instead of failing"
+    )
     limit: int | None = Field(None, ge=10, description="stratified subsample before splitting")
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     val_per_class: int = Field(0, ge=0, description="labelled validation images per class")
@@ -54,9 +63,26 @@ class DatasetParams(_Section):
         None, ge=1, description="labelled training images per class; null = all the rest"
     )
 
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetParams:
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("give exactly one of builtin: NAME or path: DIR")
+        if self.builtin is not None:
+            from tasks.datasets import BUILTINS  # the recipes register themselves there
+
+            if self.builtin not in BUILTINS:
+                known = ", ".join(sorted(BUILTINS))
+                raise ValueError(f"unknown built-in dataset {self.builtin!r} (known: {known})")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes must not repeat")
+        return self
+
 
 class DataParams(_Section):
     split_seed: int = Field(0, ge=0, description="fixes the test split independently of base.seed")
+    max_image_pixels: int = Field(
+        16_000_000, ge=64, description="larger images are rejected (decompression bombs)"
+    )
     source: DatasetParams
     target: DatasetParams
 
@@ -76,6 +102,32 @@ class PreprocessParams(_Section):
                 raise ValueError(f"{key} needs {self.channels} value(s), one per channel")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be > 0")
+        return self
+
+
+class ValidationParams(_Section):
+    """Bounds of the Great Expectations suites run on every manifest (stage validate)."""
+
+    warn_only: tuple[str, ...] = Field(
+        (), description="expectations downgraded to warnings: 'type' or 'type:column'"
+    )
+    min_images_per_class: int = Field(5, ge=1)
+    min_side: int = Field(4, ge=1, description="smallest width or height accepted, in pixels")
+    max_side: int = Field(4096, ge=1, description="largest width or height accepted, in pixels")
+    min_intensity_std: float = Field(
+        1.0, ge=0.0, description="per-image std of 0-255 values; blank images fall below"
+    )
+    mean_intensity: tuple[float, float] = Field(
+        (1.0, 254.0), description="bounds of the per-image mean of 0-255 values"
+    )
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ValidationParams:
+        if self.min_side > self.max_side:
+            raise ValueError("min_side must not exceed max_side")
+        low, high = self.mean_intensity
+        if not 0.0 <= low <= high <= 255.0:
+            raise ValueError("mean_intensity must be [low, high] within 0..255")
         return self
 
 
@@ -147,6 +199,7 @@ class Params(_Section):
     transfer: TransferParams
     evaluate: EvaluateParams
     registry: RegistryParams
+    validation: ValidationParams = ValidationParams()
 
     def digest(self) -> str:
         """Stable hash of every value; tags each run and registered version."""
@@ -169,6 +222,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
+# Keys that exclude each other: setting one (profile or --set) drops the other, so
+# ``--set data.target.path=DIR`` alone switches the target from its built-in to DIR.
+EXCLUSIVE_KEYS = {("data", "source"): ("builtin", "path"), ("data", "target"): ("builtin", "path")}
+
+
+def _drop_replaced(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    parent, leaf = tuple(keys[:-1]), keys[-1]
+    group = EXCLUSIVE_KEYS.get(parent)
+    if group is None or leaf not in group or value is None:
+        return
+    node = tree
+    for key in parent:
+        node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        for other in group:
+            if other != leaf:
+                node.pop(other, None)
+
+
 def _apply(tree: dict[str, Any], keys: list[str], value: Any, origin: str) -> None:
     node = tree
     for depth, key in enumerate(keys[:-1]):
@@ -189,6 +261,11 @@ def _merge(tree: dict[str, Any], overrides: dict[str, Any], origin: str, prefix=
             _merge(tree[key], value, origin, path)
         else:
             _apply(tree, [key], copy.deepcopy(value), origin)
+            group = EXCLUSIVE_KEYS.get(tuple(prefix), ())
+            if key in group and value is not None:
+                for other in group:
+                    if other != key:
+                        tree.pop(other, None)
 
 
 def _format_errors(exc: ValidationError) -> str:
@@ -234,6 +311,7 @@ def resolve_params(
     for text in overrides:
         keys, value = parse_override(text)
         _apply(tree, keys, value, f"--set {text}")
+        _drop_replaced(tree, keys, value)
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:

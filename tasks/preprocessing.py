@@ -19,9 +19,15 @@ _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
 def read_image(path: str | Path, channels: int) -> np.ndarray:
-    """Decode an image file to uint8 HxW (grey) or HxWx3; palette and RGBA are converted."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("L" if channels == 1 else "RGB"))
+    """Decode an image file to uint8 HxW (grey) or HxWx3; palette and RGBA are converted.
+
+    A file that cannot be decoded raises one ValueError naming the file and the reason.
+    """
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L" if channels == 1 else "RGB"))
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path}: cannot read image ({exc})") from None
 
 
 def _to_float_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -1,22 +1,42 @@
-"""Great Expectations 1.x suites on dataset manifests, run through a GX Checkpoint.
+"""Great Expectations 1.x suites on dataset manifests, run through GX Checkpoints, with Data Docs.
 
-A failed expectation stops the pipeline at ``validate`` with a message naming the
-dataset, the expectation, the column and a few offending values.
+A failed expectation stops the pipeline at ``validate`` with a message naming the dataset, the
+expectation, the column and a few offending rows (their paths). ``validation.warn_only`` names
+expectations (``type`` or ``type:column``) that are reported but do not fail. The domain shift
+between source and target is measured and reported, never failed: a shift is what transfer is for.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from tasks.datasets import MANIFEST_COLUMNS, SPLITS
 
+# Columns derived from the manifest before validation, so GX can check per-class counts and
+# cross-split leakage as plain column expectations (with the offending paths in the result).
+DERIVED_COLUMNS = ("images_in_class", "splits_with_same_image")
+SHOWN_ROWS = 5
+
 
 class ValidationFailed(RuntimeError):
     """A dataset did not meet its expectations; nothing downstream may run."""
+
+
+@dataclass(frozen=True)
+class ManifestCheck:
+    """One manifest and what it must satisfy."""
+
+    name: str
+    manifest: pd.DataFrame
+    label_space: tuple[str, ...]
+    required_splits: tuple[str, ...] = ("train", "test")
 
 
 @dataclass
@@ -25,6 +45,19 @@ class ExpectationOutcome:
     column: str | None
     success: bool
     observed: str = ""
+    where: str = ""  # the row condition, e.g. "split == 'test'"
+    rows: list[str] = field(default_factory=list)  # paths of a few offending rows
+    warned: bool = False  # failed, but downgraded by validation.warn_only
+
+    @property
+    def key(self) -> str:
+        return f"{self.expectation}:{self.column}" if self.column else self.expectation
+
+    def describe(self) -> str:
+        text = self.expectation + (f" on column '{self.column}'" if self.column else "")
+        text += f" where {self.where}" if self.where else ""
+        text += f" (observed {self.observed})" if self.observed else ""
+        return text + (f"; offending rows: {', '.join(self.rows)}" if self.rows else "")
 
 
 @dataclass
@@ -35,31 +68,95 @@ class DatasetReport:
     outcomes: list[ExpectationOutcome] = field(default_factory=list)
 
     def failures(self) -> list[ExpectationOutcome]:
-        return [o for o in self.outcomes if not o.success]
+        return [o for o in self.outcomes if not o.success and not o.warned]
+
+    def warnings(self) -> list[ExpectationOutcome]:
+        return [o for o in self.outcomes if o.warned]
 
 
-def _expectations(classes: list[int]) -> list:
+def with_derived_columns(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest plus per-row counts GX can bound: class size, and splits sharing an image."""
+    frame = manifest.copy()
+    if "label" in frame:
+        frame["images_in_class"] = frame.groupby("label", dropna=False)["label"].transform("size")
+    if {"sha256", "split"} <= set(frame.columns):
+        frame["splits_with_same_image"] = frame.groupby("sha256", dropna=False)["split"].transform(
+            "nunique"
+        )
+    return frame
+
+
+def build_expectations(check: ManifestCheck, bounds) -> list:
+    """The suite for one manifest; ``bounds`` is the ``validation`` params section."""
     import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
 
+    labels = list(range(len(check.label_space)))
+    low, high = bounds.mean_intensity
+    side = {"min_value": bounds.min_side, "max_value": bounds.max_side}
     return [
-        gxe.ExpectTableColumnsToMatchSet(column_set=list(MANIFEST_COLUMNS), exact_match=True),
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=[*MANIFEST_COLUMNS, *DERIVED_COLUMNS], exact_match=True
+        ),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("path", "label", "split")],
-        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes),
-        gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=classes),
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in MANIFEST_COLUMNS],
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+        # the classes fit the configured label space (names and label indices)
+        gxe.ExpectColumnValuesToBeInSet(column="class_name", value_set=list(check.label_space)),
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels),
+        *[
+            gxe.ExpectColumnDistinctValuesToContainSet(
+                column="label", value_set=labels, row_condition=Column(name="split") == split
+            )
+            for split in check.required_splits
+        ],
+        gxe.ExpectColumnValuesToBeBetween(
+            column="images_in_class", min_value=bounds.min_images_per_class
+        ),
+        gxe.ExpectColumnValuesToBeUnique(column="sha256"),  # duplicates
+        gxe.ExpectColumnValuesToBeBetween(  # the same image in two splits: leakage
+            column="splits_with_same_image", min_value=1, max_value=1
+        ),
+        gxe.ExpectColumnValuesToBeUnique(column="path"),
+        gxe.ExpectColumnValuesToBeBetween(column="width", **side),
+        gxe.ExpectColumnValuesToBeBetween(column="height", **side),
+        gxe.ExpectColumnValuesToBeBetween(column="channels", min_value=1, max_value=4),
+        gxe.ExpectColumnValuesToBeBetween(column="bytes", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="mean", min_value=low, max_value=high),
+        gxe.ExpectColumnValuesToBeBetween(column="std", min_value=bounds.min_intensity_std),
     ]
 
 
+def _short(value) -> object:
+    return value[:12] + "..." if isinstance(value, str) and len(value) > 16 else value
+
+
 def _observed(result: dict) -> str:
-    for key in ("partial_unexpected_list", "observed_value", "details"):
+    for key in ("partial_missing_list", "partial_unexpected_list", "observed_value", "details"):
         value = result.get(key)
         if value not in (None, [], {}):
-            return str(value[:5] if isinstance(value, list) else value)[:200]
+            if isinstance(value, list):  # distinct values, shortened: hashes are long
+                distinct = dict.fromkeys(
+                    v if isinstance(v, (str, int, float)) else str(v) for v in value
+                )
+                value = [_short(v) for v in distinct][:SHOWN_ROWS]
+            return str(value)[:200]
     return ""
 
 
-def _context():
+def _offending_rows(result: dict) -> list[str]:
+    rows = result.get("partial_unexpected_index_list") or []
+    return [str(r.get("path")) for r in rows[:SHOWN_ROWS] if isinstance(r, dict)]
+
+
+def _where(kwargs: dict) -> str:
+    cond = kwargs.get("row_condition")
+    if isinstance(cond, dict) and "column" in cond:
+        return f"{cond['column'].get('name')} {cond.get('operator')} {cond.get('parameter')!r}"
+    return str(cond) if cond else ""
+
+
+def _context(docs_dir: Path | None):
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -68,84 +165,217 @@ def _context():
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if docs_dir is not None:
+        context.add_data_docs_site(
+            "tlp",
+            {
+                "class_name": "SiteBuilder",
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir),
+                },
+            },
+        )
     return context
 
 
-def validate_manifests(manifests: dict[str, tuple[pd.DataFrame, list[int]]]) -> list[DatasetReport]:
-    """Validate each ``name -> (manifest, expected class labels)`` with one GX Checkpoint."""
+def validate_manifests(
+    checks: list[ManifestCheck],
+    bounds=None,
+    docs_dir: Path | None = None,
+    warn_only: tuple[str, ...] = (),
+) -> list[DatasetReport]:
+    """Run each manifest's suite through a GX Checkpoint; Data Docs go to ``docs_dir`` if given."""
     import great_expectations as gx
 
-    context = _context()
-    definitions, frames = [], {}
-    for name, (manifest, classes) in manifests.items():
-        asset = context.data_sources.add_pandas(name).add_dataframe_asset("manifest")
-        batch = asset.add_batch_definition_whole_dataframe("all")
-        suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_manifest"))
-        for expectation in _expectations(classes):
-            suite.add_expectation(expectation)
-        definitions.append(
-            context.validation_definitions.add(
-                gx.ValidationDefinition(name=name, data=batch, suite=suite)
-            )
-        )
-        frames[name] = manifest
+    from tasks.params import ValidationParams
+
+    bounds = bounds or ValidationParams()
+    if docs_dir is not None and docs_dir.exists():
+        shutil.rmtree(docs_dir)  # docs of this run only
+    context = _context(docs_dir)
+    actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["tlp"])]
     reports = []
-    for definition in definitions:  # one batch per dataset; the checkpoint runs its suite
+    for check in checks:
+        asset = context.data_sources.add_pandas(check.name).add_dataframe_asset("manifest")
+        batch = asset.add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{check.name}_manifest"))
+        for expectation in build_expectations(check, bounds):
+            suite.add_expectation(expectation)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=check.name, data=batch, suite=suite)
+        )
         checkpoint = context.checkpoints.add(
-            gx.Checkpoint(name=f"{definition.name}_checkpoint", validation_definitions=[definition])
-        )
-        result = checkpoint.run(batch_parameters={"dataframe": frames[definition.name]})
-        suite_result = next(iter(result.run_results.values()))
-        outcomes = [
-            ExpectationOutcome(
-                r.expectation_config.type,
-                r.expectation_config.kwargs.get("column"),
-                r.success,
-                "" if r.success else _observed(r.result),
+            gx.Checkpoint(
+                name=f"{check.name}_checkpoint",
+                validation_definitions=[definition],
+                actions=actions if docs_dir is not None else [],
+                result_format={
+                    "result_format": "SUMMARY",
+                    "unexpected_index_column_names": ["path"],
+                },
             )
-            for r in suite_result.results
-        ]
-        reports.append(
-            DatasetReport(definition.name, result.success, len(frames[definition.name]), outcomes)
         )
+        frame = with_derived_columns(check.manifest)
+        result = checkpoint.run(batch_parameters={"dataframe": frame})
+        suite_result = next(iter(result.run_results.values()))
+        outcomes = [_outcome(r, warn_only) for r in suite_result.results]
+        success = not any(not o.success and not o.warned for o in outcomes)
+        reports.append(DatasetReport(check.name, success, len(check.manifest), outcomes))
+    _check_warn_only(warn_only, reports)
     return reports
 
 
+def _outcome(r, warn_only: tuple[str, ...]) -> ExpectationOutcome:
+    kwargs = r.expectation_config.kwargs
+    outcome = ExpectationOutcome(
+        r.expectation_config.type,
+        kwargs.get("column"),
+        bool(r.success),
+        "" if r.success else _observed(r.result),
+        _where(kwargs),
+        [] if r.success else _offending_rows(r.result),
+    )
+    outcome.warned = not outcome.success and (
+        outcome.key in warn_only or outcome.expectation in warn_only
+    )
+    return outcome
+
+
+def _check_warn_only(warn_only: tuple[str, ...], reports: list[DatasetReport]) -> None:
+    known = {k for r in reports for o in r.outcomes for k in (o.key, o.expectation)}
+    unknown = [w for w in warn_only if w not in known]
+    if unknown and reports:
+        raise ValidationFailed(
+            f"validation.warn_only names no expectation of the suite: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+
+
 def raise_on_failure(reports: list[DatasetReport]) -> None:
-    problems = [
-        f"{r.dataset}: {o.expectation}"
-        + (f" on column '{o.column}'" if o.column else "")
-        + (f" (observed {o.observed})" if o.observed else "")
-        for r in reports
-        for o in r.failures()
-    ]
+    problems = [f"{r.dataset}: {o.describe()}" for r in reports for o in r.failures()]
     if problems:
         raise ValidationFailed("data validation failed: " + "; ".join(problems))
 
 
-def run(ctx) -> dict:
-    """Stage ``validate``: GX on both manifests; any failed expectation stops the pipeline."""
-    from tasks import tracking
-    from tasks.context import write_json
+def domain_shift(source: pd.DataFrame, target: pd.DataFrame) -> dict:
+    """How far apart the two datasets' image statistics are (Kolmogorov-Smirnov, 0 = same)."""
+    from scipy.stats import ks_2samp
+
+    shift = {
+        f"ks_{column}": round(float(ks_2samp(source[column], target[column]).statistic), 4)
+        for column in ("mean", "std", "width", "height")
+    }
+    shift["source_modes"] = sorted(source["mode"].unique().tolist())
+    shift["target_modes"] = sorted(target["mode"].unique().tolist())
+    shift["source_median_size"] = [int(source["width"].median()), int(source["height"].median())]
+    shift["target_median_size"] = [int(target["width"].median()), int(target["height"].median())]
+    return shift
+
+
+def plot_domain_shift(source: pd.DataFrame, target: pd.DataFrame, path: Path) -> Path:
+    """Histograms of per-image mean and std intensity, source over target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, column in zip(axes, ("mean", "std"), strict=True):
+        for frame, label in ((source, "source"), (target, "target")):
+            ax.hist(frame[column], bins=40, alpha=0.55, density=True, label=label)
+        ax.set_xlabel(f"per-image {column} intensity (0-255)")
+        ax.legend()
+    fig.suptitle("Domain shift: source vs target image statistics")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def summary_markdown(summary: dict, docs_index: Path) -> str:
+    lines = ["## Data validation", ""]
+    lines += ["| dataset | rows | expectations | failed | warned |", "|---|---|---|---|---|"]
+    for name in ("source", "target"):
+        s = summary[name]
+        failed = ", ".join(s["failed"]) or "none"
+        warned = ", ".join(s["warned"]) or "none"
+        lines.append(f"| {name} | {s['rows']} | {s['expectations']} | {failed} | {warned} |")
+    shift = summary["domain_shift"]
+    lines += ["", f"Domain shift (KS on per-image mean / std intensity): {shift['ks_mean']} / "]
+    lines[-1] += f"{shift['ks_std']}. Data Docs: `{docs_index}`."
+    return "\n".join(lines) + "\n"
+
+
+def _publish_markdown(markdown: str) -> None:
+    """A Prefect markdown artifact, only when this runs inside a Prefect flow run."""
+    if "prefect" not in sys.modules:
+        return  # `tlp stage validate` under dvc repro: no flow, no Prefect import cost
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is not None:
+        create_markdown_artifact(markdown, key="data-validation")
+
+
+def checks_for(ctx) -> list[ManifestCheck]:
     from tasks.datasets import read_classes, read_manifest
 
-    layout = ctx.layout
-    manifests = {
-        role: (read_manifest(directory), list(range(len(read_classes(directory)))))
-        for role, directory in (("source", layout.source_data), ("target", layout.target_data))
-    }
+    layout, data = ctx.layout, ctx.params.data
+    checks = []
+    for role, directory, spec in (
+        ("source", layout.source_data, data.source),
+        ("target", layout.target_data, data.target),
+    ):
+        splits = ("train", "test", "val") if spec.val_per_class else ("train", "test")
+        checks.append(
+            ManifestCheck(role, read_manifest(directory), read_classes(directory), splits)
+        )
+    return checks
+
+
+def run(ctx) -> dict:
+    """Stage ``validate``: GX on both manifests; any failed expectation stops the pipeline."""
+    import mlflow
+
+    from tasks import tracking
+    from tasks.context import write_json
+    from tasks.datasets import read_info
+
+    layout, settings = ctx.layout, ctx.params.validation
+    checks = checks_for(ctx)
+    docs = layout.data_docs
     with tracking.child_run("validate", ctx.experiment_id, ctx.parent_run_id):
-        reports = validate_manifests(manifests)
+        reports = validate_manifests(checks, settings, docs, settings.warn_only)
+        try:  # reported, never failed; a broken manifest is GX's to name, not scipy's
+            shift = domain_shift(checks[0].manifest, checks[1].manifest)
+            plot_domain_shift(checks[0].manifest, checks[1].manifest, docs / "domain_shift.png")
+        except (KeyError, ValueError, TypeError) as exc:
+            shift = {"ks_mean": None, "ks_std": None, "error": f"not measured ({exc})"}
         summary = {
             r.dataset: {
                 "success": r.success,
                 "rows": r.rows,
                 "expectations": len(r.outcomes),
-                "failed": [f"{o.expectation}:{o.column}" for o in r.failures()],
+                "failed": [o.key for o in r.failures()],
+                "warned": [o.key for o in r.warnings()],
+                "skipped_files": len(read_info(directory)["skipped"]),
             }
-            for r in reports
+            for r, directory in zip(reports, (layout.source_data, layout.target_data), strict=True)
         }
-        tracking.log_metrics({f"{name}_valid": float(s["success"]) for name, s in summary.items()})
+        summary["domain_shift"] = shift
+        summary["data_docs"] = str(docs.relative_to(ctx.project_dir) / "index.html")
+        valid = {f"{r.dataset}_valid": float(r.success) for r in reports}
+        ks = {
+            f"domain_shift_{k}": v
+            for k, v in shift.items()
+            if k.startswith("ks_") and v is not None
+        }
+        tracking.log_metrics({**valid, **ks})
+        mlflow.log_artifacts(str(docs), "data_docs")  # into this stage's child run
         write_json(layout.validation_report, summary)
+        _publish_markdown(summary_markdown(summary, docs / "index.html"))
     raise_on_failure(reports)
     return summary

@@ -52,6 +52,9 @@ def make_dvc_project(base: Path) -> Path:
     project.mkdir()
     for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy2(ROOT / name, project / name)
+    # an experiment repository commits dvc.lock (the tool's own repository ignores it)
+    ignore = (project / ".gitignore").read_text().splitlines()
+    (project / ".gitignore").write_text("\n".join(x for x in ignore if x != "/dvc.lock") + "\n")
     shutil.copytree(ROOT / "tasks", project / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     _git(project, "init", "-q")
     subprocess.run(

@@ -9,11 +9,16 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def dvc_stages(project_root):
+def dvc_stages(tmp_path_factory):
     import networkx as nx
     from dvc.repo import Repo
 
-    with Repo(str(project_root)) as repo:
+    from tests.conftest import make_dvc_project
+
+    # DVC refuses a repository whose dvc.lock is git-ignored, as the tool's own repository's
+    # is: read the DAG from a project made the way users make one (same dvc.yaml and code).
+    project = make_dvc_project(tmp_path_factory.mktemp("dag"))
+    with Repo(str(project)) as repo:
         stages = {s.name: s for s in repo.index.stages}
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         order = [s.name for s in reversed(list(nx.topological_sort(graph)))]

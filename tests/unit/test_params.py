@@ -92,3 +92,37 @@ def test_digest_tracks_values(project_root):
     b = resolve_params(project_root / "params.yaml", overrides=["base.seed=1"])
     assert a.digest() == resolve_params(project_root / "params.yaml").digest()
     assert a.digest() != b.digest()
+
+
+def test_a_path_alone_replaces_the_builtin(project_root, tmp_path):
+    params = resolve_params(project_root / "params.yaml", "smoke", [f"data.target.path={tmp_path}"])
+    assert params.data.target.path == str(tmp_path) and params.data.target.builtin is None
+    assert params.data.target.labels_per_class == 5  # the rest of the section is kept
+    back = resolve_params(
+        project_root / "params.yaml",
+        "default",
+        [f"data.source.path={tmp_path}", "data.source.builtin=uci-digits"],
+    )
+    assert back.data.source.builtin == "uci-digits" and back.data.source.path is None
+
+
+def test_exactly_one_source_and_known_builtins(project_root, tmp_path, monkeypatch):
+    from tasks import datasets
+
+    both = tmp_path / "params.yaml"
+    text = (project_root / "params.yaml").read_text()
+    both.write_text(text.replace("builtin: mnist5k", f"builtin: mnist5k\n    path: {tmp_path}"))
+    with pytest.raises(ParamsError, match="data.source: give exactly one of builtin"):
+        resolve_params(both)
+    with pytest.raises(ParamsError, match="data.target: unknown built-in dataset 'cifar'"):
+        resolve_params(project_root / "params.yaml", overrides=["data.target.builtin=cifar"])
+    monkeypatch.setitem(datasets.BUILTINS, "cifar", datasets.BUILTINS["uci-digits"])
+    params = resolve_params(project_root / "params.yaml", overrides=["data.target.builtin=cifar"])
+    assert params.data.target.builtin == "cifar"  # any recipe in BUILTINS plugs in
+
+
+def test_validation_section_bounds(project_root):
+    params = resolve_params(project_root / "params.yaml")
+    assert params.validation.warn_only == () and params.validation.min_images_per_class == 5
+    with pytest.raises(ParamsError, match="validation: min_side must not exceed max_side"):
+        resolve_params(project_root / "params.yaml", overrides=["validation.min_side=5000"])

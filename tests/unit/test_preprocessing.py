@@ -52,3 +52,12 @@ def test_degrade_to_loses_detail():
 def test_bad_inputs_are_explained(image, message):
     with pytest.raises(ValueError, match=message):
         preprocess([image], GREY)
+
+
+def test_unreadable_file_is_named(tmp_path):
+    from tasks.preprocessing import read_image
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ValueError, match="broken.png: cannot read image"):
+        read_image(bad, channels=1)

@@ -135,12 +135,13 @@ def _source_probe_split(ctx):
 
 def forgetting(ctx, names: list[str]) -> dict:
     """Linear-probe accuracy on the source test split of each backbone (features cached)."""
+    from tasks.context import WORK_DIR
     from tasks.features import cached_features, probe_accuracy
     from tasks.models import load_checkpoint
 
     p, layout = ctx.params, ctx.layout
     train, test = _source_probe_split(ctx)
-    cache = ctx.project_dir / ".tlp" / "features"
+    cache = ctx.project_dir / WORK_DIR / "features"
     dirs = {"source_model": layout.source_model, **{n: layout.candidates / n for n in names}}
     acc = {}
     for name, ckpt in dirs.items():

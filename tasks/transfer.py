@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks import tracking
-from tasks.context import StageContext, write_json
+from tasks.context import WORK_DIR, StageContext, write_json
 from tasks.datasets import load_tensors
 from tasks.models import (
     ModelCard,
@@ -42,8 +42,6 @@ from tasks.models import (
     unfreeze_modules,
 )
 from tasks.training import History, Objective, fit
-
-WORK_DIR = ".tlp"  # resume states and feature caches: local, git-ignored, never a DVC output
 
 
 @dataclass

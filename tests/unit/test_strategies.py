@@ -19,13 +19,20 @@ def source_project(tmp_path_factory, project_root):
     from tasks.context import open_context
 
     project = tmp_path_factory.mktemp("strategies")
-    params = resolve_params(
-        project_root / "params.yaml", "smoke", [f"base.tracking_uri=sqlite:///{project}/m.db"]
-    )
+    params = resolve_params(project_root / "params.yaml", "smoke", _overrides(project))
     ctx = open_context(project, params)
     datasets.run(ctx)
     pretrain.run(ctx)
     return project
+
+
+def _overrides(project) -> list[str]:
+    """The smoke profile, shrunk further: this file trains ten candidates."""
+    return [
+        f"base.tracking_uri=sqlite:///{project}/m.db",
+        "data.source.limit=1000",
+        "evaluate.forgetting_train_images=300",
+    ]
 
 
 def _context(project, strategies):
@@ -35,10 +42,7 @@ def _context(project, strategies):
     params = resolve_params(
         ROOT / "params.yaml",
         "smoke",
-        [
-            f"base.tracking_uri=sqlite:///{project}/m.db",
-            f"transfer.strategies=[{','.join(strategies)}]",
-        ],
+        [*_overrides(project), f"transfer.strategies=[{','.join(strategies)}]"],
     )
     return open_context(project, params)
 

@@ -1,14 +1,15 @@
 """Frozen-backbone features, computed once and cached on disk, and the scikit-learn linear probe.
 
 The cache key is the hash of the checkpoint's weights plus the hash of the input tensor, so
-a changed model or changed data can never be served stale features. The probe is a
-standardised logistic regression whose coefficients are folded back into the timm model's
+a changed model or changed data can never be served stale features. The probe is a centred,
+globally scaled logistic regression whose coefficients are folded back into the timm model's
 classifier, so a probed model is an ordinary checkpoint for evaluation and serving.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,24 +60,36 @@ def cached_features(model: torch.nn.Module, inputs: torch.Tensor, cache_dir: Pat
     return feats
 
 
-def fit_probe(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, c: float, seed: int):
+def fit_probe(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    c: float,
+    seed: int,
+    max_iter: int = 300,
+):
     """Standardised multinomial logistic regression -> (weight, bias) on the raw features."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     x = feats.numpy().astype(np.float64)
     y = labels.numpy()
-    scaler = StandardScaler().fit(x)
-    clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
-    clf.fit(scaler.transform(x), y)
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    # one scale for all features (not per feature): near-constant features would otherwise
+    # get huge folded weights, and LP-FT would start fine-tuning from exploding logits
+    mean = x.mean(0)
+    scale = float(x.std()) or 1.0
+    clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
+    # one BLAS thread: this problem is small, and on a busy machine more threads only spin
+    # (100x slower measured on 2 shared cores); an unconverged probe is still a probe
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit((x - mean) / scale, y)
     weight = np.zeros((num_classes, x.shape[1]))
     bias = np.full(num_classes, -1e4)  # classes never seen in training are never predicted
-    coef = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_, clf.coef_]) / 2
-    inter = clf.intercept_ if len(clf.classes_) > 2 else np.array([-1, 1]) * clf.intercept_ / 2
     for row, cls in enumerate(clf.classes_):
-        weight[cls] = coef[row] / scale
-        bias[cls] = inter[row] - (coef[row] * scaler.mean_ / scale).sum()
+        weight[cls] = clf.coef_[row] / scale
+        bias[cls] = clf.intercept_[row] - (clf.coef_[row] * mean / scale).sum()
     return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
 
 

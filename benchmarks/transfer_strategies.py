@@ -75,7 +75,7 @@ def run_one(experiment: str, labels: int, seed: int, args, source_cache: dict) -
     from tasks import datasets, evaluation, pretrain, transfer
     from tasks.context import open_context
 
-    project = args.out / "runs" / f"{experiment}-l{labels}-s{seed}"
+    project = args.work / f"{experiment}-l{labels}-s{seed}"
     shutil.rmtree(project, ignore_errors=True)
     project.mkdir(parents=True)
     ctx = open_context(project, _params(experiment, labels, seed, args, project))
@@ -195,8 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-forgetting", dest="forgetting", action="store_false")
     parser.add_argument("--set", action="append", default=[], help="extra section.key=value")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--work", type=Path, default=ROOT / ".tlp" / "bench", help="run folders (git-ignored)"
+    )
     args = parser.parse_args(argv)
-    args.out = args.out.resolve()
+    args.out, args.work = args.out.resolve(), args.work.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()

@@ -150,6 +150,9 @@ class TransferParams(TrainParams):
     min_val_for_early_stopping: int = Field(
         20, ge=1, description="fewer val images than this: fixed epochs (too noisy to stop on)"
     )
+    min_train_for_early_stopping: int = Field(
+        100, ge=1, description="fewer labelled train images: fixed epochs (few steps per epoch)"
+    )
     resume: bool = Field(True, description="continue a killed run from its last epoch")
 
     @model_validator(mode="after")

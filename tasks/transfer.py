@@ -94,7 +94,12 @@ def _source_model(job: Job, keep_head: bool = True) -> torch.nn.Module:
 
 def _fit(job: Job, model, lr: float, layer_decay=None, objective: Objective | None = None):
     p = job.params
-    enough_val = len(job.val[1]) >= p.transfer.min_val_for_early_stopping
+    # early stopping needs enough labels: with a handful of images an epoch is one or two
+    # steps, and val accuracy (BatchNorm statistics included) is too noisy to stop on
+    enough = (
+        len(job.val[1]) >= p.transfer.min_val_for_early_stopping
+        and len(job.train[1]) >= p.transfer.min_train_for_early_stopping
+    )
     return fit(
         model,
         job.train,
@@ -107,7 +112,7 @@ def _fit(job: Job, model, lr: float, layer_decay=None, objective: Objective | No
         device=resolve_device(p.base.device),
         objective=objective,
         state_dir=job.state_dir(),
-        patience=p.transfer.patience if enough_val else None,
+        patience=p.transfer.patience if enough else None,
         progress=f"transfer/{job.name}",
     )
 

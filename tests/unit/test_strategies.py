@@ -77,7 +77,7 @@ def test_all_strategies_in_one_run_share_the_test_split(source_project):
     """Gain and the negative-transfer flag against scratch; source_only is the untouched source."""
     from tasks import evaluation, transfer
 
-    names = ["scratch", "source_only", "linear_probe", "full"]
+    names = ["scratch", "source_only", "linear_probe"]
     ctx = _context(source_project, names)
     transfer.run(ctx)
     metrics = evaluation.run(ctx)

@@ -38,6 +38,9 @@ PATHS = {
     "summary": "reports/summary.json",
 }
 
+# Resume states and feature caches: local to the machine, git-ignored, never a DVC output.
+WORK_DIR = ".tlp"
+
 
 @dataclass
 class StageContext:

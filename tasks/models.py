@@ -46,6 +46,57 @@ def create_model(
         raise ValueError(f"model.arch: {exc}") from None
 
 
+def create_from_file(arch: str, file: Path, num_classes: int, in_chans: int) -> torch.nn.Module:
+    """A timm model initialised from a local checkpoint file (safetensors or a torch state dict).
+
+    timm's own loader does the adapting: ``in_chans`` different from the file's is handled by
+    summing or repeating the first conv's filters, and a ``num_classes`` different from the
+    file's head gives a freshly initialised classifier. Nothing is downloaded.
+    """
+    import timm
+
+    if not Path(file).is_file():
+        raise FileNotFoundError(f"pretrain.checkpoint_file: {file} not found")
+    try:
+        return timm.create_model(
+            arch,
+            pretrained=True,
+            pretrained_cfg_overlay={"file": str(file)},
+            num_classes=num_classes,
+            in_chans=in_chans,
+        )
+    except RuntimeError as exc:
+        raise ValueError(f"pretrain.checkpoint_file: {file} does not fit {arch}: {exc}") from None
+
+
+def stage_modules(model: torch.nn.Module) -> list[list[str]]:
+    """Module names per coarse layer group (stem first), from the model's timm group_matcher."""
+    from timm.models import group_modules
+
+    groups = group_modules(model, model.group_matcher(coarse=True))
+    return [groups[k] for k in sorted(groups)]
+
+
+def freeze_stages(model: torch.nn.Module, n: int) -> list[str]:
+    """Freeze the first ``n`` layer groups with timm (BatchNorm becomes FrozenBatchNorm2d)."""
+    from timm.utils import freeze
+
+    groups = stage_modules(model)
+    if n >= len(groups):
+        raise ValueError(f"transfer.freeze_stages: {n} would freeze all {len(groups)} groups")
+    names = [name for group in groups[:n] for name in group]
+    freeze(model, names)
+    return names
+
+
+def unfreeze_modules(model: torch.nn.Module, names: list[str]) -> None:
+    """Undo ``freeze_stages`` so the checkpoint has plain BatchNorm layers again."""
+    from timm.utils import unfreeze
+
+    if names:
+        unfreeze(model, names)
+
+
 def save_checkpoint(model: torch.nn.Module, card: ModelCard, out_dir: Path) -> Path:
     from safetensors.torch import save_model
 

@@ -24,6 +24,19 @@ RESOLVED_PARAMS_FILE = "params.resolved.yaml"
 DEFAULT_PROFILE = "default"
 
 STRATEGIES = ("scratch", "full")
+Strategy = Literal[
+    "scratch",
+    "source_only",
+    "linear_probe",
+    "partial",
+    "full",
+    "lp_ft",
+    "l2sp",
+    "dann",
+    "mmd",
+    "multitask",
+]
+ALL_STRATEGIES: tuple[str, ...] = Strategy.__args__
 
 
 class ParamsError(ValueError):
@@ -158,15 +171,41 @@ class PretrainParams(TrainParams):
     source_resolution: int | None = Field(
         8, ge=2, description="downsample source images to this size first (match the target)"
     )
+    checkpoint_file: str | None = Field(
+        None,
+        description="start from a local timm checkpoint (pretrained_cfg_overlay file=...); "
+        "in_chans and num_classes are adapted by timm; relative to the project",
+    )
 
 
 class TransferParams(TrainParams):
-    strategies: tuple[Literal["scratch", "full"], ...] = STRATEGIES
+    strategies: tuple[Strategy, ...] = STRATEGIES
     layer_decay: float | None = Field(0.75, gt=0.0, le=1.0, description="full: per-layer LR decay")
     scratch_lr: float = Field(3e-3, gt=0.0, le=10.0, description="lr of the scratch baseline")
     keep_head: bool = Field(
         True, description="keep the source classifier when source and target classes match"
     )
+    freeze_stages: int = Field(
+        2,
+        ge=1,
+        le=32,
+        description="partial: freeze the first N layer groups (the stem is the first)",
+    )
+    probe_c: float = Field(1.0, gt=0.0, description="linear_probe/lp_ft: inverse L2 strength")
+    l2sp_alpha: float = Field(0.01, ge=0.0, description="l2sp: pull toward the source weights")
+    l2sp_beta: float = Field(0.01, ge=0.0, description="l2sp: L2 on the new head")
+    adapt_weight: float = Field(1.0, ge=0.0, description="dann/mmd: weight of the domain term")
+    multitask_weight: float = Field(1.0, ge=0.0, description="multitask: source-task loss weight")
+    patience: int | None = Field(
+        10, ge=1, description="early stopping on val accuracy; null = fixed epochs"
+    )
+    min_val_for_early_stopping: int = Field(
+        20, ge=1, description="fewer val images than this: fixed epochs (too noisy to stop on)"
+    )
+    min_train_for_early_stopping: int = Field(
+        100, ge=1, description="fewer labelled train images: fixed epochs (few steps per epoch)"
+    )
+    resume: bool = Field(True, description="continue a killed run from its last epoch")
 
     @model_validator(mode="after")
     def _strategies_ok(self) -> TransferParams:
@@ -182,6 +221,11 @@ class EvaluateParams(_Section):
         "val", description="split the best candidate is chosen on (val keeps test honest)"
     )
     ece_bins: int = Field(15, ge=2, le=100)
+    negative_transfer_margin: float | None = Field(
+        None, ge=0.0, description="gain below -margin flags negative transfer; null = 2 std errors"
+    )
+    forgetting: bool = Field(True, description="linear-probe each backbone on the source task")
+    forgetting_train_images: int = Field(1000, ge=10, description="source train images probed")
 
 
 class RegistryParams(_Section):

@@ -1,14 +1,44 @@
-"""Stage ``pretrain``: a timm model trained on the source dataset, saved as safetensors + card."""
+"""Stage ``pretrain``: a timm model trained on the source dataset, saved as safetensors + card.
+
+The model starts from random weights, or from a local timm checkpoint file
+(``pretrain.checkpoint_file``; timm adapts ``in_chans`` and ``num_classes``), and is then
+trained on the source with the same loop as fine-tuning, resumable after a crash.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import time
+from pathlib import Path
+
+import torch
 
 from tasks import tracking
-from tasks.context import StageContext, write_json
+from tasks.context import WORK_DIR, StageContext, write_json
 from tasks.datasets import load_tensors
-from tasks.models import ModelCard, create_model, resolve_device, save_checkpoint
+from tasks.models import (
+    ModelCard,
+    create_from_file,
+    create_model,
+    resolve_device,
+    save_checkpoint,
+)
 from tasks.training import accuracy, fit
+
+
+def _initial_model(ctx: StageContext, num_classes: int):
+    p = ctx.params
+    if p.pretrain.checkpoint_file is None:
+        return create_model(p.model.arch, num_classes, p.preprocess.channels, seed=p.base.seed)
+    torch.manual_seed(p.base.seed)  # the adapted head is freshly initialised: seed it
+    file = ctx.project_dir / p.pretrain.checkpoint_file
+    return create_from_file(p.model.arch, file, num_classes, p.preprocess.channels)
+
+
+def _state_dir(ctx: StageContext, x_train: torch.Tensor) -> Path:
+    """Resume folder keyed on the params and the source data, so a stale one is never used."""
+    key = hashlib.sha256(ctx.params.digest().encode() + x_train.numpy().tobytes()).hexdigest()
+    return ctx.project_dir / WORK_DIR / "resume" / f"pretrain-{key[:16]}"
 
 
 def run(ctx: StageContext) -> dict:
@@ -17,7 +47,7 @@ def run(ctx: StageContext) -> dict:
     x_train, y_train, classes = load_tensors(layout.source_data, "train", p.preprocess, degrade)
     x_test, y_test, _ = load_tensors(layout.source_data, "test", p.preprocess, degrade)
     device = resolve_device(p.base.device)
-    model = create_model(p.model.arch, len(classes), p.preprocess.channels, seed=p.base.seed)
+    model = _initial_model(ctx, len(classes))
     with tracking.child_run("pretrain", ctx.experiment_id, ctx.parent_run_id):
         tracking.log_params({"arch": p.model.arch, **p.pretrain.model_dump(mode="json")})
         started = time.perf_counter()
@@ -29,6 +59,8 @@ def run(ctx: StageContext) -> dict:
             val=(x_test, y_test),
             on_epoch=lambda epoch, m: tracking.log_epoch(m, epoch),
             device=device,
+            state_dir=_state_dir(ctx, x_train),
+            progress="pretrain",
         )
         seconds = time.perf_counter() - started
         model.cpu()

@@ -68,6 +68,14 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+def log_figure(figure, artifact_file: str) -> None:
+    """A matplotlib figure as a PNG artifact of the active run, then closed to free memory."""
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(figure, artifact_file)
+    plt.close(figure)
+
+
 def set_tags(tags: dict[str, str], run_id: str | None = None) -> None:
     if run_id is None:
         mlflow.set_tags(tags)

@@ -1,83 +1,276 @@
 """Stage ``transfer``: every strategy in ``transfer.strategies`` trained on the labelled target.
 
-``scratch`` is the same architecture from random weights (the baseline that makes transfer
-gain measurable); ``full`` fine-tunes every layer of the source model with layer-wise LR
-decay, so early, general layers move less than the head.
+- ``scratch``: same architecture from random weights, the baseline that makes gain measurable.
+- ``source_only``: the source model as it is (needs the same classes): what transfer starts from.
+- ``linear_probe``: frozen source backbone; cached features + scikit-learn logistic regression.
+- ``partial``: the first ``freeze_stages`` layer groups frozen (timm group_matcher + freeze).
+- ``full``: every layer fine-tuned with layer-wise LR decay (timm optimiser + scheduler).
+- ``lp_ft``: linear probe, then full fine-tuning from that head (Kumar et al. 2022).
+- ``l2sp``: full fine-tuning with an L2 pull toward the source weights (Li et al. 2018).
+- ``dann`` / ``mmd``: fine-tuning plus unsupervised domain alignment with the unlabelled
+  target train images (gradient reversal + discriminator; multi-kernel MMD).
+- ``multitask``: shared backbone, a target head and a source head trained jointly.
+
+Each strategy trains with the shared loop in ``tasks.training`` and is saved as an ordinary
+timm checkpoint, so evaluation and serving do not care how it was made.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import math
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from tasks import tracking
-from tasks.context import StageContext, write_json
+from tasks.context import WORK_DIR, StageContext, write_json
 from tasks.datasets import load_tensors
-from tasks.models import ModelCard, create_model, load_checkpoint, resolve_device, save_checkpoint
-from tasks.training import History, fit
+from tasks.models import (
+    ModelCard,
+    create_model,
+    freeze_stages,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+    unfreeze_modules,
+)
+from tasks.training import History, Objective, fit
 
 
-def _scratch(
-    ctx: StageContext, classes: tuple[str, ...], train, val
-) -> tuple[torch.nn.Module, History]:
-    p = ctx.params
-    model = create_model(p.model.arch, len(classes), p.preprocess.channels, seed=p.base.seed)
-    history = _fit(ctx, model, train, val, lr=p.transfer.scratch_lr, layer_decay=None)
-    return model, history
+@dataclass
+class Job:
+    """One strategy's inputs: the stage context and the target splits (source loaded lazily)."""
+
+    ctx: StageContext
+    name: str
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    unlabeled: torch.Tensor  # every target train image, labels unused
+    classes: tuple[str, ...]
+
+    @property
+    def params(self):
+        return self.ctx.params
+
+    @cached_property
+    def source(self) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+        p = self.params
+        return load_tensors(
+            self.ctx.layout.source_data, "train", p.preprocess, p.pretrain.source_resolution
+        )
+
+    @property
+    def feature_cache(self) -> Path:
+        return self.ctx.project_dir / WORK_DIR / "features"
+
+    def state_dir(self) -> Path | None:
+        """Resume folder keyed on everything that shapes the run (params, data, strategy)."""
+        if not self.params.transfer.resume:
+            return None
+        key = hashlib.sha256(
+            f"{self.name}|{self.params.digest()}".encode()
+            + self.train[0].numpy().tobytes()
+            + self.train[1].numpy().tobytes()
+        ).hexdigest()[:16]
+        return self.ctx.project_dir / WORK_DIR / "resume" / f"transfer-{self.name}-{key}"
 
 
-def _full(
-    ctx: StageContext, classes: tuple[str, ...], train, val
-) -> tuple[torch.nn.Module, History]:
-    p = ctx.params
-    model, source_card = load_checkpoint(ctx.layout.source_model)
-    if not (p.transfer.keep_head and source_card.classes == classes):
+def _source_model(job: Job, keep_head: bool = True) -> torch.nn.Module:
+    """The source checkpoint, with a fresh target-sized head unless the classes match."""
+    p = job.params
+    model, card = load_checkpoint(job.ctx.layout.source_model)
+    if not (keep_head and p.transfer.keep_head and card.classes == job.classes):
         torch.manual_seed(p.base.seed)
-        model.reset_classifier(len(classes))  # timm: a fresh head sized for the target
-    history = _fit(ctx, model, train, val, lr=p.transfer.lr, layer_decay=p.transfer.layer_decay)
-    return model, history
+        model.reset_classifier(len(job.classes))  # timm: a fresh head sized for the target
+    return model
 
 
-def _fit(ctx, model, train, val, lr, layer_decay) -> History:
-    p = ctx.params
+def _fit(job: Job, model, lr: float, layer_decay=None, objective: Objective | None = None):
+    p = job.params
+    # early stopping needs enough labels: with a handful of images an epoch is one or two
+    # steps, and val accuracy (BatchNorm statistics included) is too noisy to stop on
+    enough = (
+        len(job.val[1]) >= p.transfer.min_val_for_early_stopping
+        and len(job.train[1]) >= p.transfer.min_train_for_early_stopping
+    )
     return fit(
         model,
-        train,
+        job.train,
         p.transfer,
         seed=p.base.seed,
         lr=lr,
         layer_decay=layer_decay,
-        val=val,
+        val=job.val,
         on_epoch=lambda epoch, m: tracking.log_epoch(m, epoch),
         device=resolve_device(p.base.device),
+        objective=objective,
+        state_dir=job.state_dir(),
+        patience=p.transfer.patience if enough else None,
+        progress=f"transfer/{job.name}",
     )
 
 
-STRATEGIES: dict[str, Callable] = {"scratch": _scratch, "full": _full}
+def _scratch(job: Job):
+    p = job.params
+    model = create_model(p.model.arch, len(job.classes), p.preprocess.channels, seed=p.base.seed)
+    return model, _fit(job, model, lr=p.transfer.scratch_lr)
+
+
+def _source_only(job: Job):
+    model, card = load_checkpoint(job.ctx.layout.source_model)
+    if card.classes != job.classes:
+        raise ValueError(
+            "transfer.strategies: source_only needs the source and target to share classes "
+            f"(source {card.classes}, target {job.classes})"
+        )
+    return model, History()
+
+
+def _linear_probe(job: Job):
+    """Fit the head on cached frozen features; the 'loss' is the head's before and after."""
+    from tasks.features import cached_features, fit_probe, set_head
+
+    p = job.params
+    model = _source_model(job).to(resolve_device(p.base.device))
+    feats = cached_features(model, job.train[0], job.feature_cache).to("cpu")
+    model.cpu()
+    before = F.cross_entropy(model.get_classifier()(feats), job.train[1]).item()
+    weight, bias = fit_probe(feats, job.train[1], len(job.classes), p.transfer.probe_c, p.base.seed)
+    set_head(model, weight, bias)
+    with torch.no_grad():
+        logits = model.get_classifier()(feats)
+    after = F.cross_entropy(logits, job.train[1]).item()
+    accuracy = (logits.argmax(1) == job.train[1]).float().mean().item()
+    history = History(
+        [
+            {"train_loss": before},
+            {"train_loss": after, "train_accuracy": accuracy},
+        ]
+    )
+    return model, history
+
+
+def _partial(job: Job):
+    p = job.params
+    model = _source_model(job)
+    frozen = freeze_stages(model, p.transfer.freeze_stages)
+    history = _fit(job, model, lr=p.transfer.lr)
+    unfreeze_modules(model, frozen)  # plain BatchNorm again, so the checkpoint loads anywhere
+    return model, history
+
+
+def _full(job: Job):
+    p = job.params
+    model = _source_model(job)
+    return model, _fit(job, model, lr=p.transfer.lr, layer_decay=p.transfer.layer_decay)
+
+
+def _lp_ft(job: Job):
+    p = job.params
+    model, probe = _linear_probe(job)
+    history = _fit(job, model, lr=p.transfer.lr, layer_decay=p.transfer.layer_decay)
+    history.epochs.insert(0, probe.epochs[0])  # the loss before the probe, for comparison
+    return model, history
+
+
+def _l2sp(job: Job):
+    from tasks.adaptation import L2SP
+
+    p = job.params
+    model = _source_model(job)
+    head_ids = {id(q) for q in model.get_classifier().parameters()}
+    kept_head = load_checkpoint(job.ctx.layout.source_model)[1].classes == job.classes
+    new = set() if (kept_head and p.transfer.keep_head) else head_ids
+    new_names = {n for n, q in model.named_parameters() if id(q) in new}
+    objective = L2SP(model, p.transfer.l2sp_alpha, p.transfer.l2sp_beta, new_names)
+    return model, _fit(job, model, lr=p.transfer.lr, objective=objective)
+
+
+def _adapt(job: Job, kind: str):
+    from tasks.adaptation import DANN, MMD
+
+    p = job.params
+    model = _source_model(job)
+    xs, ys, source_classes = job.source
+    labelled_source = (xs, ys) if source_classes == job.classes else None
+    w = p.transfer.adapt_weight
+    if kind == "dann":
+        objective = DANN(model.num_features, labelled_source, job.unlabeled, xs, w)
+    else:
+        objective = MMD(labelled_source, job.unlabeled, xs, w)
+    return model, _fit(job, model, lr=p.transfer.lr, objective=objective)
+
+
+def _multitask(job: Job):
+    from tasks.adaptation import MultiTask
+
+    p = job.params
+    source_head = copy.deepcopy(load_checkpoint(job.ctx.layout.source_model)[0].get_classifier())
+    model = _source_model(job)
+    xs, ys, source_classes = job.source
+    objective = MultiTask(
+        model.num_features, (xs, ys), len(source_classes), p.transfer.multitask_weight, source_head
+    )
+    return model, _fit(job, model, lr=p.transfer.lr, objective=objective)
+
+
+STRATEGIES: dict[str, Callable[[Job], tuple[torch.nn.Module, History]]] = {
+    "scratch": _scratch,
+    "source_only": _source_only,
+    "linear_probe": _linear_probe,
+    "partial": _partial,
+    "full": _full,
+    "lp_ft": _lp_ft,
+    "l2sp": _l2sp,
+    "dann": lambda job: _adapt(job, "dann"),
+    "mmd": lambda job: _adapt(job, "mmd"),
+    "multitask": _multitask,
+}
+
+
+def _summary(history: History, train_images: int) -> dict:
+    nan = math.nan
+    first = history.epochs[0] if history.epochs else {}
+    return {
+        "first_train_loss": first.get("train_loss", nan),
+        "final_train_loss": history.final.get("train_loss", nan),
+        "val_accuracy": history.final.get("val_accuracy", nan),
+        "epochs_run": len(history.epochs),
+        "best_epoch": -1 if history.best_epoch is None else history.best_epoch,
+        "stopped_early": history.stopped_early,
+        "train_images": train_images,
+    }
 
 
 def run(ctx: StageContext) -> dict:
     p, layout = ctx.params, ctx.layout
     x_train, y_train, classes = load_tensors(layout.target_data, "train", p.preprocess)
     x_val, y_val, _ = load_tensors(layout.target_data, "val", p.preprocess)
+    x_pool, _, _ = load_tensors(layout.target_data, "unlabeled", p.preprocess)
     if layout.candidates.exists():
         shutil.rmtree(layout.candidates)
     results = {}
     for name in p.transfer.strategies:
+        job = Job(
+            ctx, name, (x_train, y_train), (x_val, y_val), torch.cat([x_train, x_pool]), classes
+        )
         with tracking.child_run(f"transfer/{name}", ctx.experiment_id, ctx.parent_run_id):
             tracking.log_params({"strategy": name, **p.transfer.model_dump(mode="json")})
-            model, history = STRATEGIES[name](ctx, classes, (x_train, y_train), (x_val, y_val))
+            model, history = STRATEGIES[name](job)
             card = ModelCard(
                 arch=p.model.arch, classes=classes, preprocess=p.preprocess, strategy=name
             )
             save_checkpoint(model.cpu(), card, layout.candidates / name)
-            results[name] = {
-                "first_train_loss": history.epochs[0]["train_loss"],
-                "final_train_loss": history.final["train_loss"],
-                "val_accuracy": history.final.get("val_accuracy", float("nan")),
-                "train_images": len(y_train),
-            }
+            results[name] = _summary(history, len(y_train))
+            tracking.log_metrics(
+                {k: float(v) for k, v in results[name].items() if not math.isnan(float(v))}
+            )
     write_json(layout.transfer_report, results)
     return results

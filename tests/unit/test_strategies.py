@@ -1,0 +1,94 @@
+"""Every transfer strategy on the smoke profile: real data, a real pretrained source model, a
+real MLflow store in tmp. Each must lower its training loss and produce evaluation metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tasks.params import ALL_STRATEGIES, resolve_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def source_project(tmp_path_factory, project_root):
+    """Prepared smoke data and a pretrained source model, shared by every strategy."""
+    from tasks import datasets, pretrain
+    from tasks.context import open_context
+
+    project = tmp_path_factory.mktemp("strategies")
+    params = resolve_params(project_root / "params.yaml", "smoke", _overrides(project))
+    ctx = open_context(project, params)
+    datasets.run(ctx)
+    pretrain.run(ctx)
+    return project
+
+
+def _overrides(project) -> list[str]:
+    """The smoke profile, shrunk further: this file trains ten candidates. One torch thread:
+    on a busy 2-core machine two threads oversubscribe and run several times slower."""
+    return [
+        f"base.tracking_uri=sqlite:///{project}/m.db",
+        "base.threads=1",
+        "data.source.limit=1000",
+        "evaluate.forgetting_train_images=300",
+    ]
+
+
+def _context(project, strategies):
+    from tasks.context import open_context
+    from tests.conftest import ROOT
+
+    params = resolve_params(
+        ROOT / "params.yaml",
+        "smoke",
+        [*_overrides(project), f"transfer.strategies=[{','.join(strategies)}]"],
+    )
+    return open_context(project, params)
+
+
+@pytest.mark.parametrize("strategy", [s for s in ALL_STRATEGIES if s != "source_only"])
+def test_strategy_trains_and_is_evaluated(source_project, strategy):
+    from mlflow import MlflowClient
+
+    from tasks import evaluation, transfer
+
+    ctx = _context(source_project, [strategy])
+    report = transfer.run(ctx)[strategy]
+    assert report["final_train_loss"] < report["first_train_loss"]
+    metrics = evaluation.run(ctx)
+    m = metrics["candidates"][strategy]
+    assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["macro_f1"] <= 1.0
+    assert 0.0 <= m["ece"] <= 1.0 and m["n"] > 0
+    assert m["accuracy"] > 0.2  # ten classes: well above chance after training
+    forget = metrics["forgetting"]
+    assert 0.0 <= forget["candidates"][strategy]["probe_accuracy"] <= 1.0
+    assert forget["source_model_probe_accuracy"] > 0.5
+    runs = MlflowClient().search_runs(
+        [ctx.experiment_id], "attributes.run_name = 'evaluate'", max_results=1
+    )
+    artifacts = [a.path for a in MlflowClient().list_artifacts(runs[0].info.run_id, "confusion")]
+    assert f"confusion/{strategy}.png" in artifacts
+
+
+def test_all_strategies_in_one_run_share_the_test_split(source_project):
+    """Gain and the negative-transfer flag against scratch; source_only is the untouched source."""
+    from tasks import evaluation, transfer
+
+    names = ["scratch", "source_only", "linear_probe"]
+    ctx = _context(source_project, names)
+    transfer.run(ctx)
+    metrics = evaluation.run(ctx)
+    assert set(metrics["candidates"]) == set(names)
+    assert len({m["n"] for m in metrics["candidates"].values()}) == 1
+    for name in names[1:]:
+        flag = metrics["negative_transfer"][name]
+        assert flag["gain"] == pytest.approx(
+            metrics["candidates"][name]["accuracy"] - metrics["candidates"]["scratch"]["accuracy"]
+        )
+        assert flag["negative"] == (flag["gain"] < -flag["threshold"])
+    assert math.isclose(
+        metrics["forgetting"]["candidates"]["source_only"]["forgetting"], 0.0, abs_tol=1e-9
+    )

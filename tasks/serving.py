@@ -66,7 +66,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
         self.model, self.card = load_checkpoint(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: list[Any], params=None) -> pd.DataFrame:
         import torch
 
         from tasks.preprocessing import preprocess

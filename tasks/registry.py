@@ -168,8 +168,10 @@ def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
 def alias_version(name: str, alias: str) -> str | None:
     """The version an alias points to, or None."""
     try:
-        return MlflowClient().get_model_version_by_alias(name, alias).version
-    except MlflowException:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if is_transient(exc):  # unreachable is not "no alias": the caller must not act on it
+            raise
         return None
 
 
@@ -289,7 +291,9 @@ def version_exists(name: str, version: str) -> bool:
     try:
         MlflowClient().get_model_version(name, version)
         return True
-    except MlflowException:
+    except MlflowException as exc:
+        if is_transient(exc):
+            raise
         return False
 
 

@@ -50,6 +50,9 @@ def as_image_list(model_input: Any) -> list:
 warnings.filterwarnings(
     "ignore", message=".*type hints to the `predict` method", category=UserWarning
 )
+# ``list[Any]`` is deliberate (arrays of any image shape, or paths): no nagging about it
+warnings.filterwarnings("ignore", message=".*Any type hint is inferred as AnyType")
+warnings.filterwarnings("ignore", message=".*Decorate your function with `@mlflow.pyfunc")
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):

@@ -134,3 +134,64 @@ def test_dvc_repro_without_prefect_reproduces_the_outputs(pipeline_run):
     }
     for path in ("data/source", "data/target", "models/source", "models/candidates"):
         assert hashes[path] == before[path], f"{path} differs after dvc repro"
+
+
+def test_first_run_was_promoted_by_the_gate(pipeline_run):
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks import audit
+
+    project, first, second, _ = pipeline_run
+    assert first["promotion"]["promoted"] and "no champion yet" in first["promotion"]["reason"]
+    assert "already @champion" in second["promotion"]["reason"]
+    tags = MlflowClient().get_model_version(MODEL, first["version"]).tags
+    assert tags["gate.decision"] == "promote" and float(tags["gate.candidate_accuracy"]) > 0.5
+    actions = [(e["alias"], e["action"]) for e in audit.read_events(project, MODEL)]
+    assert actions == [("challenger", "challenger"), ("champion", "gate-promote")]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["promotion-gate"]))
+        )
+    assert any("PROMOTED" in (a.data or "") for a in artifacts)
+
+
+def test_lineage_prints_everything_that_made_the_champion(pipeline_run, capsys):
+    from flows.cli import main
+
+    project, first, _, _ = pipeline_run
+    uri = f"sqlite:///{project}/mlflow.db"
+    args = ["-C", str(project), "lineage", f"{MODEL}@champion", "--set", f"base.tracking_uri={uri}"]
+    assert main([*args, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["complete"] and info["missing"] == []
+    assert info["version"] == first["version"] and len(info["git_commit"]) == 40
+    assert set(info["dvc"]) == {"data/source", "data/target", "models/source", "models/candidates"}
+    assert info["params"]["transfer"]["epochs"] == 10  # the smoke profile's exact values
+    assert info["mlflow_parent_run_id"] == first["mlflow_run_id"]
+    assert info["prefect_flow_run_id"] == first["prefect_flow_run_id"]
+    assert info["gate"]["decision"] == "promote"
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    for needle in (info["git_commit"], info["dvc"]["data/target"], info["mlflow_run_id"]):
+        assert needle in text
+
+
+def test_reproduce_fetches_the_data_reruns_and_matches(pipeline_run, tmp_path):
+    import mlflow
+
+    from tasks.lineage import reproduce
+
+    project, first, _, _ = pipeline_run
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{project}/mlflow.db")
+    client = mlflow.MlflowClient()
+    versions_before = len(client.search_model_versions(f"name = '{MODEL}'"))
+    result = reproduce(f"{MODEL}@champion", project, tmp_path / "work")
+    assert result["metrics_match"], (result["logged_metrics"], result["rerun_metrics"])
+    assert all(result["outputs_match"].values()), result["hashes"]
+    assert result["code"] == str(tmp_path / "work" / "tasks")  # the commit's own code ran
+    assert not (tmp_path / "work" / "mlflow.db").exists()  # the registry was not touched
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions_before
+    assert result["version"] == first["version"]

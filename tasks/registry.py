@@ -191,28 +191,24 @@ def record_event(project_dir: Path, event: audit.AliasEvent) -> audit.AliasEvent
     return event
 
 
-def move_alias(
-    project_dir: Path,
-    event: audit.AliasEvent,
-    retries: int = 3,
-    delay: float = 1.0,
-) -> audit.AliasEvent:
-    """Move one alias (compare-and-set on ``event.from_version``) and record the move."""
-    name, alias = event.model, event.alias
+def mark_newest(
+    project_dir: Path, name: str, alias: str, version: str, retries: int = 3, delay: float = 1.0
+) -> audit.AliasEvent | None:
+    """Point ``alias`` (``@challenger``) at ``version`` unless a newer version already has it.
 
-    def move() -> None:
-        current = alias_version(name, alias)
-        if current != event.from_version:
-            raise ChampionMoved(
-                f"@{alias} of {name} is at version {current}, expected {event.from_version}"
-            )
-        if event.to_version is None:
-            MlflowClient().delete_registered_model_alias(name, alias)
-        elif current != event.to_version:
-            set_alias(name, alias, event.to_version)
-
+    Read and move happen under the alias lock, so concurrent registrations end with the alias
+    on the highest version; the move is recorded like every other.
+    """
     with alias_lock(project_dir, name):
-        with_retries(move, f"moving @{alias} of {name} to {event.to_version}", retries, delay)
+        current = with_retries(
+            lambda: alias_version(name, alias), f"reading @{alias}", retries, delay
+        )
+        if current is not None and int(current) >= int(version):
+            return None
+        with_retries(
+            lambda: set_alias(name, alias, version), f"moving @{alias} to {version}", retries, delay
+        )
+        event = audit.AliasEvent(name, alias, alias, current, version, "newest candidate")
         return with_retries(
             lambda: record_event(project_dir, event), f"recording @{alias}", retries, delay
         )
@@ -351,14 +347,9 @@ def run(ctx: StageContext) -> dict:
     version = str(info.registered_model_version)
     tag_version(r.model_name, version, {**tags, "register_run_id": run_id})
     # @champion is moved only by the promotion gate (flows/promote.py) or by a person
-    previous = alias_version(r.model_name, r.challenger_alias)
-    move_alias(
-        ctx.project_dir,
-        audit.AliasEvent(
-            r.model_name, r.challenger_alias, "challenger", previous, version, "newest candidate"
-        ),
-        ctx.params.promote.retries,
-        ctx.params.promote.retry_delay,
+    rules = ctx.params.promote
+    mark_newest(
+        ctx.project_dir, r.model_name, r.challenger_alias, version, rules.retries, rules.retry_delay
     )
     registration = {
         "model_name": r.model_name,

@@ -149,7 +149,7 @@ def test_first_run_was_promoted_by_the_gate(pipeline_run):
     tags = MlflowClient().get_model_version(MODEL, first["version"]).tags
     assert tags["gate.decision"] == "promote" and float(tags["gate.candidate_accuracy"]) > 0.5
     actions = [(e["alias"], e["action"]) for e in audit.read_events(project, MODEL)]
-    assert actions == [("challenger", "challenger"), ("champion", "gate-promote")]
+    assert actions[:2] == [("challenger", "challenger"), ("champion", "gate-promote")]
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["promotion-gate"]))

@@ -144,3 +144,12 @@ def test_8_compare_and_set_refuses_a_stale_expectation(store):
     with pytest.raises(registry.ChampionMoved):
         registry.move_champion(project, MODEL, other, expected_from="4", action="x", reason="y")
     assert champion() == current
+
+
+def test_9_challenger_only_moves_forward(store):
+    project, _ = store
+    assert registry.mark_newest(project, MODEL, "challenger", "3").to_version == "3"
+    assert registry.mark_newest(project, MODEL, "challenger", "2") is None  # a late, older one
+    assert registry.alias_version(MODEL, "challenger") == "3"
+    last = audit.read_events(project, MODEL)[-1]
+    assert (last["alias"], last["from_version"], last["to_version"]) == ("challenger", None, "3")

@@ -5,6 +5,7 @@ the promotion must fail with a clear message after bounded retries."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,13 +42,14 @@ def test_server_killed_mid_registration_leaves_the_champion(gate_candidates, tmp
     # the MLflow client's own HTTP retries are cut short: our retries (with backoff) decide
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    project, port = gate_candidates.project, free_port()
+    project, port = tmp_path / "project", free_port()
+    shutil.copytree(gate_candidates.project, project)
     uri = f"http://127.0.0.1:{port}"
     server = start_server(tmp_path, port, "server-1.log")
     try:
         exp = open_store(uri, project)
         first = register(gate_candidates.weak, project, exp)
-        registry.move_champion(tmp_path, MODEL, first, None, "manual-promote", "baseline")
+        registry.move_champion(project, MODEL, first, None, "manual-promote", "baseline")
         candidate = register(gate_candidates.strong, project, exp)  # logged and registered
     finally:
         stop_process(server)  # the tracking server dies before the gate moves the alias
@@ -55,10 +57,10 @@ def test_server_killed_mid_registration_leaves_the_champion(gate_candidates, tmp
     params = gate_params(retries=2, retry_delay=0.2)
     started = time.monotonic()
     with pytest.raises(registry.RegistryUnavailable, match="unreachable after 3 attempt"):
-        gate_and_promote(tmp_path, params, MODEL, candidate)
+        gate_and_promote(project, params, MODEL, candidate)
     with pytest.raises(registry.RegistryUnavailable, match="@champion"):
         registry.move_champion(
-            tmp_path, MODEL, candidate, first, "gate-promote", "x", retries=1, delay=0.1
+            project, MODEL, candidate, first, "gate-promote", "x", retries=1, delay=0.1
         )
     assert time.monotonic() - started < 60  # bounded: retries, then a clear failure
 
@@ -67,7 +69,7 @@ def test_server_killed_mid_registration_leaves_the_champion(gate_candidates, tmp
         assert registry.alias_version(MODEL, "champion") == first
         assert "champion" not in registry.version_aliases(MODEL, candidate)
         # once the server is back, the same promotion goes through
-        assert gate_and_promote(tmp_path, params, MODEL, candidate)["promoted"]
+        assert gate_and_promote(project, params, MODEL, candidate)["promoted"]
         assert registry.alias_version(MODEL, "champion") == candidate
     finally:
         stop_process(server)

@@ -137,8 +137,9 @@ def test_dvc_repro_without_prefect_reproduces_the_outputs(pipeline_run):
 
 
 def test_first_run_was_promoted_by_the_gate(pipeline_run):
+    import httpx
     from mlflow import MlflowClient
-    from prefect.artifacts import Artifact
+    from prefect.settings import PREFECT_API_URL
 
     from tasks import audit
 
@@ -149,8 +150,12 @@ def test_first_run_was_promoted_by_the_gate(pipeline_run):
     assert tags["gate.decision"] == "promote" and float(tags["gate.candidate_accuracy"]) > 0.5
     actions = [(e["alias"], e["action"]) for e in audit.read_events(project, MODEL)]
     assert actions[:2] == [("challenger", "challenger"), ("champion", "gate-promote")]
-    latest = Artifact.get("promotion-gate", _sync=True)  # the second run's: nothing to gate
-    assert latest is not None and "already @champion" in latest.data
+    body = {"artifacts": {"key": {"any_": ["promotion-gate"]}}, "sort": "CREATED_DESC"}
+    answer = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
+    answer.raise_for_status()
+    texts = [a["data"] for a in answer.json()]  # newest first: the second run, then the first
+    assert len(texts) == 2 and "already @champion" in texts[0] and "PROMOTED" in texts[1]
+    assert "McNemar" in texts[1] or "no champion yet" in texts[1]
 
 
 def test_lineage_prints_everything_that_made_the_champion(pipeline_run, capsys):

@@ -154,7 +154,8 @@ def test_first_run_was_promoted_by_the_gate(pipeline_run):
     answer = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
     answer.raise_for_status()
     texts = [a["data"] for a in answer.json()]  # newest first: the second run, then the first
-    assert len(texts) == 2 and "already @champion" in texts[0] and "PROMOTED" in texts[1]
+    assert len(texts) == 2 and "already @champion" in texts[0]
+    assert f"version {first['version']} PROMOTED" in texts[1]
     assert "McNemar" in texts[1] or "no champion yet" in texts[1]
 
 

@@ -57,6 +57,36 @@ def _parser() -> argparse.ArgumentParser:
         help="prepare and validate the datasets only (GX), then print the Data Docs path",
     )
     add_params_args(validate)
+
+
+    promote = sub.add_parser(
+        "promote", help="move @champion to a version if the gate passes (--force overrides)"
+    )
+    promote.add_argument("name", help="registered model name")
+    promote.add_argument("version", help="model version to promote")
+    promote.add_argument("--reason", required=True, help="why (recorded with the move)")
+    promote.add_argument(
+        "--force", action="store_true", help="promote even if the gate refuses (recorded)"
+    )
+    add_params_args(promote)
+    rollback = sub.add_parser("rollback", help="move @champion back to @previous_champion")
+    rollback.add_argument("name", help="registered model name")
+    rollback.add_argument("--reason", default="rollback", help="why (recorded with the move)")
+    add_params_args(rollback)
+    lineage = sub.add_parser(
+        "lineage", help="git commit, params, DVC hashes, MLflow and Prefect runs of a model"
+    )
+    lineage.add_argument("ref", metavar="NAME@ALIAS", help="NAME@ALIAS or NAME/VERSION")
+    lineage.add_argument("--json", action="store_true", help="print JSON")
+    add_params_args(lineage)
+    reproduce = sub.add_parser(
+        "reproduce", help="fetch a model's data from the DVC remote, rerun, compare metrics"
+    )
+    reproduce.add_argument("ref", metavar="NAME@ALIAS", help="NAME@ALIAS or NAME/VERSION")
+    reproduce.add_argument(
+        "--workdir", type=Path, default=None, help="new, empty dir (default: a temp dir)"
+    )
+    add_params_args(reproduce)
     return parser
 
 
@@ -153,7 +183,88 @@ def cmd_validate(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "stage": cmd_stage, "params": cmd_params, "validate": cmd_validate}
+def _open_registry(args):
+    """Resolved params of the project, with MLflow pointed at its store."""
+    from tasks import tracking
+
+    params = _resolve(args)
+    project = args.project_dir.resolve()
+    tracking.configure(params.base.tracking_uri, project, params.base.experiment)
+    return project, params
+
+
+def cmd_promote(args) -> int:
+    from flows.promote import gate_and_promote
+
+    project, params = _open_registry(args)
+    outcome = gate_and_promote(
+        project, params, args.name, args.version, args.reason, args.force, manual=True
+    )
+    if outcome["promoted"]:
+        how = "FORCED past the gate" if outcome["forced"] else "gate passed"
+        print(f"{args.name} version {args.version} is now @champion ({how}): {outcome['reason']}")
+    else:
+        print(outcome["reason"])
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from tasks.registry import rollback_champion
+
+    project, params = _open_registry(args)
+    event = rollback_champion(
+        project,
+        args.name,
+        args.reason,
+        params.registry.champion_alias,
+        params.promote.previous_alias,
+        params.promote.retries,
+        params.promote.retry_delay,
+    )
+    print(f"{args.name}: @champion rolled back from {event.from_version} to {event.to_version}")
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    import json
+    import tempfile
+
+    from tasks.lineage import format_lineage, lineage
+
+    _open_registry(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        info = lineage(args.ref, Path(tmp))
+        info.pop("files")
+    print(json.dumps(info, indent=2) if args.json else format_lineage(info))
+    return 0 if info["complete"] else 1
+
+
+def cmd_reproduce(args) -> int:
+    import json
+    import tempfile
+
+    from tasks.lineage import reproduce
+
+    project, _ = _open_registry(args)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tlp-reproduce-")) / "work"
+    result = reproduce(args.ref, project, workdir.resolve())
+    shown = {k: v for k, v in result.items() if k not in ("logged_metrics", "rerun_metrics")}
+    print(json.dumps(shown, indent=2))
+    ok = result["metrics_match"]
+    print(f"metrics {'MATCH' if ok else 'DIFFER'} ({result['workdir']})", file=sys.stderr)
+    return 0 if ok else 1
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "stage": cmd_stage,
+    "params": cmd_params,
+    "validate": cmd_validate,
+    "promote": cmd_promote,
+    "rollback": cmd_rollback,
+    "lineage": cmd_lineage,
+    "reproduce": cmd_reproduce,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.promote import promote_model
 from tasks import registry, tracking, versioning
 from tasks.context import StageContext, open_context, read_json, write_json
 from tasks.params import PARAMS_FILE, resolve_params, write_resolved
@@ -108,7 +109,9 @@ def transfer_pipeline(
                 versioning.commit_stage(project, stage.name)
             timings[stage.name] = round(time.perf_counter() - t0, 3)
         versioning.push(project)
+        promotion = promote_model(project_dir=str(project))  # the gate moves @champion, or not
         summary = build_summary(ctx, timings, skipped, time.perf_counter() - started)
+        summary["promotion"] = promotion
         write_json(ctx.layout.summary, summary)
         tracking.finish_parent_run(ctx.parent_run_id, summary)
         create_markdown_artifact(summary_markdown(summary), key="transfer-pipeline-summary")

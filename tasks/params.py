@@ -234,6 +234,19 @@ class RegistryParams(_Section):
     champion_alias: str = "champion"
 
 
+class PromoteParams(_Section):
+    """The promotion gate: a candidate must beat the champion with statistical support."""
+
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="significance of the McNemar test")
+    min_delta: float = Field(0.0, ge=0.0, le=1.0, description="least test-accuracy gain")
+    min_accuracy: float = Field(
+        0.5, ge=0.0, le=1.0, description="absolute floor on test accuracy, champion or not"
+    )
+    previous_alias: str = "previous_champion"
+    retries: int = Field(3, ge=0, le=10, description="retries of transient tracking errors")
+    retry_delay: float = Field(1.0, ge=0.0, le=60.0, description="first backoff, in seconds")
+
+
 class Params(_Section):
     base: BaseParams
     data: DataParams
@@ -244,6 +257,7 @@ class Params(_Section):
     evaluate: EvaluateParams
     registry: RegistryParams
     validation: ValidationParams = ValidationParams()
+    promote: PromoteParams = PromoteParams()
 
     def digest(self) -> str:
         """Stable hash of every value; tags each run and registered version."""

@@ -50,6 +50,9 @@ def as_image_list(model_input: Any) -> list:
 warnings.filterwarnings(
     "ignore", message=".*type hints to the `predict` method", category=UserWarning
 )
+# ``list[Any]`` is deliberate (arrays of any image shape, or paths): no nagging about it
+warnings.filterwarnings("ignore", message=".*Any type hint is inferred as AnyType")
+warnings.filterwarnings("ignore", message=".*Decorate your function with `@mlflow.pyfunc")
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -66,7 +69,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
         self.model, self.card = load_checkpoint(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: list[Any], params=None) -> pd.DataFrame:
         import torch
 
         from tasks.preprocessing import preprocess

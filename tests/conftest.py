@@ -77,3 +77,11 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def gate_candidates(tmp_path_factory):
+    """A strong and a weak checkpoint plus the frozen uci-digits test split (built once)."""
+    from tests.registry_support import build_candidates
+
+    return build_candidates(tmp_path_factory.mktemp("gate"))

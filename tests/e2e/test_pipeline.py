@@ -134,3 +134,66 @@ def test_dvc_repro_without_prefect_reproduces_the_outputs(pipeline_run):
     }
     for path in ("data/source", "data/target", "models/source", "models/candidates"):
         assert hashes[path] == before[path], f"{path} differs after dvc repro"
+
+
+def test_first_run_was_promoted_by_the_gate(pipeline_run):
+    import httpx
+    from mlflow import MlflowClient
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks import audit
+
+    project, first, second, _ = pipeline_run
+    assert first["promotion"]["promoted"] and "no champion yet" in first["promotion"]["reason"]
+    assert "already @champion" in second["promotion"]["reason"]
+    tags = MlflowClient().get_model_version(MODEL, first["version"]).tags
+    assert tags["gate.decision"] == "promote" and float(tags["gate.candidate_accuracy"]) > 0.5
+    actions = [(e["alias"], e["action"]) for e in audit.read_events(project, MODEL)]
+    assert actions[:2] == [("challenger", "challenger"), ("champion", "gate-promote")]
+    body = {"artifacts": {"key": {"any_": ["promotion-gate"]}}, "sort": "CREATED_DESC"}
+    answer = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
+    answer.raise_for_status()
+    texts = [a["data"] for a in answer.json()]  # newest first: the second run, then the first
+    assert len(texts) == 2 and "already @champion" in texts[0]
+    assert f"version {first['version']} PROMOTED" in texts[1]
+    assert "McNemar" in texts[1] or "no champion yet" in texts[1]
+
+
+def test_lineage_prints_everything_that_made_the_champion(pipeline_run, capsys):
+    from flows.cli import main
+
+    project, first, _, _ = pipeline_run
+    uri = f"sqlite:///{project}/mlflow.db"
+    args = ["-C", str(project), "lineage", f"{MODEL}@champion", "--set", f"base.tracking_uri={uri}"]
+    assert main([*args, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["complete"] and info["missing"] == []
+    assert info["version"] == first["version"] and len(info["git_commit"]) == 40
+    assert set(info["dvc"]) == {"data/source", "data/target", "models/source", "models/candidates"}
+    assert info["params"]["transfer"]["epochs"] == 10  # the smoke profile's exact values
+    assert info["mlflow_parent_run_id"] == first["mlflow_run_id"]
+    assert info["prefect_flow_run_id"] == first["prefect_flow_run_id"]
+    assert info["gate"]["decision"] == "promote"
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    for needle in (info["git_commit"], info["dvc"]["data/target"], info["mlflow_run_id"]):
+        assert needle in text
+
+
+def test_reproduce_fetches_the_data_reruns_and_matches(pipeline_run, tmp_path):
+    import mlflow
+
+    from tasks.lineage import reproduce
+
+    project, first, _, _ = pipeline_run
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{project}/mlflow.db")
+    client = mlflow.MlflowClient()
+    versions_before = len(client.search_model_versions(f"name = '{MODEL}'"))
+    result = reproduce(f"{MODEL}@champion", project, tmp_path / "work")
+    assert result["metrics_match"], (result["logged_metrics"], result["rerun_metrics"])
+    assert all(result["outputs_match"].values()), result["hashes"]
+    assert result["code"] == str(tmp_path / "work" / "tasks")  # the commit's own code ran
+    assert not (tmp_path / "work" / "mlflow.db").exists()  # the registry was not touched
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions_before
+    assert result["version"] == first["version"]

@@ -71,7 +71,9 @@ def test_two_waiting_runs_both_finish_one_after_the_other(project, tmp_path_fact
         assert code == 0, err[-2000:]
         assert "database is locked" not in out + err
     summary = json.loads((project / "reports" / "summary.json").read_text())
-    skipped = [out.split("skipped (up to date):")[1].splitlines()[0].strip() for _, out, _ in results]
+    skipped = [
+        out.split("skipped (up to date):")[1].splitlines()[0].strip() for _, out, _ in results
+    ]
     # exactly one of them ran the stages; the other waited and found everything up to date
     assert sorted(skipped) == sorted(["none", ", ".join(STAGE_NAMES)])
     assert summary["skipped_stages"] == list(STAGE_NAMES)
@@ -84,7 +86,10 @@ def test_two_runs_without_wait_one_stops_with_a_clear_message(project, tmp_path_
     (ok_code, _, ok_err), (busy_code, busy_out, busy_err) = results
     assert ok_code == 0, ok_err[-2000:]
     assert busy_code == 3, busy_err[-2000:]
-    assert "tlp: run stopped:" in busy_err and "another pipeline run holds the project lock" in busy_err
+    assert (
+        "tlp: run stopped:" in busy_err
+        and "another pipeline run holds the project lock" in busy_err
+    )
     assert "--wait SECONDS" in busy_err
     assert "database is locked" not in busy_out + busy_err + ok_err
     assert (project / "dvc.lock").read_text() == lock_before

@@ -54,9 +54,14 @@ def mlflow_server_service(
     argv = [_tool("mlflow"), "server", "--backend-store-uri", backend_store_uri]
     argv += ["--artifacts-destination", artifacts, "--serve-artifacts"]
     argv += ["--host", HOST, "--port", str(port)]
+    env = {}
     if basic_auth:
         argv += ["--app-name", "basic-auth"]
-    return Service("mlflow", argv, f"http://{HOST}:{port}/health")
+        if not os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):  # CSRF key; one server only
+            import secrets
+
+            env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_urlsafe(32)
+    return Service("mlflow", argv, f"http://{HOST}:{port}/health", env)
 
 
 def prefect_server_service(port: int, database_url: str | None = None) -> Service:

@@ -50,7 +50,10 @@ def team(tmp_path_factory):
         )
         mlflow_port, prefect_port = free_port(), free_port()
         mlflow = mlflow_server_service(
-            pg.url("mlflow"), "s3://mlflow-artifacts", mlflow_port, basic_auth=True
+            pg.url("mlflow", "postgresql+psycopg"),
+            "s3://mlflow-artifacts",
+            mlflow_port,
+            basic_auth=True,
         )
         mlflow.env.update(s3.env)
         mlflow.env.update(
@@ -145,6 +148,7 @@ def test_tlp_serve_creates_a_scheduled_deployment_with_upcoming_runs(team, proje
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
 
     argv = [str(BIN / "tlp"), "-C", str(project), "serve", "--set", "schedule.cron=15 3 * * *"]
     argv += ["--set", "schedule.timezone=Europe/Berlin"]
@@ -176,6 +180,8 @@ def test_tlp_serve_creates_a_scheduled_deployment_with_upcoming_runs(team, proje
                             type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
                         )
                     ),
+                    sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                    limit=10,
                 )
                 return runs if len(runs) >= 3 else None
 
@@ -210,8 +216,16 @@ def test_worker_runs_the_triggered_smoke_deployment_end_to_end(team, project, mo
         return done.stdout
 
     cli("work-pool", "create", "tlp-process", "--type", "process")
-    cli("--no-prompt", "deploy", "--prefect-file", str(ROOT / "infra" / "prefect.yaml"), "--name",
-        "smoke")  # fmt: skip
+    deploy = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--prefect-file", str(ROOT / "infra" / "prefect.yaml"),
+         "--name", "smoke"], env=env, cwd=project, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if deploy.returncode != 0:
+        # Known upstream fault of the pinned prefect 3.8.8 + fastapi 0.154: after creating the
+        # deployment, the CLI asks for the pool's online workers with `limit: null`, which the
+        # server rejects (422). Only that exact failure is tolerated (README: Running for a team).
+        assert "workers/filter" in deploy.stderr and "422" in deploy.stderr, deploy.stderr[-3000:]
+        assert "Deployment 'transfer_pipeline/smoke' successfully created" in deploy.stdout
     with prefect_client(team) as client:
         dep = client.read_deployment_by_name("transfer_pipeline/smoke")
         assert dep.work_pool_name == "tlp-process" and dep.global_concurrency_limit.limit == 1

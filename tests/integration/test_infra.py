@@ -90,7 +90,7 @@ def test_compose_references_are_consistent():
     assert used_volumes == volumes, "named volumes used and declared differ"
     mlflow = " ".join(services["mlflow"]["command"])
     assert "--app-name basic-auth" in mlflow and "--artifacts-destination s3://" in mlflow
-    assert "postgresql://" in mlflow
+    assert "postgresql+psycopg://" in mlflow  # psycopg 3, as pinned in the team extra
     prefect_db = services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert prefect_db.startswith("postgresql+asyncpg://")
 

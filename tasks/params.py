@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PARAMS_FILE = "params.yaml"
 RESOLVED_PARAMS_FILE = "params.resolved.yaml"
@@ -153,15 +160,16 @@ class ScheduleParams(_Section):
         "ENQUEUE", description="a run due while the limit is reached waits or is skipped"
     )
 
-    @model_validator(mode="after")
-    def _known_timezone(self) -> ScheduleParams:
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         try:
-            ZoneInfo(self.timezone)
+            ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone") from None
-        return self
+            raise ValueError("not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        return value
 
 
 class Params(_Section):

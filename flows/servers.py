@@ -108,20 +108,20 @@ def wait_healthy(service: Service, proc: subprocess.Popen, timeout: float = 120.
     raise TimeoutError(f"{service.name} did not answer {service.health_url} in {timeout:.0f} s")
 
 
-def stop(procs: Sequence[subprocess.Popen], timeout: float = 15.0) -> None:
-    """SIGTERM each server's process group, then SIGKILL what is left after ``timeout``."""
+def stop(procs: Sequence[subprocess.Popen], timeout: float = 8.0) -> None:
+    """SIGTERM each server's process group, then SIGKILL what is left after ``timeout``
+    (servers such as ``mlflow ui`` leave helper processes behind in their group)."""
     for proc in procs:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for proc in procs:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _interrupt(signum: int, frame: object) -> None:

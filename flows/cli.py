@@ -149,12 +149,13 @@ def print_summary(summary: dict) -> None:
 
 def cmd_run(args) -> int:
     _resolve(args)  # reject bad params before Prefect or any work starts
-    from flows.pipeline import transfer_pipeline
     from tasks.locking import run_lock
 
     project = args.project_dir.resolve()
     # held before Prefect starts: two runs never share the ephemeral API's SQLite database
     with run_lock(project, wait=args.wait):
+        from flows.pipeline import transfer_pipeline
+
         summary = transfer_pipeline(
             profile=args.profile,
             overrides=args.overrides,

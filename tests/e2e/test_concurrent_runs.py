@@ -52,17 +52,9 @@ def _assert_lock_whole(project: Path) -> None:
         assert repo.status() == {}
 
 
-def experiment_project(base: Path) -> Path:
-    """A project as a user's experiment repository has it: dvc.lock not git-ignored."""
-    project = make_dvc_project(base)
-    ignore = project / ".gitignore"
-    ignore.write_text(ignore.read_text().replace("/dvc.lock\n", ""))
-    return project
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    return experiment_project(tmp_path_factory.mktemp("concurrent"))
+    return make_dvc_project(tmp_path_factory.mktemp("concurrent"))
 
 
 def test_two_waiting_runs_both_finish_one_after_the_other(project, tmp_path_factory):

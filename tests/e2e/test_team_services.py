@@ -91,8 +91,6 @@ def team(tmp_path_factory):
 def project(tmp_path_factory) -> Path:
     project = make_dvc_project(tmp_path_factory.mktemp("team"))
     shutil.copytree(ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
-    ignore = project / ".gitignore"  # an experiment repository commits dvc.lock
-    ignore.write_text(ignore.read_text().replace("/dvc.lock\n", ""))
     return project
 
 

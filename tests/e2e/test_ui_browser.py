@@ -48,8 +48,6 @@ def reviewed_project(tmp_path_factory):
     """A finished pipeline run in a fresh project, and ``tlp ui`` serving its store."""
     _chromium()
     project = make_dvc_project(tmp_path_factory.mktemp("browser"))
-    ignore = project / ".gitignore"
-    ignore.write_text(ignore.read_text().replace("/dvc.lock\n", ""))
     env = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home"))}
     env.pop("PREFECT_API_URL", None)
     argv = [str(BIN / "tlp"), "-C", str(project), "run", "--profile", "smoke"]

@@ -17,6 +17,8 @@ from tests.conftest import make_dvc_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
+# a loaded 2-core CI machine can take longer than Prefect's default 20 s to start its API
+SLOW_MACHINE = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
 TINY = [
     "data.source.limit=300",
     "pretrain.epochs=1",
@@ -27,8 +29,8 @@ TINY = [
 def _start(project: Path, prefect_home: Path, *extra: str) -> subprocess.Popen:
     argv = [str(Path(sys.executable).parent / "tlp"), "-C", str(project), "run"]
     argv += ["--profile", "smoke", *[a for s in TINY for a in ("--set", s)], *extra]
-    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_API_URL": ""}
-    env.pop("PREFECT_API_URL")
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), **SLOW_MACHINE}
+    env.pop("PREFECT_API_URL", None)
     return subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

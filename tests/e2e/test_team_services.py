@@ -190,7 +190,7 @@ def test_tlp_serve_creates_a_scheduled_deployment_with_upcoming_runs(team, proje
                 assert run.expected_start_time.timestamp() > time.time()
             print("upcoming runs:", sorted(r.expected_start_time.isoformat() for r in runs))
             proc.send_signal(signal.SIGINT)
-            proc.wait(60)
+            proc.wait(240)  # the runner pauses the schedule on its way out
             # a served schedule pauses when the process stops (pause_on_shutdown)
             paused = client.read_deployment(dep.id)
             assert paused.paused is True

@@ -49,6 +49,7 @@ def reviewed_project(tmp_path_factory):
     _chromium()
     project = make_dvc_project(tmp_path_factory.mktemp("browser"))
     env = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home"))}
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a loaded 2-core machine
     env.pop("PREFECT_API_URL", None)
     argv = [str(BIN / "tlp"), "-C", str(project), "run", "--profile", "smoke"]
     argv += [a for s in TINY for a in ("--set", s)]

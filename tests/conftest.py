@@ -53,9 +53,6 @@ def make_dvc_project(base: Path) -> Path:
     for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy2(ROOT / name, project / name)
     shutil.copytree(ROOT / "tasks", project / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
-    # an experiment repository commits dvc.lock (DVC refuses a git-ignored one): see README
-    ignore = project / ".gitignore"
-    ignore.write_text(ignore.read_text().replace("/dvc.lock\n", ""))
     _git(project, "init", "-q")
     subprocess.run(
         [sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True, capture_output=True

@@ -9,7 +9,7 @@ export PREFECT_LOGGING_LEVEL ?= WARNING
 export GX_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install run smoke test test-fast lint clean
+.PHONY: help install run smoke test test-fast lint clean serve ui server
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,15 @@ run: $(STAMP) ## run the default pipeline on built-in data, then print where to 
 
 smoke: $(STAMP) ## the whole pipeline in about a minute (tiny settings)
 	$(BIN)/tlp run --profile smoke
+
+serve: $(STAMP) ## run the pipeline on the cron schedule in params.yaml (section schedule)
+	$(BIN)/tlp serve
+
+ui: $(STAMP) ## MLflow UI for this project's store on http://127.0.0.1:5000
+	$(BIN)/tlp ui
+
+server: $(STAMP) ## Prefect server + MLflow server on 127.0.0.1 for a small team on one box
+	$(BIN)/tlp server
 
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest

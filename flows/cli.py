@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the whole pipeline as the Prefect flow transfer_pipeline")
     add_params_args(run)
+    run.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="if another run holds this project, wait up to SECONDS for it (default: stop)",
+    )
     stage = sub.add_parser(
         "stage", help="run one stage with the resolved params (what dvc.yaml calls)"
     )
@@ -57,7 +64,6 @@ def _parser() -> argparse.ArgumentParser:
         help="prepare and validate the datasets only (GX), then print the Data Docs path",
     )
     add_params_args(validate)
-
 
     promote = sub.add_parser(
         "promote", help="move @champion to a version if the gate passes (--force overrides)"
@@ -87,7 +93,42 @@ def _parser() -> argparse.ArgumentParser:
         "--workdir", type=Path, default=None, help="new, empty dir (default: a temp dir)"
     )
     add_params_args(reproduce)
+    _add_ops_parsers(sub, add_params_args)
     return parser
+
+
+def _add_ops_parsers(sub, add_params_args) -> None:
+    """serve, ui, server: scheduling and the servers a team reviews runs in."""
+    serve = sub.add_parser("serve", help="serve the pipeline on the cron schedule in params")
+    add_params_args(serve)
+    serve.add_argument(
+        "--upcoming",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the next N scheduled times and exit (nothing is served)",
+    )
+    ui = sub.add_parser("ui", help="open the MLflow UI for this project's store on 127.0.0.1")
+    add_params_args(ui)
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--open", action="store_true", help="also open it in the default browser")
+    server = sub.add_parser(
+        "server", help="start a Prefect server and an MLflow server on 127.0.0.1 (one box)"
+    )
+    add_params_args(server)
+    server.add_argument("--prefect-port", type=int, default=4200)
+    server.add_argument("--mlflow-port", type=int, default=5000)
+    server.add_argument(
+        "--backend-store-uri", help="MLflow store (default: base.tracking_uri, e.g. postgresql://)"
+    )
+    server.add_argument(
+        "--artifacts", help="where MLflow keeps artifacts (default: mlartifacts/; or s3://...)"
+    )
+    server.add_argument(
+        "--basic-auth",
+        action="store_true",
+        help="MLflow basic auth (admin from MLFLOW_AUTH_ADMIN_USERNAME/_PASSWORD)",
+    )
 
 
 def _resolve(args):
@@ -142,11 +183,19 @@ def print_summary(summary: dict) -> None:
 
 def cmd_run(args) -> int:
     _resolve(args)  # reject bad params before Prefect or any work starts
-    from flows.pipeline import transfer_pipeline
+    from tasks.locking import run_lock
 
-    summary = transfer_pipeline(
-        profile=args.profile, overrides=args.overrides, project_dir=str(args.project_dir.resolve())
-    )
+    project = args.project_dir.resolve()
+    # held before Prefect starts: two runs never share the ephemeral API's SQLite database
+    with run_lock(project, wait=args.wait):
+        from flows.pipeline import transfer_pipeline
+
+        summary = transfer_pipeline(
+            profile=args.profile,
+            overrides=args.overrides,
+            project_dir=str(project),
+            lock_wait=args.wait,
+        )
     print_summary(summary)
     return 0
 
@@ -255,6 +304,66 @@ def cmd_reproduce(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_serve(args) -> int:
+    from flows.schedule import serve_pipeline, upcoming_runs
+
+    cfg = _resolve(args).schedule
+    profile = args.profile if args.profile != "default" else cfg.profile
+    print(f"Schedule: {cfg.cron!r} in {cfg.timezone}; next runs:")
+    for when in upcoming_runs(cfg, max(args.upcoming, 3)):
+        print(f"  {when.isoformat()}")
+    if args.upcoming:
+        return 0
+    print(
+        f"Serving transfer_pipeline/{cfg.deployment} (profile {profile}, at most "
+        f"{cfg.concurrency_limit} run(s) at once, {cfg.collision_strategy} when busy).\n"
+        "The schedule is paused when this process stops; for always-on scheduling deploy "
+        "infra/prefect.yaml to a work pool (README: Running for a team).",
+        flush=True,
+    )
+    serve_pipeline(args.project_dir.resolve(), cfg, args.overrides, profile)
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from flows.servers import mlflow_ui_service, supervise
+    from tasks.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(_resolve(args).base.tracking_uri, args.project_dir.resolve())
+    if uri.startswith(("http://", "https://")):
+        print(f"The tracking store is a server; its UI is at {uri}")
+        return 0
+    service = mlflow_ui_service(uri, args.port)
+    print(f"MLflow UI for {uri}:")
+    if args.open:
+        import threading
+        import webbrowser
+
+        url = f"http://127.0.0.1:{args.port}"
+        threading.Timer(3.0, webbrowser.open, [url]).start()
+    return supervise([service])
+
+
+def cmd_server(args) -> int:
+    from flows.servers import mlflow_server_service, prefect_server_service, supervise
+    from tasks.tracking import resolve_tracking_uri
+
+    project = args.project_dir.resolve()
+    configured = resolve_tracking_uri(_resolve(args).base.tracking_uri, project)
+    store = args.backend_store_uri or configured
+    if store.startswith(("http://", "https://")):
+        store = resolve_tracking_uri("sqlite:///mlflow.db", project)
+    artifacts = args.artifacts or str(project / "mlartifacts")
+    services = [
+        prefect_server_service(args.prefect_port),
+        mlflow_server_service(store, artifacts, args.mlflow_port, args.basic_auth),
+    ]
+    print("Starting a Prefect server and an MLflow server on 127.0.0.1. Point runs at them with:")
+    print(f"  export PREFECT_API_URL=http://127.0.0.1:{args.prefect_port}/api")
+    print(f"  export TLP_TRACKING_URI=http://127.0.0.1:{args.mlflow_port}")
+    return supervise(services, log_dir=project / ".tlp" / "logs")
+
+
 COMMANDS = {
     "run": cmd_run,
     "stage": cmd_stage,
@@ -264,7 +373,16 @@ COMMANDS = {
     "rollback": cmd_rollback,
     "lineage": cmd_lineage,
     "reproduce": cmd_reproduce,
+    "serve": cmd_serve,
+    "ui": cmd_ui,
+    "server": cmd_server,
 }
+
+
+def _lock_busy() -> type[Exception]:
+    from tasks.locking import RunLockBusy
+
+    return RunLockBusy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as exc:
         print(f"tlp: params error: {exc}", file=sys.stderr)
         return 2
+    except _lock_busy() as exc:
+        print(f"tlp: {args.command} stopped: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("tlp: interrupted", file=sys.stderr)
         return 130

@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 from flows.promote import promote_model
 from tasks import registry, tracking, versioning
 from tasks.context import StageContext, open_context, read_json, write_json
+from tasks.locking import holds_run_lock
 from tasks.params import PARAMS_FILE, resolve_params, write_resolved
 from tasks.stages import STAGES, get_stage
 
@@ -78,8 +79,12 @@ def summary_markdown(summary: dict) -> str:
 
 
 @flow(name="transfer_pipeline")
+@holds_run_lock  # one run per project at a time (tasks/locking.py); lock_wait is for it
 def transfer_pipeline(
-    profile: str = "default", overrides: list[str] | None = None, project_dir: str = "."
+    profile: str = "default",
+    overrides: list[str] | None = None,
+    project_dir: str = ".",
+    lock_wait: float = 0.0,
 ) -> dict:
     """prepare -> validate -> pretrain -> transfer -> evaluate -> register, DVC-versioned."""
     started = time.perf_counter()
@@ -87,7 +92,7 @@ def transfer_pipeline(
     params = resolve_params(project / PARAMS_FILE, profile, list(overrides or []))
     write_resolved(params, project)
     ctx = open_context(project, params, flow_run=_flow_run_info())
-    versioning.ensure_remote(project, params.base.dvc_remote)
+    versioning.ensure_remote(project, params.base.dvc_remote, params.base.dvc_remote_endpoint)
     ctx.parent_run_id = tracking.start_parent_run(
         ctx.experiment_id,
         run_name=f"pipeline-{ctx.flow_run['name']}",

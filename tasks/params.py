@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PARAMS_FILE = "params.yaml"
 RESOLVED_PARAMS_FILE = "params.resolved.yaml"
@@ -56,6 +63,9 @@ class BaseParams(_Section):
     )
     experiment: str = Field("transfer-pipeline", min_length=1)
     dvc_remote: str = Field("dvc-storage", min_length=1, description="DVC remote URL or local dir")
+    dvc_remote_endpoint: str | None = Field(
+        None, description="S3-compatible endpoint of the DVC remote (MinIO, moto); null = AWS"
+    )
 
 
 class DatasetParams(_Section):
@@ -247,6 +257,30 @@ class PromoteParams(_Section):
     retry_delay: float = Field(1.0, ge=0.0, le=60.0, description="first backoff, in seconds")
 
 
+class ScheduleParams(_Section):
+    """When ``tlp serve`` runs the pipeline; read only by the scheduler, never by a stage."""
+
+    cron: str = Field("0 2 * * *", min_length=1, description="five-field cron expression")
+    timezone: str = Field("UTC", description="IANA time zone the cron is read in")
+    profile: str = Field("default", min_length=1, description="params profile of scheduled runs")
+    deployment: str = Field("scheduled", min_length=1, description="Prefect deployment name")
+    concurrency_limit: int = Field(1, ge=1, le=64, description="runs of it at the same time")
+    collision_strategy: Literal["ENQUEUE", "CANCEL_NEW"] = Field(
+        "ENQUEUE", description="a run due while the limit is reached waits or is skipped"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        return value
+
+
 class Params(_Section):
     base: BaseParams
     data: DataParams
@@ -258,6 +292,7 @@ class Params(_Section):
     registry: RegistryParams
     validation: ValidationParams = ValidationParams()
     promote: PromoteParams = PromoteParams()
+    schedule: ScheduleParams = ScheduleParams()
 
     def digest(self) -> str:
         """Stable hash of every value; tags each run and registered version."""
@@ -355,6 +390,21 @@ def read_params_file(path: Path) -> dict[str, Any]:
     return tree
 
 
+# Remotes set by the environment (a worker's or a container's), between profile and --set.
+ENV_OVERRIDES = {
+    "TLP_TRACKING_URI": ("base", "tracking_uri"),
+    "TLP_DVC_REMOTE": ("base", "dvc_remote"),
+    "TLP_DVC_REMOTE_ENDPOINT": ("base", "dvc_remote_endpoint"),
+}
+
+
+def environment_overrides() -> list[tuple[list[str], str]]:
+    """``TLP_TRACKING_URI`` etc. as (keys, value) pairs, for the variables that are set."""
+    import os
+
+    return [(list(k), os.environ[var]) for var, k in ENV_OVERRIDES.items() if os.environ.get(var)]
+
+
 def resolve_params(
     params_file: Path, profile: str = DEFAULT_PROFILE, overrides: list[str] | tuple[str, ...] = ()
 ) -> Params:
@@ -366,6 +416,8 @@ def resolve_params(
             known = ", ".join([DEFAULT_PROFILE, *profiles]) or DEFAULT_PROFILE
             raise ParamsError(f"profile {profile!r} is not in {params_file.name} (known: {known})")
         _merge(tree, profiles[profile] or {}, f"profiles.{profile}")
+    for keys, value in environment_overrides():
+        _apply(tree, keys, value, "environment")
     for text in overrides:
         keys, value = parse_override(text)
         _apply(tree, keys, value, f"--set {text}")

@@ -53,15 +53,20 @@ def commit_stage(project_dir: Path, stage: str) -> None:
         repo.commit(stage, force=True)
 
 
-def ensure_remote(project_dir: Path, url: str) -> str:
+def ensure_remote(project_dir: Path, url: str, endpoint: str | None = None) -> str:
     """Make ``url`` (a directory, relative to the project, or any DVC URL) the default remote.
 
-    Written to ``.dvc/config.local`` so a params value never edits a tracked file.
+    Written to ``.dvc/config.local`` so a params value never edits a tracked file. ``endpoint``
+    points an ``s3://`` remote at an S3-compatible server (MinIO); keys come from the usual
+    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` environment, never from params.
     """
     if "://" not in url:
         url = str((project_dir / url).resolve())
+    remote = {"url": url}
+    if endpoint:
+        remote["endpointurl"] = endpoint
     with open_repo(project_dir) as repo, repo.config.edit("local") as conf:
-        conf["remote"][REMOTE_NAME] = {"url": url}
+        conf["remote"][REMOTE_NAME] = remote
         conf["core"]["remote"] = REMOTE_NAME
     return url
 

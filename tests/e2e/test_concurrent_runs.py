@@ -1,0 +1,90 @@
+"""Two ``tlp run`` started at once in one project: one runs, the other waits for it (--wait)
+or stops with a clear message; never 'database is locked', never a half-written dvc.lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.stages import STAGE_NAMES
+from tests.conftest import make_dvc_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+# a loaded 2-core CI machine can take longer than Prefect's default 20 s to start its API
+SLOW_MACHINE = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+TINY = [
+    "data.source.limit=300",
+    "pretrain.epochs=1",
+    "transfer.epochs=2",
+]
+
+
+def _start(project: Path, prefect_home: Path, *extra: str) -> subprocess.Popen:
+    argv = [str(Path(sys.executable).parent / "tlp"), "-C", str(project), "run"]
+    argv += ["--profile", "smoke", *[a for s in TINY for a in ("--set", s)], *extra]
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), **SLOW_MACHINE}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _both(project: Path, prefect_home: Path, *extra: str) -> list[tuple[int, str, str]]:
+    procs = [_start(project, prefect_home, *extra) for _ in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        results.append((proc.returncode, out, err))
+    return results
+
+
+def _assert_lock_whole(project: Path) -> None:
+    from dvc.repo import Repo
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGE_NAMES)
+    with Repo(str(project)) as repo:
+        assert repo.status() == {}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return make_dvc_project(tmp_path_factory.mktemp("concurrent"))
+
+
+def test_two_waiting_runs_both_finish_one_after_the_other(project, tmp_path_factory):
+    results = _both(project, tmp_path_factory.mktemp("prefect-home"), "--wait", "600")
+    for code, out, err in results:
+        assert code == 0, err[-2000:]
+        assert "database is locked" not in out + err
+    summary = json.loads((project / "reports" / "summary.json").read_text())
+    skipped = [
+        out.split("skipped (up to date):")[1].splitlines()[0].strip() for _, out, _ in results
+    ]
+    # exactly one of them ran the stages; the other waited and found everything up to date
+    assert sorted(skipped) == sorted(["none", ", ".join(STAGE_NAMES)])
+    assert summary["skipped_stages"] == list(STAGE_NAMES)
+    _assert_lock_whole(project)
+
+
+def test_two_runs_without_wait_one_stops_with_a_clear_message(project, tmp_path_factory):
+    lock_before = (project / "dvc.lock").read_text()
+    results = sorted(_both(project, tmp_path_factory.mktemp("prefect-home")))
+    (ok_code, _, ok_err), (busy_code, busy_out, busy_err) = results
+    assert ok_code == 0, ok_err[-2000:]
+    assert busy_code == 3, busy_err[-2000:]
+    assert (
+        "tlp: run stopped:" in busy_err
+        and "another pipeline run holds the project lock" in busy_err
+    )
+    assert "--wait SECONDS" in busy_err
+    assert "database is locked" not in busy_out + busy_err + ok_err
+    assert (project / "dvc.lock").read_text() == lock_before
+    _assert_lock_whole(project)

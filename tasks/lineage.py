@@ -60,7 +60,9 @@ def _download(run_id: str, rel: str, dst: Path) -> Path | None:
 
     try:
         return Path(
-            download_artifacts(run_id=run_id, artifact_path=f"lineage/{rel}", dst_path=str(dst))
+            download_artifacts(
+                run_id=run_id, artifact_path=f"lineage/{Path(rel).name}", dst_path=str(dst)
+            )
         )
     except Exception:  # older versions logged no lineage files
         return None
@@ -156,7 +158,7 @@ def prepare_workdir(info: dict, project_dir: Path, workdir: Path) -> Path:
     """Clone the commit, restore the exact params and dvc.lock, pull the data by hash."""
     from tasks import versioning
 
-    if not info["complete"] or not info["files"].get("dvc.lock"):
+    if not info["complete"] or not all(info["files"].get(f) for f in LINEAGE_FILES):
         raise LineageError(f"lineage of version {info['version']} is incomplete: {info['missing']}")
     if workdir.exists() and any(workdir.iterdir()):
         raise LineageError(f"{workdir}: work dir must be new or empty")

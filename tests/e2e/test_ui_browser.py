@@ -78,7 +78,7 @@ def test_browser_finds_the_latest_run_its_metrics_and_the_champion(reviewed_proj
     parent = client.get_run(summary["mlflow_run_id"])
     experiment = parent.info.experiment_id
 
-    runs_page = render(f"{base}/#/experiments/{experiment}", tmp_path / "p1")
+    runs_page = render(f"{base}/#/experiments/{experiment}/runs", tmp_path / "p1")
     assert parent.info.run_name in runs_page  # the latest pipeline run is listed
 
     run_url = f"{base}/#/experiments/{experiment}/runs/{parent.info.run_id}"

@@ -38,18 +38,7 @@ EXPERIMENTS = {
         "pretrain.source_resolution=null",
     ],
 }
-DEFAULT_STRATEGIES = (
-    "scratch",
-    "source_only",
-    "linear_probe",
-    "partial",
-    "full",
-    "lp_ft",
-    "l2sp",
-    "dann",
-    "mmd",
-    "multitask",
-)
+from tasks.params import ALL_STRATEGIES as DEFAULT_STRATEGIES  # noqa: E402 (after sys.path)
 
 
 def _params(experiment: str, labels: int, seed: int, args, project: Path):

@@ -67,6 +67,12 @@ class _Streams(Objective):
         self.target_unlabeled = target_unlabeled
         self.weight = weight
 
+    def _domain_features(self, model, n: int, ctx: StepContext) -> torch.Tensor:
+        """Features of ``n`` source then ``n`` unlabelled target images, in one forward pass."""
+        xs = ctx.sample(self.source_domain, n)
+        xt = ctx.sample(self.target_unlabeled, n)
+        return features_and_logits(model, torch.cat([xs, xt]))[0]
+
     def _classify(self, model, x, y, ctx: StepContext):
         """Cross-entropy on target (and source when it shares the classes), with features."""
         n = len(x)
@@ -100,9 +106,7 @@ class DANN(_Streams):
     def loss(self, model, x, y, ctx: StepContext):
         cls_loss, _, logits = self._classify(model, x, y, ctx)
         n = len(x)
-        xs = ctx.sample(self.source_domain, n)
-        xt = ctx.sample(self.target_unlabeled, n)
-        feats, _ = features_and_logits(model, torch.cat([xs, xt]))
+        feats = self._domain_features(model, n, ctx)
         scale = dann_schedule(ctx.progress)
         domain_logits = self.discriminator(grad_reverse(feats, scale)).squeeze(1)
         domain = torch.cat([torch.zeros(n), torch.ones(n)]).to(domain_logits.device)
@@ -120,9 +124,7 @@ class MMD(_Streams):
     def loss(self, model, x, y, ctx: StepContext):
         cls_loss, _, logits = self._classify(model, x, y, ctx)
         n = len(x)
-        xs = ctx.sample(self.source_domain, n)
-        xt = ctx.sample(self.target_unlabeled, n)
-        feats, _ = features_and_logits(model, torch.cat([xs, xt]))
+        feats = self._domain_features(model, n, ctx)
         return cls_loss + self.weight * mk_mmd(feats[:n], feats[n:]), logits
 
 

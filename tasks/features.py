@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.training import features_and_logits
+from tasks.training import features_and_logits, map_batches
 
 
 def tensor_hash(tensor: torch.Tensor) -> str:
@@ -30,17 +30,10 @@ def model_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-@torch.no_grad()
 def extract_features(
     model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512
 ) -> torch.Tensor:
-    model.eval()
-    device = next(model.parameters()).device
-    outs = [
-        features_and_logits(model, inputs[i : i + batch_size].to(device))[0].float().cpu()
-        for i in range(0, len(inputs), batch_size)
-    ]
-    return torch.cat(outs)
+    return map_batches(model, lambda m, x: features_and_logits(m, x)[0], inputs, batch_size)
 
 
 def cached_features(model: torch.nn.Module, inputs: torch.Tensor, cache_dir: Path | None):

@@ -72,16 +72,23 @@ def features_and_logits(model: torch.nn.Module, x: torch.Tensor):
 
 
 @torch.no_grad()
-def predict_logits(
-    model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512
+def map_batches(
+    model: torch.nn.Module, fn, inputs: torch.Tensor, batch_size: int = 512
 ) -> torch.Tensor:
+    """``fn(model, batch)`` over ``inputs`` in eval mode, batched, results back on the CPU."""
     model.eval()
     device = next(model.parameters()).device
     outs = [
-        model(inputs[i : i + batch_size].to(device)).float().cpu()
+        fn(model, inputs[i : i + batch_size].to(device)).float().cpu()
         for i in range(0, len(inputs), batch_size)
     ]
     return torch.cat(outs) if outs else torch.empty(0)
+
+
+def predict_logits(
+    model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512
+) -> torch.Tensor:
+    return map_batches(model, lambda m, x: m(x), inputs, batch_size)
 
 
 def accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:

@@ -5,8 +5,10 @@ experiments x labels per class x seeds; writes mean +- std per strategy as JSON 
     python benchmarks/transfer_strategies.py --experiments default --labels 1 5 10 --seeds 0
 
 Experiments:
-- ``default``: params.yaml as it is (mnist5k -> uci-digits, source downsampled to 8x8).
-- ``mnist-m``: mnist5k -> mnist-m (same digit shapes, photo backgrounds); no downsampling.
+- ``default``: params.yaml as it is (mnist5k -> uci-digits, source fitted to its frame and
+  downsampled to 8x8 like the target).
+- ``mnist-m``: mnist5k -> mnist-m (same digit shapes, photo backgrounds); no downsampling
+  and no fitting to the frame (the target's digits have MNIST's size and margin).
   The source test fraction (0.3) covers the target test fraction (0.2) and both splits are
   drawn from the same seeded per-class order, so no target test digit is a source training
   digit.
@@ -36,6 +38,7 @@ EXPERIMENTS = {
         "data.target.test_fraction=0.2",
         "data.source.test_fraction=0.3",
         "pretrain.source_resolution=null",
+        "pretrain.source_fit_frame=false",
     ],
 }
 from tasks.params import ALL_STRATEGIES as DEFAULT_STRATEGIES  # noqa: E402 (after sys.path)

@@ -326,15 +326,29 @@ def load_split(dataset_dir: Path, split: str, channels: int) -> Split:
     return Split(images, rows["label"].to_numpy(np.int64), paths, read_classes(dataset_dir))
 
 
-def load_tensors(dataset_dir: Path, split: str, cfg, degrade_to: int | None = None):
+def load_tensors(
+    dataset_dir: Path, split: str, cfg, degrade_to: int | None = None, fit_frame: bool = False
+):
     """One split as (preprocessed NCHW inputs, labels tensor, class names)."""
     import torch
 
     from tasks.preprocessing import preprocess
 
     data = load_split(dataset_dir, split, cfg.channels)
-    inputs = preprocess(data.images, cfg, degrade_to=degrade_to)
+    inputs = preprocess(data.images, cfg, degrade_to=degrade_to, fit_frame=fit_frame)
     return inputs, torch.from_numpy(data.labels.copy()), data.classes
+
+
+def load_source_tensors(dataset_dir: Path, split: str, params):
+    """A source split with the source-only preprocessing that matches it to the target
+    (``pretrain.source_fit_frame`` and ``pretrain.source_resolution``)."""
+    return load_tensors(
+        dataset_dir,
+        split,
+        params.preprocess,
+        params.pretrain.source_resolution,
+        params.pretrain.source_fit_frame,
+    )
 
 
 def read_info(dataset_dir: Path) -> dict:

@@ -114,7 +114,7 @@ def weights_digest(model: torch.nn.Module) -> str:
 def pretrain_distributed(project_dir: Path, out_dir: Path) -> dict[str, Any] | None:
     """Pretrain the project's source model on every torchrun rank; rank 0 saves and reports."""
     from tasks.context import Layout, write_json
-    from tasks.datasets import load_tensors
+    from tasks.datasets import load_source_tensors
     from tasks.models import ModelCard, create_model, resolve_device, save_checkpoint
     from tasks.params import load_resolved
     from tasks.training import accuracy
@@ -122,9 +122,8 @@ def pretrain_distributed(project_dir: Path, out_dir: Path) -> dict[str, Any] | N
     p = load_resolved(project_dir)
     layout = Layout(project_dir)
     torch.set_num_threads(p.base.threads)
-    degrade = p.pretrain.source_resolution
-    x_train, y_train, classes = load_tensors(layout.source_data, "train", p.preprocess, degrade)
-    x_test, y_test, _ = load_tensors(layout.source_data, "test", p.preprocess, degrade)
+    x_train, y_train, classes = load_source_tensors(layout.source_data, "train", p)
+    x_test, y_test, _ = load_source_tensors(layout.source_data, "test", p)
     device = resolve_device(p.base.device)
     model = create_model(p.model.arch, len(classes), p.preprocess.channels, seed=p.base.seed)
     with process_group(device) as (rank, size):

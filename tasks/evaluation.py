@@ -122,12 +122,11 @@ def plot_confusion(confusion: list[list[int]], classes: tuple[str, ...], title: 
 
 def _source_probe_split(ctx):
     """Source train subset and test split, preprocessed the way the source model was trained."""
-    from tasks.datasets import load_tensors
+    from tasks.datasets import load_source_tensors
 
     p, layout = ctx.params, ctx.layout
-    degrade = p.pretrain.source_resolution
-    x_tr, y_tr, _ = load_tensors(layout.source_data, "train", p.preprocess, degrade)
-    x_te, y_te, _ = load_tensors(layout.source_data, "test", p.preprocess, degrade)
+    x_tr, y_tr, _ = load_source_tensors(layout.source_data, "train", p)
+    x_te, y_te, _ = load_source_tensors(layout.source_data, "test", p)
     keep = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(p.base.seed))
     keep = keep[: p.evaluate.forgetting_train_images]
     return (x_tr[keep], y_tr[keep]), (x_te, y_te)

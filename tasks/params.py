@@ -169,6 +169,13 @@ class TrainParams(_Section):
     scheduler: str = Field("cosine", description="timm create_scheduler_v2 name")
     warmup_epochs: int = Field(0, ge=0)
     augment_shift: int = Field(0, ge=0, le=8, description="random translation, in pixels")
+    min_steps: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="train at least this many optimiser steps: with a few labels an epoch "
+        "is a single step, so more epochs are run to reach it",
+    )
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> TrainParams:
@@ -180,6 +187,11 @@ class TrainParams(_Section):
 class PretrainParams(TrainParams):
     source_resolution: int | None = Field(
         8, ge=2, description="downsample source images to this size first (match the target)"
+    )
+    source_fit_frame: bool = Field(
+        True,
+        description="crop source images to their foreground and scale it to fill the frame "
+        "(size normalisation, as the target's digits were made)",
     )
     checkpoint_file: str | None = Field(
         None,

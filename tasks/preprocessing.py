@@ -63,18 +63,51 @@ def _resize(batch: torch.Tensor, size: int) -> torch.Tensor:
     )
 
 
+def fit_to_frame(chw: torch.Tensor, size: int, threshold: float = 0.2) -> torch.Tensor:
+    """Crop to the foreground's bounding box and scale it to fill ``size`` x ``size`` in height.
+
+    The foreground is every pixel further than ``threshold`` from the border's median (its
+    background). The width keeps the aspect ratio, centred, squeezed only if it would not fit.
+    This is the size normalisation the NIST/UCI digits were made with, so a small digit in a
+    wide margin (MNIST) looks like one that fills its frame (uci-digits). An image without
+    foreground is only resized.
+    """
+    border = torch.cat([chw[:, 0], chw[:, -1], chw[:, :, 0], chw[:, :, -1]], dim=1)
+    background = border.median(dim=1).values
+    ink = ((chw - background[:, None, None]).abs() > threshold).any(0)
+    rows, cols = ink.any(1).nonzero(), ink.any(0).nonzero()
+    if len(rows) == 0:
+        return _resize(chw.unsqueeze(0), size)[0]
+    crop = chw[:, rows[0, 0] : rows[-1, 0] + 1, cols[0, 0] : cols[-1, 0] + 1]
+    height, width = crop.shape[1:]
+    new_width = max(1, min(size, round(width * size / height)))
+    scaled = F.interpolate(
+        crop.unsqueeze(0), size=(size, new_width), mode="bilinear", antialias=True
+    )[0]
+    out = background[:, None, None].expand(-1, size, size).clone()
+    left = (size - new_width) // 2
+    out[:, :, left : left + new_width] = scaled
+    return out
+
+
 def preprocess(
     images: Sequence[np.ndarray | str | Path] | np.ndarray,
     cfg: PreprocessParams,
     degrade_to: int | None = None,
+    fit_frame: bool = False,
 ) -> torch.Tensor:
     """Images (uint8 arrays, float arrays in [0, 1], or file paths) -> normalised NCHW float32.
 
-    ``degrade_to`` first resizes to that resolution: it makes a sharp source look like a
-    low-resolution target, which is part of what makes transfer work.
+    ``fit_frame`` first crops each image to its foreground (``fit_to_frame``), and
+    ``degrade_to`` then resizes to that resolution: both make a source look like its target
+    (a sharp, small-in-frame MNIST digit like a low-resolution, frame-filling UCI digit),
+    which is part of what makes transfer work. Only the source uses them.
     """
     items = [read_image(x, cfg.channels) if isinstance(x, (str, Path)) else x for x in images]
     tensors = [_match_channels(_to_float_chw(x), cfg.channels) for x in items]
+    if fit_frame:
+        size = degrade_to or cfg.image_size
+        tensors = [fit_to_frame(t, size) for t in tensors]
     if not tensors:
         return torch.empty(0, cfg.channels, cfg.image_size, cfg.image_size)
     same_size = all(t.shape == tensors[0].shape for t in tensors)

@@ -15,7 +15,7 @@ import torch
 
 from tasks import tracking
 from tasks.context import WORK_DIR, StageContext, write_json
-from tasks.datasets import load_tensors
+from tasks.datasets import load_source_tensors
 from tasks.models import (
     ModelCard,
     create_from_file,
@@ -43,9 +43,8 @@ def _state_dir(ctx: StageContext, x_train: torch.Tensor) -> Path:
 
 def run(ctx: StageContext) -> dict:
     p, layout = ctx.params, ctx.layout
-    degrade = p.pretrain.source_resolution
-    x_train, y_train, classes = load_tensors(layout.source_data, "train", p.preprocess, degrade)
-    x_test, y_test, _ = load_tensors(layout.source_data, "test", p.preprocess, degrade)
+    x_train, y_train, classes = load_source_tensors(layout.source_data, "train", p)
+    x_test, y_test, _ = load_source_tensors(layout.source_data, "test", p)
     device = resolve_device(p.base.device)
     model = _initial_model(ctx, len(classes))
     with tracking.child_run("pretrain", ctx.experiment_id, ctx.parent_run_id):

@@ -123,6 +123,7 @@ class StepContext:
     progress: float  # 0 at the first step, 1 at the last
     device: torch.device
     augment_shift: int
+    total_steps: int = 1
 
     def sample(self, inputs: torch.Tensor, n: int) -> torch.Tensor:
         """``n`` random augmented rows of ``inputs`` on the device (seeded)."""
@@ -216,6 +217,11 @@ def _load_state(state_dir: Path, modules, optimizer, gen, history) -> tuple[int,
     return meta["epoch"] + 1, best
 
 
+def planned_epochs(cfg: TrainParams, steps_per_epoch: int) -> int:
+    """``cfg.epochs``, or more when that many epochs would be fewer than ``cfg.min_steps``."""
+    return max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+
+
 def _train_epoch(model, objective, optimizer, scheduler, train, cfg, ctx, epoch, steps) -> dict:
     inputs, labels = train
     model.train()
@@ -228,7 +234,7 @@ def _train_epoch(model, objective, optimizer, scheduler, train, cfg, ctx, epoch,
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels[idx].to(ctx.device)
-        ctx.progress = (epoch * steps + step) / max(1, cfg.epochs * steps - 1)
+        ctx.progress = (epoch * steps + step) / max(1, ctx.total_steps - 1)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             loss, logits = objective.loss(model, x, y, ctx)
         optimizer.zero_grad(set_to_none=True)
@@ -269,7 +275,7 @@ def fit(
 
     With ``patience`` and a non-empty ``val``, training stops after ``patience`` epochs
     without a better validation accuracy and the best epoch's weights are restored;
-    otherwise it runs ``cfg.epochs`` epochs.
+    otherwise it runs ``planned_epochs`` epochs (``cfg.epochs``, more to reach ``min_steps``).
     """
     from timm.scheduler import create_scheduler_v2
     from tqdm.auto import tqdm
@@ -287,10 +293,11 @@ def fit(
     wd = None if objective.weight_decay_groups() else 0.0
     optimizer = create_optimizer(model, cfg, lr or cfg.lr, layer_decay, extra, weight_decay=wd)
     steps = math.ceil(len(labels) / cfg.batch_size)
+    epochs = planned_epochs(cfg, steps)
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.scheduler,
-        num_epochs=cfg.epochs,
+        num_epochs=epochs,
         warmup_epochs=cfg.warmup_epochs,
         step_on_epochs=False,
         updates_per_epoch=steps,
@@ -303,8 +310,8 @@ def fit(
             scheduler.step(start)
             scheduler.step_update(num_updates=start * steps)
     early = patience is not None and val is not None and len(val[1]) > 0
-    ctx = StepContext(gen, 0.0, device, cfg.augment_shift)
-    bar = tqdm(range(start, cfg.epochs), desc=progress or "train", unit="epoch", disable=None)
+    ctx = StepContext(gen, 0.0, device, cfg.augment_shift, epochs * steps)
+    bar = tqdm(range(start, epochs), desc=progress or "train", unit="epoch", disable=None)
     for epoch in bar:
         if early and _patience_spent(history, patience):
             history.stopped_early = True
@@ -315,7 +322,7 @@ def fit(
         if val is not None and len(val[1]):
             metrics["val_accuracy"] = accuracy(model, *val)
         history.epochs.append(metrics)
-        if early and (history.best_epoch is None or metrics["val_accuracy"] > _best_val(history)):
+        if early and _improved(history, metrics["val_accuracy"]):
             history.best_epoch = epoch
             best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{metrics['train_loss']:.3f}")
@@ -330,8 +337,12 @@ def fit(
     return history
 
 
-def _best_val(history: History) -> float:
-    return history.epochs[history.best_epoch]["val_accuracy"]
+def _improved(history: History, val_accuracy: float) -> bool:
+    """A tie counts as better: with a decaying LR, the later of two equal epochs generalises
+    better, and val accuracy on a few images ties often."""
+    if history.best_epoch is None:
+        return True
+    return val_accuracy >= history.epochs[history.best_epoch]["val_accuracy"]
 
 
 def _patience_spent(history: History, patience: int) -> bool:

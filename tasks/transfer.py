@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from tasks import tracking
 from tasks.context import WORK_DIR, StageContext, write_json
-from tasks.datasets import load_tensors
+from tasks.datasets import load_source_tensors, load_tensors
 from tasks.models import (
     ModelCard,
     create_model,
@@ -62,9 +62,7 @@ class Job:
     @cached_property
     def source(self) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
         p = self.params
-        return load_tensors(
-            self.ctx.layout.source_data, "train", p.preprocess, p.pretrain.source_resolution
-        )
+        return load_source_tensors(self.ctx.layout.source_data, "train", p)
 
     @property
     def feature_cache(self) -> Path:

@@ -61,3 +61,36 @@ def test_unreadable_file_is_named(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ValueError, match="broken.png: cannot read image"):
         read_image(bad, channels=1)
+
+
+def test_fit_to_frame_makes_a_small_digit_fill_the_frame_in_height():
+    from tasks.preprocessing import fit_to_frame
+
+    image = torch.zeros(1, 28, 28)
+    image[0, 10:16, 12:15] = 1.0  # a 6x3 stroke in a wide margin
+    out = fit_to_frame(image, 8)
+    ink = out[0] > 0.5
+    assert out.shape == (1, 8, 8)
+    assert ink.any(1).all()  # every row has ink: the height fills the frame
+    columns = ink.any(0).nonzero().flatten()
+    assert 3 <= len(columns) <= 5 and columns[0] >= 1 and columns[-1] <= 6  # aspect, centred
+
+
+def test_fit_to_frame_keeps_a_blank_image_and_its_background():
+    from tasks.preprocessing import fit_to_frame
+
+    blank = torch.full((3, 20, 20), 0.7)
+    assert torch.allclose(fit_to_frame(blank, 8), torch.full((3, 8, 8), 0.7))
+    light = torch.ones(1, 20, 20)
+    light[0, 5:15, 8:12] = 0.0  # dark ink on a light background
+    out = fit_to_frame(light, 10)
+    assert out[0, :, 0].min() == 1.0 and out[0].min() < 0.1
+
+
+def test_fit_frame_option_is_applied_before_the_resolution():
+    digit = np.zeros((28, 28), np.uint8)
+    digit[10:18, 12:16] = 255
+    framed = preprocess([digit], GREY, degrade_to=8, fit_frame=True)
+    plain = preprocess([digit], GREY, degrade_to=8)
+    assert framed.shape == plain.shape == (1, 1, 16, 16)
+    assert (framed > 0).sum() > 2 * (plain > 0).sum()

@@ -80,3 +80,23 @@ def test_checkpoint_round_trip_is_exact(tmp_path, digits):
 def test_unknown_architecture_is_named():
     with pytest.raises(ValueError, match="model.arch"):
         create_model("resnet_does_not_exist", 10, 1)
+
+
+def test_min_steps_adds_epochs_when_an_epoch_is_a_single_step(digits):
+    from tasks.training import planned_epochs
+
+    cfg = TrainParams(epochs=3, batch_size=64, min_steps=8)
+    assert planned_epochs(cfg, steps_per_epoch=1) == 8
+    assert planned_epochs(cfg, steps_per_epoch=4) == 3  # 12 steps already
+    few = (digits[0][:10], digits[1][:10])
+    history = fit(_model(), few, cfg, seed=0)
+    assert len(history.epochs) == 8
+
+
+def test_early_stopping_prefers_the_later_of_tied_epochs():
+    from tasks.training import History, _improved, _patience_spent
+
+    history = History([{"val_accuracy": 0.8}, {"val_accuracy": 0.9}, {"val_accuracy": 0.9}])
+    history.best_epoch = 1
+    assert _improved(history, 0.9) and not _improved(history, 0.85)
+    assert _patience_spent(history, 1) and not _patience_spent(history, 2)

@@ -173,8 +173,8 @@ class TrainParams(_Section):
         0,
         ge=0,
         le=100_000,
-        description="train at least this many optimiser steps: with a few labels an epoch "
-        "is a single step, so more epochs are run to reach it",
+        description="train at least this many optimiser steps: with a few labels one pass "
+        "is a single step, so an epoch then makes several passes",
     )
 
     @model_validator(mode="after")

@@ -217,19 +217,29 @@ def _load_state(state_dir: Path, modules, optimizer, gen, history) -> tuple[int,
     return meta["epoch"] + 1, best
 
 
-def planned_epochs(cfg: TrainParams, steps_per_epoch: int) -> int:
-    """``cfg.epochs``, or more when that many epochs would be fewer than ``cfg.min_steps``."""
-    return max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+def steps_per_epoch(cfg: TrainParams, images: int) -> int:
+    """One pass over the images, or more steps when ``cfg.epochs`` passes would be fewer than
+    ``cfg.min_steps``: with one label per class a pass is a single step."""
+    return max(math.ceil(images / cfg.batch_size), math.ceil(cfg.min_steps / cfg.epochs))
+
+
+def epoch_batches(images: int, steps: int, batch_size: int, gen: torch.Generator):
+    """Index batches of one epoch: a seeded permutation cut into ``batch_size`` slices, and
+    further permutations after it when the epoch takes more steps than one pass gives."""
+    size = min(batch_size, images)
+    one_pass = math.ceil(images / size)
+    passes = 1 if steps <= one_pass else math.ceil(steps * size / images)
+    order = torch.cat([torch.randperm(images, generator=gen) for _ in range(passes)])
+    return [order[i * size : (i + 1) * size] for i in range(steps)]
 
 
 def _train_epoch(model, objective, optimizer, scheduler, train, cfg, ctx, epoch, steps) -> dict:
     inputs, labels = train
     model.train()
-    order = torch.randperm(len(labels), generator=ctx.gen)
-    total_loss, total_objective, correct = 0.0, 0.0, 0
+    batches = epoch_batches(len(labels), steps, cfg.batch_size, ctx.gen)
+    total_loss, total_objective, correct, seen = 0.0, 0.0, 0, 0
     cuda = ctx.device.type == "cuda"
-    for step in range(steps):
-        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+    for step, idx in enumerate(batches):
         x = random_shift(inputs[idx], cfg.augment_shift, ctx.gen).to(ctx.device)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -246,11 +256,12 @@ def _train_epoch(model, objective, optimizer, scheduler, train, cfg, ctx, epoch,
         total_loss += F.cross_entropy(logits.detach().float(), y).item() * len(idx)
         total_objective += loss.item() * len(idx)
         correct += (logits.argmax(1) == y).sum().item()
+        seen += len(idx)
     scheduler.step(epoch + 1)
     return {
-        "train_loss": total_loss / len(labels),
-        "train_accuracy": correct / len(labels),
-        "objective_loss": total_objective / len(labels),
+        "train_loss": total_loss / seen,
+        "train_accuracy": correct / seen,
+        "objective_loss": total_objective / seen,
         "lr": max(g["lr"] for g in optimizer.param_groups),
     }
 
@@ -275,7 +286,7 @@ def fit(
 
     With ``patience`` and a non-empty ``val``, training stops after ``patience`` epochs
     without a better validation accuracy and the best epoch's weights are restored;
-    otherwise it runs ``planned_epochs`` epochs (``cfg.epochs``, more to reach ``min_steps``).
+    otherwise it runs ``cfg.epochs`` epochs of ``steps_per_epoch`` steps.
     """
     from timm.scheduler import create_scheduler_v2
     from tqdm.auto import tqdm
@@ -292,8 +303,8 @@ def fit(
         modules.to(memory_format=torch.channels_last)
     wd = None if objective.weight_decay_groups() else 0.0
     optimizer = create_optimizer(model, cfg, lr or cfg.lr, layer_decay, extra, weight_decay=wd)
-    steps = math.ceil(len(labels) / cfg.batch_size)
-    epochs = planned_epochs(cfg, steps)
+    steps = steps_per_epoch(cfg, len(labels))
+    epochs = cfg.epochs
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.scheduler,

@@ -82,15 +82,20 @@ def test_unknown_architecture_is_named():
         create_model("resnet_does_not_exist", 10, 1)
 
 
-def test_min_steps_adds_epochs_when_an_epoch_is_a_single_step(digits):
-    from tasks.training import planned_epochs
+def test_min_steps_makes_an_epoch_of_a_few_images_take_several_passes(digits):
+    from tasks.training import epoch_batches, steps_per_epoch
 
-    cfg = TrainParams(epochs=3, batch_size=64, min_steps=8)
-    assert planned_epochs(cfg, steps_per_epoch=1) == 8
-    assert planned_epochs(cfg, steps_per_epoch=4) == 3  # 12 steps already
+    cfg = TrainParams(epochs=3, batch_size=64, min_steps=24)
+    assert steps_per_epoch(cfg, 10) == 8
+    assert steps_per_epoch(cfg, 1000) == 16  # one pass already has enough steps
+    batches = epoch_batches(10, 8, 64, torch.Generator().manual_seed(0))
+    assert [len(b) for b in batches] == [10] * 8
+    assert all(sorted(b.tolist()) == list(range(10)) for b in batches)  # whole passes
+    one_pass = epoch_batches(100, 4, 32, torch.Generator().manual_seed(0))
+    assert [len(b) for b in one_pass] == [32, 32, 32, 4]
     few = (digits[0][:10], digits[1][:10])
     history = fit(_model(), few, cfg, seed=0)
-    assert len(history.epochs) == 8
+    assert len(history.epochs) == 3
 
 
 def test_early_stopping_prefers_the_later_of_tied_epochs():

@@ -188,12 +188,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", action="append", default=[], help="extra section.key=value")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
+        "--combine", nargs="+", type=Path, default=[], help="re-tabulate earlier JSON results"
+    )
+    parser.add_argument(
         "--work", type=Path, default=ROOT / ".tlp" / "bench", help="run folders (git-ignored)"
     )
     args = parser.parse_args(argv)
     args.out, args.work = args.out.resolve(), args.work.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
 
+    if args.combine:  # one table from earlier runs (e.g. one process per experiment)
+        runs = [r for f in args.combine for r in json.loads(f.read_text())["runs"]]
+        return _write(args, runs, seconds=None, partial=False)
     started = time.perf_counter()
     runs, sources = [], {}
     for experiment in args.experiments:
@@ -203,25 +209,34 @@ def main(argv: list[str] | None = None) -> dict:
                 done = runs[-1]
                 accuracy = {n: round(m["accuracy"], 4) for n, m in done["candidates"].items()}
                 print(f"{experiment} labels={labels} seed={seed}: {accuracy}", file=sys.stderr)
+                # written after every cell, so a stopped grid still leaves its table
+                _write(args, runs, time.perf_counter() - started, partial=True)
+    result = _write(args, runs, time.perf_counter() - started, partial=False)
+    print(json.dumps({k: result[k] for k in ("seconds", "grid", "summary")}))
+    return result
+
+
+def _write(args, runs: list[dict], seconds: float | None, partial: bool) -> dict:
     summary = summarise(runs)
+    seeds = sorted({r["seed"] for r in runs})
     result = {
         "grid": {
-            "experiments": args.experiments,
-            "labels_per_class": args.labels,
-            "seeds": args.seeds,
+            "experiments": sorted({r["experiment"] for r in runs}),
+            "labels_per_class": sorted({r["labels_per_class"] for r in runs}),
+            "seeds": seeds,
             "strategies": args.strategies,
             "profile": args.profile,
             "pretrain_epochs": args.pretrain_epochs,
             "transfer_epochs": args.transfer_epochs,
             "overrides": args.set,
         },
-        "seconds": time.perf_counter() - started,
+        "partial": partial,
+        "seconds": seconds,
         "summary": summary,
         "runs": runs,
     }
     (args.out / "transfer_strategies.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "transfer_strategies.md").write_text(markdown(summary, args.seeds) + "\n")
-    print(json.dumps({"seconds": result["seconds"], "grid": result["grid"], "summary": summary}))
+    (args.out / "transfer_strategies.md").write_text(markdown(summary, seeds) + "\n")
     return result
 
 

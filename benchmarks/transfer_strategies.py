@@ -224,7 +224,7 @@ def _write(args, runs: list[dict], seconds: float | None, partial: bool) -> dict
             "experiments": sorted({r["experiment"] for r in runs}),
             "labels_per_class": sorted({r["labels_per_class"] for r in runs}),
             "seeds": seeds,
-            "strategies": args.strategies,
+            "strategies": list(dict.fromkeys(n for r in runs for n in r["candidates"])),
             "profile": args.profile,
             "pretrain_epochs": args.pretrain_epochs,
             "transfer_epochs": args.transfer_epochs,

@@ -35,7 +35,7 @@ def test_first_run_registers_a_champion(pipeline_run):
     assert first["model_name"] == MODEL and first["version"] == "1"
     assert set(first["aliases"]) == {"champion", "challenger"}
     assert first["skipped_stages"] == []
-    assert set(first["candidates"]) == {"scratch", "full"}
+    assert set(first["candidates"]) == {"scratch", "linear_probe", "full"}
     for metrics in first["candidates"].values():
         assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] > 0
 

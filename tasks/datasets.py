@@ -337,6 +337,44 @@ def load_tensors(dataset_dir: Path, split: str, cfg, degrade_to: int | None = No
     return inputs, torch.from_numpy(data.labels.copy()), data.classes
 
 
+class ImageFiles:
+    """A split's images, decoded from their files and preprocessed only when indexed.
+
+    ``files[idx]`` (a tensor or list of indices, or a slice) gives exactly the rows of
+    ``load_tensors(...)[0][idx]`` without holding the split in memory, so the training loop
+    streams a source of any size from disk, batch by batch, with the same results. It is a
+    map-style dataset (``len`` and indexing), so a torch ``DataLoader`` can read it too.
+    """
+
+    def __init__(self, paths: list[Path], cfg, degrade_to: int | None = None):
+        self.paths, self.cfg, self.degrade_to = list(paths), cfg, degrade_to
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, idx):
+        from tasks.preprocessing import preprocess
+
+        if isinstance(idx, int):
+            return preprocess([self.paths[idx]], self.cfg, degrade_to=self.degrade_to)[0]
+        if isinstance(idx, slice):
+            chosen = self.paths[idx]
+        else:
+            chosen = [self.paths[i] for i in np.asarray(idx).reshape(-1).tolist()]
+        return preprocess(chosen, self.cfg, degrade_to=self.degrade_to)
+
+
+def stream_tensors(dataset_dir: Path, split: str, cfg, degrade_to: int | None = None):
+    """Like ``load_tensors``, but the inputs are ``ImageFiles``: decoded per batch from disk."""
+    import torch
+
+    manifest = read_manifest(dataset_dir)
+    rows = manifest[manifest["split"] == split]
+    files = ImageFiles([dataset_dir / p for p in rows["path"]], cfg, degrade_to)
+    labels = torch.from_numpy(rows["label"].to_numpy(np.int64).copy())
+    return files, labels, read_classes(dataset_dir)
+
+
 def read_info(dataset_dir: Path) -> dict:
     return json.loads((dataset_dir / INFO).read_text())
 

@@ -230,6 +230,36 @@ def _up_to_date(project: Path, params) -> bool:
     return True
 
 
+def start_prefect_api_early():
+    """Start Prefect's ephemeral API server in a background thread, so that its start-up (a
+    subprocess: several seconds) overlaps the import of torch, timm and MLflow in this one.
+
+    Nothing happens when PREFECT_API_URL names a running server (it is used as it is), when
+    ephemeral mode is off, or with TLP_PREFECT_PRESTART=0. A failure here is not reported:
+    the flow starts the server itself, as it would without this, and reports it then.
+    """
+    import threading
+
+    if os.environ.get("TLP_PREFECT_PRESTART", "1") == "0":
+        return None
+
+    def start() -> None:
+        try:
+            from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+            if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+                return
+            from prefect.server.api.server import SubprocessASGIServer
+
+            SubprocessASGIServer().start()
+        except Exception:
+            return
+
+    thread = threading.Thread(target=start, name="prefect-api-start", daemon=True)
+    thread.start()
+    return thread
+
+
 def cmd_run(args) -> int:
     params = _resolve(args)  # reject bad params before Prefect or any work starts
     from tasks.locking import run_lock
@@ -239,7 +269,11 @@ def cmd_run(args) -> int:
     with run_lock(project, wait=args.wait):
         if not args.force_flow and _up_to_date(project, params):
             return 0
+        starter = start_prefect_api_early()
         from flows.pipeline import transfer_pipeline
+
+        if starter is not None:
+            starter.join()  # the flow must find the server up, not half started
 
         summary = transfer_pipeline(
             profile=args.profile,

@@ -14,10 +14,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from PIL import Image
+
+if TYPE_CHECKING:  # pandas loads when a manifest is read or written, not when params are checked
+    import pandas as pd
 
 from tasks.params import DatasetParams
 
@@ -155,6 +158,8 @@ def _relabel(labels: np.ndarray, names: tuple[str, ...], label_space: tuple[str,
 
 
 def _write(out_dir: Path, rows: list[tuple], info: dict) -> pd.DataFrame:
+    import pandas as pd
+
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     manifest.to_parquet(out_dir / MANIFEST, index=False)
     (out_dir / INFO).write_text(json.dumps(info, indent=2))
@@ -308,6 +313,8 @@ def read_manifest(dataset_dir: Path) -> pd.DataFrame:
     path = dataset_dir / MANIFEST
     if not path.is_file():
         raise DataError(f"{path}: manifest not found (run the prepare stage first)")
+    import pandas as pd
+
     return pd.read_parquet(path)
 
 

@@ -144,8 +144,9 @@ def scaling_section(r: dict) -> tuple[list[str], dict]:
     lines = [
         "## Scaling of the pretrain stage",
         "",
-        f"`{r['command']}` ({r['epochs']} epoch(s), {r['threads']} threads; each measurement a "
-        "fresh process running `tasks.pretrain.run`)",
+        f"`{r['command']}` (x1 = {r['base_images']} mnist5k digits, {r['image_size']}x"
+        f"{r['image_size']} inputs, {r['epochs']} epoch(s), {r['threads']} threads; each "
+        "measurement a fresh process running `tasks.pretrain.run`)",
         "",
         "| mode | size | train images | seconds | peak RSS (MiB) | time growth | RSS growth |",
         "|---|---|---|---|---|---|---|",

@@ -21,7 +21,7 @@ HERE = ROOT / "benchmarks"
 QUICK = {
     "training_throughput": ["--rounds", "3", "--images", "1024", "--epochs", "1"],
     "orchestration": ["--profiles", "smoke"],
-    "scaling": ["--factors", "1", "2", "4", "--epochs", "1"],
+    "scaling": ["--factors", "1", "2", "4", "--base-images", "1250", "--image-size", "16"],
     "data_efficiency": [
         *("--labels", "1", "5", "all", "--seeds", "0"),
         *("--strategies", "scratch", "linear_probe", "full"),
@@ -31,7 +31,7 @@ QUICK = {
 FULL = {
     "training_throughput": ["--rounds", "7", "--images", "2048", "--epochs", "2"],
     "orchestration": ["--profiles", "smoke", "default"],
-    "scaling": ["--factors", "1", "2", "4", "--epochs", "2"],
+    "scaling": ["--factors", "1", "2", "4", "--base-images", "5000", "--epochs", "2"],
     "data_efficiency": [],  # every strategy, labels 1 2 5 10 20 all, seeds 0 1 2, params.yaml
 }
 

@@ -47,18 +47,20 @@ print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak, **result}))
 """
 
 
-def grown_source(out: Path, factor: int) -> Path:
-    """mnist5k plus ``factor - 1`` augmented copies of every digit, as an ImageFolder."""
+def grown_source(out: Path, factor: int, base_images: int) -> Path:
+    """``base_images`` mnist5k digits (stratified) plus ``factor - 1`` augmented copies of
+    each, as an ImageFolder."""
     import numpy as np
     from PIL import Image
 
-    from tasks.datasets import load_builtin
+    from tasks.datasets import load_builtin, subsample
 
     raw = load_builtin("mnist5k")
+    keep = subsample(raw.labels, base_images, 0)
     for name in raw.classes:
         (out / name).mkdir(parents=True, exist_ok=True)
     for copy in range(factor):
-        for i, (image, label) in enumerate(zip(raw.images, raw.labels, strict=True)):
+        for i, image, label in zip(keep, raw.images[keep], raw.labels[keep], strict=True):
             if copy:
                 kind, a, b = AUGMENTS[(copy - 1) % len(AUGMENTS)]
                 if kind == "shift":
@@ -70,7 +72,7 @@ def grown_source(out: Path, factor: int) -> Path:
     return out
 
 
-def prepare_project(base: Path, factor: int) -> Path:
+def prepare_project(base: Path, factor: int, base_images: int) -> Path:
     """A project folder whose data/source is the grown folder, prepared like any path source."""
     from tasks.datasets import prepare_dataset
     from tasks.params import resolve_params
@@ -78,7 +80,7 @@ def prepare_project(base: Path, factor: int) -> Path:
     project = base / f"x{factor}"
     project.mkdir(parents=True)
     shutil.copy2(ROOT / "params.yaml", project / "params.yaml")
-    folder = grown_source(base / f"folder-x{factor}", factor)
+    folder = grown_source(base / f"folder-x{factor}", factor, base_images)
     params = resolve_params(project / "params.yaml", "default", [f"data.source.path={folder}"])
     prepare_dataset(params.data.source, 0, project / "data" / "source", "source")
     shutil.rmtree(folder)
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=["stream", "memory"])
+    parser.add_argument("--base-images", type=int, default=5000, help="x1 (mnist5k: 5000)")
+    parser.add_argument("--image-size", type=int, default=32, help="preprocess.image_size")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     overrides = [
@@ -112,11 +116,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"base.threads={args.threads}",
         "base.tracking_uri=sqlite:///mlflow.db",
         "base.seed=0",
+        f"preprocess.image_size={args.image_size}",
     ]
     work = Path(tempfile.mkdtemp(prefix="tlp-bench-scaling-"))
     rows: dict = {mode: {} for mode in args.modes}
     try:
-        projects = {f: prepare_project(work, f) for f in args.factors}
+        projects = {f: prepare_project(work, f, args.base_images) for f in args.factors}
         for factor in args.factors:  # alternate modes within a factor: load hits both alike
             for mode in args.modes:
                 rows[mode][factor] = measure(projects[factor], mode, overrides)
@@ -138,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": "python benchmarks/scaling.py " + " ".join(argv or sys.argv[1:]),
         "epochs": args.epochs,
+        "base_images": args.base_images,
+        "image_size": args.image_size,
         "threads": args.threads,
         "runs": {mode: {f"x{f}": r for f, r in by.items()} for mode, by in rows.items()},
         "growth": growth,

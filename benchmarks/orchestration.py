@@ -65,6 +65,39 @@ def startup(env: dict, repeats: int = 5) -> dict:
     return {"command": "tlp --help", "median_seconds": statistics.median(times), "runs": times}
 
 
+FIRST_FLOW = """
+import sys, time
+started = time.perf_counter()
+from flows.cli import start_prefect_api_early
+starter = start_prefect_api_early()
+from flows.pipeline import transfer_pipeline  # torch, timm, MLflow, Prefect: what tlp run imports
+if starter is not None:
+    starter.join()
+from prefect import flow
+flow(name="bench-first-flow")(lambda: None)()  # the Prefect API is up and answering
+print(time.perf_counter() - started)
+"""
+
+
+def first_flow(env: dict, rounds: int) -> dict:
+    """Seconds from a fresh process to the end of its first (empty) flow: the imports of
+    ``tlp run`` plus the ephemeral API start, with and without starting the API early."""
+    times: dict[str, list[float]] = {"prestart": [], "no_prestart": []}
+    for i in range(rounds):
+        order = ("prestart", "no_prestart") if i % 2 == 0 else ("no_prestart", "prestart")
+        for mode in order:
+            env_ = {**env, "TLP_PREFECT_PRESTART": "1" if mode == "prestart" else "0"}
+            argv = [sys.executable, "-c", FIRST_FLOW]
+            out = subprocess.run(argv, env=env_, capture_output=True, text=True, check=True)
+            times[mode].append(float(out.stdout.strip().splitlines()[-1]))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "runs": times,
+        "median_seconds": med,
+        "saved_seconds": med["no_prestart"] - med["prestart"],
+    }
+
+
 def profile_runs(project: Path, profile: str, extra: list[str], env: dict) -> dict:
     argv = [str(TLP), "-C", str(project), "run", "--profile", profile]
     argv += [a for s in extra for a in ("--set", s)]
@@ -96,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", nargs="+", default=["smoke", "default"])
     parser.add_argument("--set", action="append", default=[], help="extra section.key=value")
+    parser.add_argument("--first-flow-rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tlp-bench-orch-"))
@@ -114,8 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": "python benchmarks/orchestration.py " + " ".join(argv or sys.argv[1:]),
         "startup": startup(env),
+        "first_flow": first_flow({**env, "PYTHONPATH": str(ROOT)}, args.first_flow_rounds),
         "profiles": {},
     }
+    print(json.dumps(result["first_flow"]), file=sys.stderr, flush=True)
     try:
         for profile in args.profiles:
             project = make_project(work / profile)

@@ -140,7 +140,7 @@ def record(project_dir: Path, params: Params, summary: dict) -> Path | None:
     """After a successful flow run: remember its fingerprint and what it produced."""
     try:
         value = fingerprint(project_dir, params)
-    except CannotCheck:
+    except (CannotCheck, OSError):  # never fail a finished run over it: no shortcut next time
         value = None
     keep = (
         "model_name",

@@ -147,3 +147,18 @@ def test_shortcut_imports_nothing_heavy(project):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_tlp_run_prints_the_earlier_result(project):
+    import subprocess
+
+    project_dir, _ = project
+    argv = [sys.executable, "-m", "flows.cli", "-C", str(project_dir), "run"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Nothing changed: data and pipelines are up to date." in out.stdout
+    assert "tlp-digits version 1 (@champion)" in out.stdout
+    assert "clever-fox (abc)" in out.stdout
+    assert "skipped (up to date): prepare, validate, pretrain, transfer, evaluate, register" in (
+        out.stdout
+    )

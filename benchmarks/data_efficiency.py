@@ -113,6 +113,16 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append(run)
             accuracy = {n: round(m["accuracy"], 4) for n, m in run["candidates"].items()}
             print(f"labels={labels} seed={seed}: {accuracy}", file=sys.stderr, flush=True)
+            result = write(args, argv, runs, started, done=len(runs) == total(args))
+    return result
+
+
+def total(args) -> int:
+    return len(args.seeds) * len(args.labels)
+
+
+def write(args, argv, runs: list[dict], started: float, done: bool) -> dict:
+    """Results so far (after every grid cell, so an interrupted grid still leaves a table)."""
     summary = summarise(runs)
     command = "python benchmarks/data_efficiency.py " + " ".join(argv or sys.argv[1:])
     result = {
@@ -128,11 +138,14 @@ def main(argv: list[str] | None = None) -> dict:
             "overrides": args.set,
         },
         "seconds": round(time.perf_counter() - started, 1),
+        "complete": done,
+        "cells_done": f"{len(runs)} of {total(args)}",
         "summary": summary,
         "runs": runs,
     }
     (args.out / "data_efficiency.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "data_efficiency.md").write_text(markdown(summary, args.seeds) + "\n")
+    seeds = sorted({run["seed"] for run in runs})
+    (args.out / "data_efficiency.md").write_text(markdown(summary, seeds) + "\n")
     plot(summary, args.out / "data_efficiency.png")
     return result
 

@@ -203,7 +203,10 @@ def data_efficiency_section(r: dict) -> tuple[list[str], dict]:
         f"{g['overrides'] or 'none'}; {r['seconds'] / 60:.0f} min. `all` = every labelled target "
         "train image (outside the fixed test and validation splits).",
         "",
-        markdown(r["summary"], g["seeds"]),
+        f"Grid cells done: {r.get('cells_done', 'all')}"
+        + ("" if r.get("complete", True) else " (interrupted: the table shows what finished)."),
+        "",
+        markdown(r["summary"], sorted({run["seed"] for run in r["runs"]})),
         "![data efficiency](data_efficiency.png)",
         "",
     ]

@@ -51,8 +51,9 @@ def markdown(summary: dict, seeds: list[int]) -> str:
             cells = []
             for column in columns:
                 stat = by_labels[column].get(name, {}).get("accuracy", {})
-                mean, std = stat.get("mean"), stat.get("std")
-                cells.append("-" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}")
+                mean, std, n = stat.get("mean"), stat.get("std"), stat.get("n", 0)
+                shown = "-" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
+                cells.append(shown if n == len(seeds) or mean is None else f"{shown} (n={n})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

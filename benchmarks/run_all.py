@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 
 QUICK = {
+    "startup": ["--rounds", "7"],
     "training_throughput": ["--rounds", "3", "--images", "1024", "--epochs", "1"],
     "orchestration": ["--profiles", "smoke"],
     "scaling": ["--factors", "1", "2", "4", "--base-images", "1250", "--image-size", "16"],
@@ -29,6 +30,7 @@ QUICK = {
     ],
 }
 FULL = {
+    "startup": ["--rounds", "15"],
     "training_throughput": ["--rounds", "7", "--images", "2048", "--epochs", "2"],
     "orchestration": ["--profiles", "smoke", "default"],
     "scaling": ["--factors", "1", "2", "4", "--base-images", "5000", "--epochs", "2"],

@@ -180,6 +180,12 @@ def scaling_section(r: dict) -> tuple[list[str], dict]:
         "`load_tensors`, for comparison. Same results for a seed either way "
         "(tests/unit/test_streaming.py).",
         "",
+        f"Read the RSS column with its scale in mind: whole-split loading holds "
+        f"{4 * r['image_size'] ** 2} bytes per {r['image_size']}x{r['image_size']} grey input, "
+        "a few MiB at x4 here, against about 1.1 GiB of interpreter, torch, timm and MLflow; "
+        "at this size neither mode's memory grows measurably. Streaming keeps it flat for "
+        "sources where the tensors would not fit (a million 32x32 grey images: 4 GiB).",
+        "",
         "![scaling](scaling.png)",
         "",
     ]

@@ -9,7 +9,7 @@ export PREFECT_LOGGING_LEVEL ?= WARNING
 export GX_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install run smoke test test-fast lint clean serve ui server
+.PHONY: help install run smoke test test-fast lint clean serve ui server bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ test: $(STAMP) ## run the whole test suite
 
 test-fast: $(STAMP) ## the quick tests only (no end-to-end)
 	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(STAMP) ## benchmarks -> benchmarks/results/REPORT.md + JSON + PNG, logged to MLflow (FULL=1: full grid)
+	$(BIN)/python benchmarks/run_all.py $(if $(FULL),--full,)
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

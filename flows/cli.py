@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="if another run holds this project, wait up to SECONDS for it (default: stop)",
     )
+    run.add_argument(
+        "--force-flow",
+        action="store_true",
+        help="run the Prefect flow even when nothing changed since the last run (DVC still "
+        "skips the stages that are up to date)",
+    )
     stage = sub.add_parser(
         "stage", help="run one stage with the resolved params (what dvc.yaml calls)"
     )
@@ -181,14 +187,93 @@ def print_summary(summary: dict) -> None:
     print(f"  wall time           : {summary['wall_seconds']:.1f} s  (reports/summary.json)")
 
 
+def print_up_to_date(saved: dict, aliases: list[str], seconds: float) -> None:
+    from tasks.stages import STAGE_NAMES
+
+    s = saved["summary"]
+    print("\nNothing changed: data and pipelines are up to date.")
+    print(
+        f"  params, data, code, dvc.lock and the registry are as Prefect flow run "
+        f"{s.get('prefect_flow_run_name')} ({s.get('prefect_flow_run_id')}) left them "
+        f"at {saved['finished']}"
+    )
+    shown = ", ".join(f"@{a}" for a in aliases) or "no alias"
+    print(f"  registered model    : {s['model_name']} version {s['version']} ({shown})")
+    print(f"  MLflow parent run   : {s.get('mlflow_run_id')}")
+    print(f"  open the MLflow UI  : {s.get('ui_command')}")
+    print("  test accuracy       :")
+    for name, m in s["candidates"].items():
+        gain = s["transfer_gain"].get(name)
+        extra = f"  (gain over scratch {gain:+.4f})" if gain is not None else ""
+        mark = "  <- registered" if name == s["registered_strategy"] else ""
+        print(f"    {name:<12} {m['accuracy']:.4f}{extra}{mark}")
+    print(f"  skipped (up to date): {', '.join(STAGE_NAMES)}")
+    print(
+        f"  checked in {seconds:.2f} s without starting Prefect "
+        "(tlp run --force-flow runs the flow anyway)"
+    )
+
+
+def _up_to_date(project: Path, params) -> bool:
+    """The shortcut of tasks/uptodate.py: print the earlier result when nothing changed."""
+    import time
+
+    from tasks import uptodate
+
+    started = time.perf_counter()
+    saved, why = uptodate.check(project, params)
+    if saved is None:
+        print(f"tlp run: running the flow ({why})", file=sys.stderr)
+        return False
+    aliases = uptodate.aliases(params, project, saved["summary"]["version"])
+    print_up_to_date(saved, aliases, time.perf_counter() - started)
+    return True
+
+
+def start_prefect_api_early():
+    """Start Prefect's ephemeral API server in a background thread, so that its start-up (a
+    subprocess: several seconds) overlaps the import of torch, timm and MLflow in this one.
+
+    Nothing happens when PREFECT_API_URL names a running server (it is used as it is), when
+    ephemeral mode is off, or with TLP_PREFECT_PRESTART=0. A failure here is not reported:
+    the flow starts the server itself, as it would without this, and reports it then.
+    """
+    import threading
+
+    if os.environ.get("TLP_PREFECT_PRESTART", "1") == "0":
+        return None
+
+    def start() -> None:
+        try:
+            from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+            if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+                return
+            from prefect.server.api.server import SubprocessASGIServer
+
+            SubprocessASGIServer().start()
+        except Exception:
+            return
+
+    thread = threading.Thread(target=start, name="prefect-api-start", daemon=True)
+    thread.start()
+    return thread
+
+
 def cmd_run(args) -> int:
-    _resolve(args)  # reject bad params before Prefect or any work starts
+    params = _resolve(args)  # reject bad params before Prefect or any work starts
     from tasks.locking import run_lock
 
     project = args.project_dir.resolve()
     # held before Prefect starts: two runs never share the ephemeral API's SQLite database
     with run_lock(project, wait=args.wait):
+        if not args.force_flow and _up_to_date(project, params):
+            return 0
+        starter = start_prefect_api_early()
         from flows.pipeline import transfer_pipeline
+
+        if starter is not None:
+            starter.join()  # the flow must find the server up, not half started
 
         summary = transfer_pipeline(
             profile=args.profile,

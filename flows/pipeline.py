@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.promote import promote_model
-from tasks import registry, tracking, versioning
+from tasks import registry, tracking, uptodate, versioning
 from tasks.context import StageContext, open_context, read_json, write_json
 from tasks.locking import holds_run_lock
 from tasks.params import PARAMS_FILE, resolve_params, write_resolved
@@ -24,9 +24,13 @@ from tasks.stages import STAGES, get_stage
 
 
 @task(cache_policy=NO_CACHE)
-def run_stage(name: str, ctx: StageContext) -> dict:
-    """One stage of the DAG; DVC, not Prefect's cache, decides whether it needs to run."""
-    return get_stage(name).run(ctx)
+def run_stage(name: str, ctx: StageContext) -> float:
+    """One stage of the DAG; DVC, not Prefect's cache, decides whether it needs to run.
+
+    Returns the seconds spent in the stage's own work (the rest is orchestration)."""
+    started = time.perf_counter()
+    get_stage(name).run(ctx)
+    return time.perf_counter() - started
 
 
 def _flow_run_info() -> dict[str, str]:
@@ -39,7 +43,11 @@ def _flow_run_info() -> dict[str, str]:
 
 
 def build_summary(
-    ctx: StageContext, timings: dict[str, float], skipped: list[str], wall: float
+    ctx: StageContext,
+    timings: dict[str, float],
+    skipped: list[str],
+    wall: float,
+    compute: dict[str, float] | None = None,
 ) -> dict:
     layout, p = ctx.layout, ctx.params
     metrics = read_json(layout.metrics)
@@ -50,6 +58,7 @@ def build_summary(
         "experiment": p.base.experiment,
         "mlflow_run_id": ctx.parent_run_id,
         "prefect_flow_run_id": ctx.flow_run.get("id"),
+        "prefect_flow_run_name": ctx.flow_run.get("name"),
         "model_name": registration["model_name"],
         "version": registration["version"],
         "model_uri": registration["model_uri"],
@@ -59,6 +68,7 @@ def build_summary(
         "candidates": metrics["candidates"],
         "transfer_gain": metrics["transfer_gain"],
         "stage_seconds": timings,
+        "stage_compute_seconds": compute or {},
         "skipped_stages": skipped,
         "wall_seconds": round(wall, 2),
     }
@@ -102,7 +112,7 @@ def transfer_pipeline(
             "prefect_flow_run_id": ctx.flow_run["id"],
         },
     )
-    timings, skipped = {}, []
+    timings, compute, skipped = {}, {}, []
     try:
         tracking.log_run_artifact(ctx.parent_run_id, project / "params.resolved.yaml")
         for stage in STAGES:
@@ -110,16 +120,18 @@ def transfer_pipeline(
             if versioning.is_up_to_date(project, stage.name) and stage.still_valid(ctx):
                 skipped.append(stage.name)
             else:
-                run_stage.with_options(name=stage.name)(stage.name, ctx)
+                seconds = run_stage.with_options(name=stage.name)(stage.name, ctx)
+                compute[stage.name] = round(seconds, 3)
                 versioning.commit_stage(project, stage.name)
             timings[stage.name] = round(time.perf_counter() - t0, 3)
         versioning.push(project)
         promotion = promote_model(project_dir=str(project))  # the gate moves @champion, or not
-        summary = build_summary(ctx, timings, skipped, time.perf_counter() - started)
+        summary = build_summary(ctx, timings, skipped, time.perf_counter() - started, compute)
         summary["promotion"] = promotion
         write_json(ctx.layout.summary, summary)
         tracking.finish_parent_run(ctx.parent_run_id, summary)
         create_markdown_artifact(summary_markdown(summary), key="transfer-pipeline-summary")
+        uptodate.record(project, params, summary)  # the next `tlp run` may skip the flow
         return summary
     except BaseException:
         tracking.end_run(ctx.parent_run_id, failed=True)

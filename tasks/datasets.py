@@ -14,10 +14,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from PIL import Image
+
+if TYPE_CHECKING:  # pandas loads when a manifest is read or written, not when params are checked
+    import pandas as pd
 
 from tasks.params import DatasetParams
 
@@ -155,6 +158,8 @@ def _relabel(labels: np.ndarray, names: tuple[str, ...], label_space: tuple[str,
 
 
 def _write(out_dir: Path, rows: list[tuple], info: dict) -> pd.DataFrame:
+    import pandas as pd
+
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     manifest.to_parquet(out_dir / MANIFEST, index=False)
     (out_dir / INFO).write_text(json.dumps(info, indent=2))
@@ -308,6 +313,8 @@ def read_manifest(dataset_dir: Path) -> pd.DataFrame:
     path = dataset_dir / MANIFEST
     if not path.is_file():
         raise DataError(f"{path}: manifest not found (run the prepare stage first)")
+    import pandas as pd
+
     return pd.read_parquet(path)
 
 
@@ -339,16 +346,65 @@ def load_tensors(
     return inputs, torch.from_numpy(data.labels.copy()), data.classes
 
 
-def load_source_tensors(dataset_dir: Path, split: str, params):
+def load_source_tensors(dataset_dir: Path, split: str, params, stream: bool = False):
     """A source split with the source-only preprocessing that matches it to the target
-    (``pretrain.source_fit_frame`` and ``pretrain.source_resolution``)."""
-    return load_tensors(
+    (``pretrain.source_fit_frame`` and ``pretrain.source_resolution``); ``stream``: the
+    inputs are decoded per batch from disk (``stream_tensors``)."""
+    load = stream_tensors if stream else load_tensors
+    return load(
         dataset_dir,
         split,
         params.preprocess,
         params.pretrain.source_resolution,
         params.pretrain.source_fit_frame,
     )
+
+
+class ImageFiles:
+    """A split's images, decoded from their files and preprocessed only when indexed.
+
+    ``files[idx]`` (a tensor or list of indices, or a slice) gives exactly the rows of
+    ``load_tensors(...)[0][idx]`` without holding the split in memory, so the training loop
+    streams a source of any size from disk, batch by batch, with the same results. It is a
+    map-style dataset (``len`` and indexing), so a torch ``DataLoader`` can read it too.
+    """
+
+    def __init__(
+        self, paths: list[Path], cfg, degrade_to: int | None = None, fit_frame: bool = False
+    ):
+        self.paths, self.cfg = list(paths), cfg
+        self.degrade_to, self.fit_frame = degrade_to, fit_frame
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, idx):
+
+        if isinstance(idx, int):
+            return self._load([self.paths[idx]])[0]
+        if isinstance(idx, slice):
+            chosen = self.paths[idx]
+        else:
+            chosen = [self.paths[i] for i in np.asarray(idx).reshape(-1).tolist()]
+        return self._load(chosen)
+
+    def _load(self, paths: list[Path]):
+        from tasks.preprocessing import preprocess
+
+        return preprocess(paths, self.cfg, degrade_to=self.degrade_to, fit_frame=self.fit_frame)
+
+
+def stream_tensors(
+    dataset_dir: Path, split: str, cfg, degrade_to: int | None = None, fit_frame: bool = False
+):
+    """Like ``load_tensors``, but the inputs are ``ImageFiles``: decoded per batch from disk."""
+    import torch
+
+    manifest = read_manifest(dataset_dir)
+    rows = manifest[manifest["split"] == split]
+    files = ImageFiles([dataset_dir / p for p in rows["path"]], cfg, degrade_to, fit_frame)
+    labels = torch.from_numpy(rows["label"].to_numpy(np.int64).copy())
+    return files, labels, read_classes(dataset_dir)
 
 
 def read_info(dataset_dir: Path) -> dict:

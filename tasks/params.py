@@ -450,11 +450,16 @@ def load_resolved(project_dir: Path) -> Params:
     return params
 
 
+def resolved_text(params: Params) -> str:
+    """The contents of params.resolved.yaml for ``params``."""
+    text = "# Written by tlp from params.yaml + profile + --set. Do not edit; DVC reads it.\n"
+    return text + yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+
+
 def write_resolved(params: Params, project_dir: Path) -> Path:
     """Write the resolved tree only when it changed, so DVC sees no spurious edits."""
     path = project_dir / RESOLVED_PARAMS_FILE
-    text = "# Written by tlp from params.yaml + profile + --set. Do not edit; DVC reads it.\n"
-    text += yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+    text = resolved_text(params)
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
     return path

@@ -15,7 +15,7 @@ import torch
 
 from tasks import tracking
 from tasks.context import WORK_DIR, StageContext, write_json
-from tasks.datasets import load_source_tensors
+from tasks.datasets import MANIFEST, load_source_tensors
 from tasks.models import (
     ModelCard,
     create_from_file,
@@ -35,16 +35,18 @@ def _initial_model(ctx: StageContext, num_classes: int):
     return create_from_file(p.model.arch, file, num_classes, p.preprocess.channels)
 
 
-def _state_dir(ctx: StageContext, x_train: torch.Tensor) -> Path:
+def _state_dir(ctx: StageContext) -> Path:
     """Resume folder keyed on the params and the source data, so a stale one is never used."""
-    key = hashlib.sha256(ctx.params.digest().encode() + x_train.numpy().tobytes()).hexdigest()
+    manifest = (ctx.layout.source_data / MANIFEST).read_bytes()  # holds every image's hash
+    key = hashlib.sha256(ctx.params.digest().encode() + manifest).hexdigest()
     return ctx.project_dir / WORK_DIR / "resume" / f"pretrain-{key[:16]}"
 
 
 def run(ctx: StageContext) -> dict:
     p, layout = ctx.params, ctx.layout
-    x_train, y_train, classes = load_source_tensors(layout.source_data, "train", p)
-    x_test, y_test, _ = load_source_tensors(layout.source_data, "test", p)
+    # streamed from the PNG files batch by batch: memory does not grow with the source
+    x_train, y_train, classes = load_source_tensors(layout.source_data, "train", p, stream=True)
+    x_test, y_test, _ = load_source_tensors(layout.source_data, "test", p, stream=True)
     device = resolve_device(p.base.device)
     model = _initial_model(ctx, len(classes))
     with tracking.child_run("pretrain", ctx.experiment_id, ctx.parent_run_id):
@@ -58,7 +60,7 @@ def run(ctx: StageContext) -> dict:
             val=(x_test, y_test),
             on_epoch=lambda epoch, m: tracking.log_epoch(m, epoch),
             device=device,
-            state_dir=_state_dir(ctx, x_train),
+            state_dir=_state_dir(ctx),
             progress="pretrain",
         )
         seconds = time.perf_counter() - started

@@ -1,0 +1,169 @@
+"""Benchmark: what ``tlp`` costs around the work it orchestrates.
+
+    python benchmarks/orchestration.py [--profiles smoke default] [--set section.key=value]
+
+In a fresh git + DVC project (a temp dir holding params.yaml, dvc.yaml and the stage code),
+for each profile, each as a fresh ``tlp`` process:
+
+1. ``tlp run`` (first run): wall time against the seconds spent inside the stages' own
+   compute (``stage_compute_seconds`` in reports/summary.json); the rest is orchestration:
+   interpreter and imports, the Prefect API, MLflow runs, DVC status/commit/push, the gate;
+2. ``tlp run`` again with nothing changed, as a fraction of the first;
+3. ``tlp run --force-flow`` with nothing changed: the same through the whole Prefect flow
+   (what a no-change rerun cost before the shortcut).
+
+Also ``tlp --help`` (start-up). One PREFECT_HOME for the benchmark, warmed up first, so the
+first run does not pay for creating Prefect's database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TLP = Path(sys.executable).parent / "tlp"
+PROJECT_FILES = ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore")
+
+
+def make_project(base: Path) -> Path:
+    """A fresh git + DVC repository with the project's params, DAG and stage code."""
+    project = base / "project"
+    project.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        shutil.copy2(ROOT / name, project / name)
+    ignore = (project / ".gitignore").read_text().splitlines()
+    (project / ".gitignore").write_text("\n".join(x for x in ignore if x != "/dvc.lock") + "\n")
+    shutil.copytree(ROOT / "tasks", project / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "bench"], cwd=project, check=True)
+    return project
+
+
+def timed(argv: list[str], env: dict, cwd: Path | None = None) -> tuple[float, str]:
+    started = time.perf_counter()
+    out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return seconds, out.stdout
+
+
+def startup(env: dict, repeats: int = 5) -> dict:
+    times = [timed([str(TLP), "--help"], env)[0] for _ in range(repeats)]
+    return {"command": "tlp --help", "median_seconds": statistics.median(times), "runs": times}
+
+
+FIRST_FLOW = """
+import sys, time
+started = time.perf_counter()
+from flows.cli import start_prefect_api_early
+starter = start_prefect_api_early()
+from flows.pipeline import transfer_pipeline  # torch, timm, MLflow, Prefect: what tlp run imports
+if starter is not None:
+    starter.join()
+from prefect import flow
+flow(name="bench-first-flow")(lambda: None)()  # the Prefect API is up and answering
+print(time.perf_counter() - started)
+"""
+
+
+def first_flow(env: dict, rounds: int) -> dict:
+    """Seconds from a fresh process to the end of its first (empty) flow: the imports of
+    ``tlp run`` plus the ephemeral API start, with and without starting the API early."""
+    times: dict[str, list[float]] = {"prestart": [], "no_prestart": []}
+    for i in range(rounds):
+        order = ("prestart", "no_prestart") if i % 2 == 0 else ("no_prestart", "prestart")
+        for mode in order:
+            env_ = {**env, "TLP_PREFECT_PRESTART": "1" if mode == "prestart" else "0"}
+            argv = [sys.executable, "-c", FIRST_FLOW]
+            out = subprocess.run(argv, env=env_, capture_output=True, text=True, check=True)
+            times[mode].append(float(out.stdout.strip().splitlines()[-1]))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "runs": times,
+        "median_seconds": med,
+        "saved_seconds": med["no_prestart"] - med["prestart"],
+    }
+
+
+def profile_runs(project: Path, profile: str, extra: list[str], env: dict) -> dict:
+    argv = [str(TLP), "-C", str(project), "run", "--profile", profile]
+    argv += [a for s in extra for a in ("--set", s)]
+    first, _ = timed(argv, env)
+    summary = json.loads((project / "reports" / "summary.json").read_text())
+    compute = sum(summary["stage_compute_seconds"].values())
+    cached, cached_out = timed(argv, env)
+    forced, _ = timed([*argv, "--force-flow"], env)
+    forced_summary = json.loads((project / "reports" / "summary.json").read_text())
+    return {
+        "command": " ".join(["tlp", "run", "--profile", profile, *argv[6:]]),
+        "first_run_seconds": first,
+        "inside_flow_seconds": summary["wall_seconds"],
+        "stage_compute_seconds": compute,
+        "stage_compute": summary["stage_compute_seconds"],
+        "overhead_seconds": first - compute,
+        "overhead_percent": 100.0 * (first - compute) / first,
+        "cached_rerun_seconds": cached,
+        "cached_rerun_fraction": cached / first,
+        "cached_rerun_shortcut": "Nothing changed" in cached_out,
+        "forced_flow_rerun_seconds": forced,
+        "forced_flow_rerun_fraction": forced / first,
+        "forced_flow_inside_flow_seconds": forced_summary["wall_seconds"],
+        "forced_flow_skipped": forced_summary["skipped_stages"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", nargs="+", default=["smoke", "default"])
+    parser.add_argument("--set", action="append", default=[], help="extra section.key=value")
+    parser.add_argument("--first-flow-rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="tlp-bench-orch-"))
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(work / "prefect-home"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    env.pop("PREFECT_API_URL", None)  # measure the default: an ephemeral API per run
+    env.pop("TLP_TRACKING_URI", None)
+    env["PATH"] = f"{TLP.parent}{os.pathsep}{env.get('PATH', '')}"
+    warm = "from prefect import flow\nflow(lambda: 1)()"  # create Prefect's database once
+    subprocess.run([sys.executable, "-c", warm], env=env, check=True, capture_output=True)
+    result = {
+        "command": "python benchmarks/orchestration.py " + " ".join(argv or sys.argv[1:]),
+        "startup": startup(env),
+        "first_flow": first_flow({**env, "PYTHONPATH": str(ROOT)}, args.first_flow_rounds),
+        "profiles": {},
+    }
+    print(json.dumps(result["first_flow"]), file=sys.stderr, flush=True)
+    try:
+        for profile in args.profiles:
+            project = make_project(work / profile)
+            result["profiles"][profile] = profile_runs(project, profile, args.set, env)
+            print(json.dumps({profile: result["profiles"][profile]}), file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "orchestration.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

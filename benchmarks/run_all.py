@@ -1,0 +1,58 @@
+"""``make bench``: every benchmark, then REPORT.md (with plots) logged to MLflow.
+
+    python benchmarks/run_all.py                 # quick settings (tens of minutes on 2 cores)
+    python benchmarks/run_all.py --full          # full sizes: the whole data-efficiency grid
+    python benchmarks/run_all.py --only scaling  # one or more benchmarks, then the report
+
+Each benchmark runs in its own process and writes benchmarks/results/NAME.json naming the
+exact command; the report is rebuilt from whatever results are there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "benchmarks"
+
+QUICK = {
+    "startup": ["--rounds", "7"],
+    "training_throughput": ["--rounds", "3", "--images", "1024", "--epochs", "1"],
+    "orchestration": ["--profiles", "smoke"],
+    "scaling": ["--factors", "1", "2", "4", "--base-images", "1250", "--image-size", "16"],
+    "data_efficiency": [
+        *("--labels", "1", "5", "all", "--seeds", "0"),
+        *("--strategies", "scratch", "linear_probe", "full"),
+        *("--pretrain-epochs", "2", "--transfer-epochs", "5", "--set", "base.threads=1"),
+    ],
+}
+FULL = {
+    "startup": ["--rounds", "15"],
+    "training_throughput": ["--rounds", "7", "--images", "2048", "--epochs", "2"],
+    "orchestration": ["--profiles", "smoke", "default"],
+    "scaling": ["--factors", "1", "2", "4", "--base-images", "5000", "--epochs", "2"],
+    "data_efficiency": [],  # every strategy, labels 1 2 5 10 20 all, seeds 0 1 2, params.yaml
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="full sizes (hours on 2 CPU cores)")
+    parser.add_argument("--only", nargs="+", choices=list(QUICK), default=list(QUICK))
+    parser.add_argument("--no-mlflow", action="store_true")
+    args = parser.parse_args(argv)
+    settings = FULL if args.full else QUICK
+    for name in args.only:
+        argv_ = [sys.executable, str(HERE / f"{name}.py"), *settings[name]]
+        print("+ " + " ".join(argv_[1:]), flush=True)
+        subprocess.run(argv_, check=True, stdout=subprocess.DEVNULL)
+    report = [sys.executable, str(HERE / "report.py")]
+    subprocess.run(report + (["--no-mlflow"] if args.no_mlflow else []), check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Benchmark: images/s of the project's training loop (``tasks.training.fit``) against a bare
+PyTorch + timm loop: same model, batch size, threads and in-memory data, run alternately in
+one process so that machine load hits both alike. Reports the median per-pair ratio.
+
+    python benchmarks/training_throughput.py [--rounds 5] [--images 2048] [--epochs 2]
+
+Both loops do the same work per step: forward, cross-entropy, backward, AdamW step. The
+project loop adds what it does for every run: timm parameter groups and scheduler, seeded
+shuffling, per-step metric accumulation, the (disabled, no terminal) progress bar. Random
+shift augmentation is off (``augment_shift=0``): it is input work, not loop overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def load_images(n: int, size: int = 32):
+    """``n`` mnist5k digits preprocessed as the pipeline does (grey, 32x32, normalised)."""
+    import torch
+
+    from tasks.datasets import load_builtin
+    from tasks.params import PreprocessParams
+    from tasks.preprocessing import preprocess
+
+    raw = load_builtin("mnist5k")
+    cfg = PreprocessParams(image_size=size, channels=1, mean=[0.5], std=[0.5])
+    inputs = preprocess(raw.images[:n], cfg)
+    return inputs, torch.from_numpy(raw.labels[:n].copy())
+
+
+def bare_loop(model, inputs, labels, batch_size: int, epochs: int, lr: float, seed: int) -> None:
+    """The minimal loop: shuffle, forward, loss, backward, step. Nothing else."""
+    import torch
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=gen)
+        for start in range(0, len(labels), batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(model(inputs[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
+def project_loop(model, inputs, labels, batch_size: int, epochs: int, lr: float, seed: int) -> None:
+    from tasks.params import TrainParams
+    from tasks.training import fit
+
+    cfg = TrainParams(epochs=epochs, batch_size=batch_size, lr=lr, augment_shift=0, warmup_epochs=0)
+    fit(model, (inputs, labels), cfg, seed=seed)
+
+
+def measure(args) -> dict:
+    import timm
+    import torch
+
+    torch.set_num_threads(args.threads)
+    inputs, labels = load_images(args.images)
+    loops = {"bare": bare_loop, "project": project_loop}
+
+    def one(name: str) -> float:
+        torch.manual_seed(0)
+        model = timm.create_model(args.arch, num_classes=10, in_chans=1)
+        started = time.perf_counter()
+        loops[name](model, inputs, labels, args.batch_size, args.epochs, 1e-3, 0)
+        return len(labels) * args.epochs / (time.perf_counter() - started)
+
+    one("bare"), one("project")  # warm-up: allocator, kernels, lazy imports
+    rounds = []
+    for i in range(args.rounds):  # alternate, and alternate who goes first
+        order = ("bare", "project") if i % 2 == 0 else ("project", "bare")
+        rates = {name: one(name) for name in order}
+        rounds.append({**rates, "ratio": rates["project"] / rates["bare"]})
+        print(f"round {i}: {rounds[-1]}", file=sys.stderr, flush=True)
+    return {
+        "arch": args.arch,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "images": args.images,
+        "epochs_per_measurement": args.epochs,
+        "rounds": rounds,
+        "bare_images_per_second": statistics.median(r["bare"] for r in rounds),
+        "project_images_per_second": statistics.median(r["project"] for r in rounds),
+        "ratio": statistics.median(r["ratio"] for r in rounds),
+        "ratio_min": min(r["ratio"] for r in rounds),
+        "ratio_max": max(r["ratio"] for r in rounds),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet10t")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    result = {
+        "command": "python benchmarks/training_throughput.py " + " ".join(argv or sys.argv[1:]),
+        **measure(args),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "training_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -19,10 +19,10 @@ def source(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("degrade", [None, 8])
-def test_streamed_rows_equal_the_in_memory_rows(source, degrade):
-    x, y, classes = load_tensors(source, "train", PRE, degrade)
-    files, labels, streamed_classes = stream_tensors(source, "train", PRE, degrade)
+@pytest.mark.parametrize(("degrade", "fit_frame"), [(None, False), (8, False), (8, True)])
+def test_streamed_rows_equal_the_in_memory_rows(source, degrade, fit_frame):
+    x, y, classes = load_tensors(source, "train", PRE, degrade, fit_frame)
+    files, labels, streamed_classes = stream_tensors(source, "train", PRE, degrade, fit_frame)
     assert len(files) == len(x) and torch.equal(labels, y) and streamed_classes == classes
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:17]
     assert torch.equal(files[idx], x[idx])

@@ -161,7 +161,8 @@ def markdown(result: dict) -> str:
         f"Target: {result['target']}; fine-tuning: `{result['strategy']}` strategy, "
         f"seeds {result['seeds']}; {result['machine']}.",
         "",
-        "| candidate | fine-tuned acc (mean) | logme | leep | nce | h_score | score s | fine-tune s |",
+        "| candidate | fine-tuned acc (mean) | logme | leep | nce | h_score | score s "
+        "| fine-tune s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in sorted(result["candidates"].items(), key=lambda kv: -kv[1]["accuracy"]):
@@ -170,7 +171,11 @@ def markdown(result: dict) -> str:
             f"| {name} | {row['accuracy']:.4f} | {cells} | {row['score_seconds']:.2f} "
             f"| {row['fine_tune_seconds']:.1f} |"
         )
-    lines += ["", "| score | Kendall tau (p) | weighted tau | top-1 pick | regret |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| score | Kendall tau (p) | weighted tau | top-1 pick | regret |",
+        "|---|---|---|---|---|",
+    ]
     for score, c in result["correlation"].items():
         lines.append(
             f"| {score} | {c['kendall_tau']:+.3f} ({c['kendall_p']:.3f}) | "
@@ -179,7 +184,8 @@ def markdown(result: dict) -> str:
     t = result["timing"]
     lines += [
         "",
-        f"Wall time: scoring all {len(result['candidates'])} candidates {t['score_seconds']:.2f} s, "
+        f"Wall time: scoring all {len(result['candidates'])} candidates "
+        f"{t['score_seconds']:.2f} s, "
         f"fine-tuning them (one seed) {t['fine_tune_seconds']:.1f} s: fine-tuning takes "
         f"**{t['ratio']:.0f}x** as long. Pretraining the pool ({t['pool_seconds']:.0f} s) is in "
         "neither.",

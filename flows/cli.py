@@ -337,8 +337,10 @@ def cmd_rank(args) -> int:
     else:
         specs = list(params.rank.candidates)
     if not specs:
-        print("tlp: rank: no candidates (pass them as arguments or set rank.candidates)",
-              file=sys.stderr)
+        print(
+            "tlp: rank: no candidates (pass them as arguments or set rank.candidates)",
+            file=sys.stderr,
+        )
         return 2
     project = args.project_dir.resolve()
     for spec in specs:  # fail before Prefect, MLflow or any training starts

@@ -85,7 +85,8 @@ def publish_source_choice(ctx: StageContext) -> None:
     report = read_json(ctx.layout.pretrain_report)
     target = f"{ctx.layout.target_data} (train split)"
     create_markdown_artifact(
-        ranking_markdown(report["ranking"], report["score"], target) + f"\nChosen: **{report['chosen']}**.\n",
+        ranking_markdown(report["ranking"], report["score"], target)
+        + f"\nChosen: **{report['chosen']}**.\n",
         key="source-ranking",
     )
     tracking.set_tags({"source_choice": report["chosen"]}, run_id=ctx.parent_run_id)

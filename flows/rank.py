@@ -35,8 +35,8 @@ def prepare_target(ctx: StageContext) -> Path:
 def rank_task(ctx: StageContext, candidates: list[CandidateParams], target: Path) -> list[dict]:
     """Load or pretrain each candidate and score it; logged to the MLflow run ``rank``."""
     score = ctx.params.rank.score
+    rows = sources.rank_candidates(ctx, tuple(candidates), target)  # no run for a failure
     with tracking.child_run("rank", ctx.experiment_id, None):
-        rows = sources.rank_candidates(ctx, tuple(candidates), target)
         markdown = sources.ranking_markdown(rows, score, _describe(ctx.params))
         sources.log_ranking(rows, score, markdown)
     return rows

@@ -4,7 +4,8 @@ estimated from one forward pass over the target's train split, without fine-tuni
 - ``logme``: log marginal evidence of a Bayesian linear model on the features
   (You et al. 2021, "LogME: Practical Assessment of Pre-trained Models for Transfer Learning").
 - ``leep``: log expected empirical prediction through the source head's soft labels
-  (Nguyen et al. 2020, "LEEP: A New Measure to Evaluate Transferability of Learned Representations").
+  (Nguyen et al. 2020, "LEEP: A New Measure to Evaluate Transferability of Learned
+  Representations").
 - ``nce``: negative conditional entropy of target labels given the source head's hard labels
   (Tran et al. 2019, "Transferability and Hardness of Supervised Classification Tasks").
 - ``h_score``: tr(cov(f)^-1 cov(E[f|y])), how much of the feature variance the classes explain
@@ -66,8 +67,9 @@ def logme_evidence(
     proj = u.T @ y  # coordinates of y in the column space of F
     outside = max(float(y @ y - proj @ proj), 0.0)  # the part of ||y||^2 F cannot fit
     floor = 1e-12 * max(float(y @ y), 1e-300)
-    alpha, beta = 1.0, 1.0
-    for iteration in range(1, max_iter + 1):
+    alpha, beta, iteration = 1.0, 1.0, 0
+    while iteration < max_iter:
+        iteration += 1
         shrink = beta * s / (alpha + beta * s)
         gamma = float(shrink.sum())
         mm = float(((shrink * proj) ** 2 / s.clip(1e-300)).sum())  # m'm
@@ -99,7 +101,9 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     Bayesian linear regression from the features to each class's one-hot column."""
     codes, k = _labels(labels)
     return float(
-        np.mean([logme_evidence(features, (codes == c).astype(np.float64)).evidence for c in range(k)])
+        np.mean(
+            [logme_evidence(features, (codes == c).astype(np.float64)).evidence for c in range(k)]
+        )
     )
 
 

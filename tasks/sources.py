@@ -53,7 +53,7 @@ class Source:
 
 def slug(name: str) -> str:
     """A name usable in file names and MLflow metric keys."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "candidate"
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-") or "candidate"
 
 
 def _fail(spec: CandidateParams, problem: str) -> SourceError:
@@ -82,6 +82,12 @@ def check_candidate(spec: CandidateParams, params: Params, project_dir: Path) ->
         raise _fail(spec, f"{path} not found")
     if path.is_dir():
         _check_card(spec, path, params)
+    else:
+        arch = spec.arch or params.model.arch
+        try:
+            _head_size(arch, path)
+        except Exception as exc:  # whatever the file is, it is not a usable checkpoint
+            raise _fail(spec, f"{path} is not a readable timm checkpoint file ({exc})") from None
 
 
 def _check_card(spec: CandidateParams, ckpt: Path, params: Params) -> ModelCard:
@@ -145,13 +151,21 @@ def pretrain_candidate(
         file = str((ctx.project_dir / params.pretrain.checkpoint_file).resolve())
         params = with_overrides(params, [f"pretrain.checkpoint_file={file}"], spec.name)
     tag = "shuffled-" if after_prepare else ""
-    home = ctx.project_dir / WORK_DIR / SOURCES_DIR / f"{slug(spec.name)}-{tag}{pretrain_key(params)}"
+    home = (
+        ctx.project_dir / WORK_DIR / SOURCES_DIR / f"{slug(spec.name)}-{tag}{pretrain_key(params)}"
+    )
     sub = StageContext(home, params, ctx.experiment_id, ctx.tracking_uri, ctx.parent_run_id)
     if (sub.layout.source_model / CARD).is_file():
         return sub.layout.source_model
     p = params.data
-    prepare_dataset(p.source, p.split_seed, sub.layout.source_data, "source", p.max_image_pixels,
-                    ctx.project_dir)
+    prepare_dataset(
+        p.source,
+        p.split_seed,
+        sub.layout.source_data,
+        "source",
+        p.max_image_pixels,
+        ctx.project_dir,
+    )
     if after_prepare is not None:
         after_prepare(sub.layout.source_data)
     pretrain.train_source(sub)
@@ -171,7 +185,7 @@ def _head_size(arch: str, file: Path) -> int:
 
         with safe_open(str(file), "pt") as fh:
             key = f"{classifier}.weight"
-            return fh.get_slice(key).get_shape()[0] if key in fh.keys() else 0
+            return fh.get_slice(key).get_shape()[0] if key in set(fh.keys()) else 0
     state = torch.load(file, map_location="cpu", weights_only=True)
     for nested in ("state_dict", "model"):
         if isinstance(state, dict) and nested in state:
@@ -193,7 +207,7 @@ def _load_timm_file(spec: CandidateParams, file: Path, params: Params) -> Source
             num_classes=n,
             in_chans=params.preprocess.channels,
         )
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # timm raises RuntimeError, the readers their own errors
         raise _fail(spec, f"{file} does not load as a timm {arch} checkpoint: {exc}") from None
     card = ModelCard(
         arch=arch, classes=tuple(str(i) for i in range(n)), preprocess=params.preprocess
@@ -212,8 +226,9 @@ def _load_folder(spec: CandidateParams, ckpt: Path, params: Params, origin: str)
         load_model(model, str(ckpt / WEIGHTS))
     except (RuntimeError, OSError) as exc:
         raise _fail(
-            spec, f"{ckpt / WEIGHTS} does not fit its card ({card.arch}, "
-            f"{card.num_classes} classes): {exc}"
+            spec,
+            f"{ckpt / WEIGHTS} does not fit its card ({card.arch}, "
+            f"{card.num_classes} classes): {exc}",
         ) from None
     return Source(spec.name, origin, str(ckpt), model.eval(), card)
 
@@ -358,7 +373,10 @@ def log_ranking(rows: list[dict], score: str, markdown: str, choice: str | None 
     from tasks import tracking
 
     metrics = {
-        f"{slug(r['candidate'])}.{s}": r[s] for r in rows for s in ranking.SCORES if r[s] is not None
+        f"{slug(r['candidate'])}.{s}": r[s]
+        for r in rows
+        for s in ranking.SCORES
+        if r[s] is not None
     }
     metrics.update({f"{slug(r['candidate'])}.seconds": r["seconds"] for r in rows})
     tracking.log_metrics(metrics)

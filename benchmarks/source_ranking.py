@@ -226,9 +226,15 @@ def main() -> None:
     shutil.copytree(ctx.layout.target_data, tune.layout.target_data, dirs_exist_ok=True)
     accuracies: dict[str, list[float]] = {n: [] for n in pool}
     tune_seconds: dict[str, float] = {}
+    done_file = args.work / "fine-tuned.json"  # a killed benchmark resumes here
+    done = json.loads(done_file.read_text()) if done_file.is_file() else {}
     for name, ckpt in pool.items():
         for seed in args.seeds:
-            acc, seconds = fine_tune(tune, ckpt, seed)
+            key = f"{name}|{seed}|{ckpt}"
+            if key not in done:
+                done[key] = fine_tune(tune, ckpt, seed)
+                done_file.write_text(json.dumps(done, indent=2))
+            acc, seconds = done[key]
             accuracies[name].append(acc)
             tune_seconds.setdefault(name, seconds)  # the first seed's time
             print(f"[tune] {name} seed {seed}: acc {acc:.4f} in {seconds:.1f} s", file=sys.stderr)

@@ -402,11 +402,12 @@ def select_source(ctx: StageContext) -> dict:
     from tasks.models import save_checkpoint
 
     p, layout = ctx.params, ctx.layout
+    # pretraining a candidate opens runs of its own under the parent: rank first, then log
+    rows = rank_candidates(ctx, p.rank.candidates, layout.target_data)
+    top = rows[0]
+    if top.get(p.rank.score) is None:
+        raise SourceError(f"rank.score {p.rank.score}: no candidate could be scored by it")
     with tracking.child_run("pretrain/rank", ctx.experiment_id, ctx.parent_run_id):
-        rows = rank_candidates(ctx, p.rank.candidates, layout.target_data)
-        top = rows[0]
-        if top.get(p.rank.score) is None:
-            raise SourceError(f"rank.score {p.rank.score}: no candidate could be scored by it")
         markdown = ranking_markdown(rows, p.rank.score, f"{layout.target_data} (train split)")
         log_ranking(rows, p.rank.score, markdown, choice=top["candidate"])
     spec = next(s for s in p.rank.candidates if s.name == top["candidate"])

@@ -53,11 +53,17 @@ def test_rank_orders_sources_and_records_the_table(
 ):
     from prefect.client.orchestration import get_client
 
-    strong, weak = str(gate_candidates.strong), str(gate_candidates.weak)
+    from tests.registry_support import MODEL, open_store, register
+
+    # the never-trained model as a registered version: resolved to its checkpoint artifact
+    experiment = open_store(f"sqlite:///{project}/mlflow.db", project)
+    weak = f"models:/{MODEL}/{register(gate_candidates.weak, gate_candidates.project, experiment)}"
+    strong = str(gate_candidates.strong)
     code = main(["-C", str(project), "rank", strong, weak, str(random_label), "--json", *SMALL])
     out = capsys.readouterr().out
     assert code == 0
     rows = json.loads(out[out.index("[") :])
+    assert {r["candidate"]: r["origin"] for r in rows}[weak] == "registry"
     order = [r["candidate"] for r in rows]
     assert order[0] == strong  # ranked by LogME (the default score)
     assert order.index(strong) < order.index(str(random_label))

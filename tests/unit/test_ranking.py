@@ -166,3 +166,18 @@ def test_compute_scores_without_a_head_leaves_leep_and_nce_out():
     assert scores["leep"] is None and scores["nce"] is None and scores["logme"] is not None
     with_head = ranking.compute_scores(f, labels, f[:, :4])
     assert with_head["leep"] < 0 and with_head["nce"] <= 0
+
+
+def test_rows_rank_best_first_and_unscored_last():
+    from tasks.sources import rank_rows, ranking_text, slug
+
+    rows = [
+        {"candidate": "a", "logme": 0.1, "leep": None, "nce": None, "h_score": 1.0, "note": "x"},
+        {"candidate": "b", "logme": 0.3, "leep": -1.0, "nce": -0.5, "h_score": 2.0, "note": ""},
+        {"candidate": "c", "logme": -0.2, "leep": -0.1, "nce": -0.2, "h_score": 0.5, "note": ""},
+    ]
+    assert [r["candidate"] for r in rank_rows(rows, "logme")] == ["b", "a", "c"]
+    by_leep = rank_rows(rows, "leep")
+    assert [(r["candidate"], r["rank"]) for r in by_leep] == [("c", 1), ("b", 2), ("a", None)]
+    assert "* ranked by leep" in ranking_text(by_leep, "leep")
+    assert slug("../ckpt/a.b@c") == "ckpt_a_b_c"

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 # name -> (--set overrides of the benchmark's params, shuffle the source labels?)
 POOL = {
     "mnist5k-8px": ([], False),
-    "mnist5k-8px-1ep": (["pretrain.epochs=1"], False),
+    "mnist5k-8px-1ep": (["pretrain.epochs=1", "pretrain.warmup_epochs=0"], False),
     "mnist5k-28px": (["pretrain.source_resolution=null"], False),
     "mnist-m-8px": (["data.source.builtin=mnist-m"], False),
     "mnist5k-8px-mobilenetv3": (["model.arch=mobilenetv3_small_100"], False),
@@ -55,7 +55,6 @@ def _params(args, work: Path):
             f"data.source.limit={args.source_limit}",
             f"data.target.labels_per_class={args.labels}",
             f"pretrain.epochs={args.pretrain_epochs}",
-            "pretrain.warmup_epochs=0",
             "transfer.strategies=[full]",
             "transfer.resume=false",
             *args.set,
@@ -131,6 +130,12 @@ def fine_tune(ctx, ckpt: Path, seed: int) -> tuple[float, float]:
     return accuracy(model, x_test, y_test), seconds
 
 
+def _source_accuracy(ckpt: Path) -> float | None:
+    """The pretrained model's accuracy on its own source test split (eval mode), if known."""
+    report = ckpt.parent.parent / "reports" / "pretrain.json"
+    return json.loads(report.read_text())["source_test_accuracy"] if report.is_file() else None
+
+
 def correlations(rows: dict[str, dict], accuracy: dict[str, float]) -> dict:
     from scipy.stats import kendalltau, weightedtau
 
@@ -161,14 +166,16 @@ def markdown(result: dict) -> str:
         f"Target: {result['target']}; fine-tuning: `{result['strategy']}` strategy, "
         f"seeds {result['seeds']}; {result['machine']}.",
         "",
-        "| candidate | fine-tuned acc (mean) | logme | leep | nce | h_score | score s "
-        "| fine-tune s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| candidate | source test acc | fine-tuned acc (mean) | logme | leep | nce | h_score "
+        "| score s | fine-tune s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in sorted(result["candidates"].items(), key=lambda kv: -kv[1]["accuracy"]):
         cells = " | ".join(f"{row[s]:.4f}" for s in ("logme", "leep", "nce", "h_score"))
+        src = row["source_test_accuracy"]
+        src = "-" if src is None else f"{src:.3f}"
         lines.append(
-            f"| {name} | {row['accuracy']:.4f} | {cells} | {row['score_seconds']:.2f} "
+            f"| {name} | {src} | {row['accuracy']:.4f} | {cells} | {row['score_seconds']:.2f} "
             f"| {row['fine_tune_seconds']:.1f} |"
         )
     lines += [
@@ -199,7 +206,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / ".tlp" / "bench-source-ranking")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--labels", type=int, default=10, help="target labels per class")
-    parser.add_argument("--pretrain-epochs", type=int, default=3)
+    parser.add_argument("--pretrain-epochs", type=int, default=8)  # params.yaml's default
     parser.add_argument("--source-limit", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], help="more params overrides")
@@ -253,6 +260,7 @@ def main() -> None:
             n: {
                 **{s: rows[n][s] for s in ("logme", "leep", "nce", "h_score")},
                 "arch": rows[n]["arch"],
+                "source_test_accuracy": _source_accuracy(pool[n]),
                 "accuracy": accuracy[n],
                 "accuracies": accuracies[n],
                 "score_seconds": rows[n]["seconds"],

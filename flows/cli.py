@@ -99,6 +99,24 @@ def _parser() -> argparse.ArgumentParser:
         "--workdir", type=Path, default=None, help="new, empty dir (default: a temp dir)"
     )
     add_params_args(reproduce)
+    rank = sub.add_parser(
+        "rank", help="rank candidate source models for the target without fine-tuning"
+    )
+    rank.add_argument(
+        "candidates",
+        nargs="*",
+        metavar="CANDIDATE",
+        help="checkpoint folder, timm checkpoint file, or models:/NAME@ALIAS | models:/NAME/V "
+        "(default: rank.candidates in params)",
+    )
+    rank.add_argument("--arch", help="timm architecture of checkpoint files (default model.arch)")
+    rank.add_argument(
+        "--score",
+        choices=("logme", "leep", "nce", "h_score"),
+        help="score to rank by (default rank.score)",
+    )
+    rank.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    add_params_args(rank)
     _add_ops_parsers(sub, add_params_args)
     return parser
 
@@ -389,6 +407,36 @@ def cmd_reproduce(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_rank(args) -> int:
+    """Check every candidate, then rank them in the Prefect flow ``rank_sources``."""
+    import json
+
+    from tasks.params import CandidateParams, with_overrides
+    from tasks.sources import check_candidate, ranking_text
+
+    params = _resolve(args)
+    if args.score:
+        params = with_overrides(params, [f"rank.score={args.score}"], "--score")
+    if args.candidates:
+        specs = [CandidateParams(path=c, arch=args.arch) for c in args.candidates]
+    else:
+        specs = list(params.rank.candidates)
+    if not specs:
+        print(
+            "tlp: rank: no candidates (pass them as arguments or set rank.candidates)",
+            file=sys.stderr,
+        )
+        return 2
+    project = args.project_dir.resolve()
+    for spec in specs:  # fail before Prefect, MLflow or any training starts
+        check_candidate(spec, params, project)
+    from flows.rank import rank_sources
+
+    rows = rank_sources(params=params, candidates=specs, project_dir=str(project))
+    print(json.dumps(rows, indent=2) if args.json else ranking_text(rows, params.rank.score))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from flows.schedule import serve_pipeline, upcoming_runs
 
@@ -458,6 +506,7 @@ COMMANDS = {
     "rollback": cmd_rollback,
     "lineage": cmd_lineage,
     "reproduce": cmd_reproduce,
+    "rank": cmd_rank,
     "serve": cmd_serve,
     "ui": cmd_ui,
     "server": cmd_server,

@@ -88,6 +88,20 @@ def summary_markdown(summary: dict) -> str:
     )
 
 
+def publish_source_choice(ctx: StageContext) -> None:
+    """transfer.source: auto: the ranking as artifact ``source-ranking``, the choice as a tag."""
+    from tasks.sources import ranking_markdown
+
+    report = read_json(ctx.layout.pretrain_report)
+    target = f"{ctx.layout.target_data} (train split)"
+    create_markdown_artifact(
+        ranking_markdown(report["ranking"], report["score"], target)
+        + f"\nChosen: **{report['chosen']}**.\n",
+        key="source-ranking",
+    )
+    tracking.set_tags({"source_choice": report["chosen"]}, run_id=ctx.parent_run_id)
+
+
 @flow(name="transfer_pipeline")
 @holds_run_lock  # one run per project at a time (tasks/locking.py); lock_wait is for it
 def transfer_pipeline(
@@ -124,6 +138,8 @@ def transfer_pipeline(
                 compute[stage.name] = round(seconds, 3)
                 versioning.commit_stage(project, stage.name)
             timings[stage.name] = round(time.perf_counter() - t0, 3)
+        if params.transfer.source == "auto":
+            publish_source_choice(ctx)
         versioning.push(project)
         promotion = promote_model(project_dir=str(project))  # the gate moves @champion, or not
         summary = build_summary(ctx, timings, skipped, time.perf_counter() - started, compute)

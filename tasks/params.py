@@ -44,6 +44,7 @@ Strategy = Literal[
     "multitask",
 ]
 ALL_STRATEGIES: tuple[str, ...] = Strategy.__args__
+Score = Literal["logme", "leep", "nce", "h_score"]  # tasks/ranking.py: transferability scores
 
 
 class ParamsError(ValueError):
@@ -202,6 +203,11 @@ class PretrainParams(TrainParams):
 
 class TransferParams(TrainParams):
     strategies: tuple[Strategy, ...] = STRATEGIES
+    source: Literal["pretrain", "auto"] = Field(
+        "pretrain",
+        description="pretrain: the pretrain stage's model; auto: rank rank.candidates on the "
+        "target and transfer from the top one (tasks/sources.py)",
+    )
     layer_decay: float | None = Field(0.75, gt=0.0, le=1.0, description="full: per-layer LR decay")
     scratch_lr: float = Field(3e-3, gt=0.0, le=10.0, description="lr of the scratch baseline")
     keep_head: bool = Field(
@@ -293,6 +299,59 @@ class ScheduleParams(_Section):
         return value
 
 
+class CandidateParams(_Section):
+    """One candidate source for ``tlp rank`` and ``transfer.source: auto``."""
+
+    name: str | None = Field(None, description="shown in the ranking; default: path or 'pretrain'")
+    path: str | None = Field(
+        None,
+        description="a checkpoint folder (model.safetensors + meta.json), a timm checkpoint "
+        "file (.safetensors/.pth), or models:/NAME@ALIAS | models:/NAME/VERSION",
+    )
+    arch: str | None = Field(None, description="timm checkpoint files: the architecture")
+    pretrain: tuple[str, ...] | None = Field(
+        None,
+        description="pretrain this candidate: --set overrides of this project's params "
+        "(e.g. data.source.builtin=mnist-m); [] = the project's own pretrain",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, value: Any) -> Any:
+        if isinstance(value, str):  # a path alone
+            value = {"path": value}
+        if isinstance(value, dict) and value.get("name") is None:
+            pretrain = value.get("pretrain")
+            name = value.get("path") or "pretrain"
+            if pretrain:
+                name = "pretrain:" + ",".join(str(x) for x in pretrain)
+            value = {**value, "name": name}
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CandidateParams:
+        if (self.path is None) == (self.pretrain is None):
+            raise ValueError("give exactly one of path: ... or pretrain: [overrides]")
+        for text in self.pretrain or ():
+            parse_override(text)
+        return self
+
+
+class RankParams(_Section):
+    """Transferability ranking of candidate sources (tasks/ranking.py, tasks/sources.py)."""
+
+    candidates: tuple[CandidateParams, ...] = ()
+    score: Score = Field("logme", description="the score transfer.source: auto picks by")
+    batch_size: int = Field(256, ge=1, le=8192, description="images per forward pass")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RankParams:
+        names = [c.name for c in self.candidates]
+        if len(set(names)) != len(names):
+            raise ValueError("candidate names must not repeat (give each a name:)")
+        return self
+
+
 class Params(_Section):
     base: BaseParams
     data: DataParams
@@ -305,6 +364,13 @@ class Params(_Section):
     validation: ValidationParams = ValidationParams()
     promote: PromoteParams = PromoteParams()
     schedule: ScheduleParams = ScheduleParams()
+    rank: RankParams = RankParams()
+
+    @model_validator(mode="after")
+    def _auto_needs_candidates(self) -> Params:
+        if self.transfer.source == "auto" and not self.rank.candidates:
+            raise ValueError("transfer.source: auto needs rank.candidates to choose from")
+        return self
 
     def digest(self) -> str:
         """Stable hash of every value; tags each run and registered version."""
@@ -454,6 +520,19 @@ def resolved_text(params: Params) -> str:
     """The contents of params.resolved.yaml for ``params``."""
     text = "# Written by tlp from params.yaml + profile + --set. Do not edit; DVC reads it.\n"
     return text + yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+
+
+def with_overrides(params: Params, overrides: list[str] | tuple[str, ...], origin: str) -> Params:
+    """``params`` with ``--set``-style overrides applied, validated again."""
+    tree = params.model_dump(mode="json")
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply(tree, keys, value, f"{origin}: {text}")
+        _drop_replaced(tree, keys, value)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise ParamsError(f"{origin}: {_format_errors(exc)}") from None
 
 
 def write_resolved(params: Params, project_dir: Path) -> Path:

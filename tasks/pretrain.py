@@ -3,6 +3,8 @@
 The model starts from random weights, or from a local timm checkpoint file
 (``pretrain.checkpoint_file``; timm adapts ``in_chans`` and ``num_classes``), and is then
 trained on the source with the same loop as fine-tuning, resumable after a crash.
+With ``transfer.source: auto`` the stage instead ranks ``rank.candidates`` on the target
+and keeps the top one (``tasks.sources.select_source``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,21 @@ def _state_dir(ctx: StageContext) -> Path:
 
 
 def run(ctx: StageContext) -> dict:
+    if ctx.params.transfer.source == "auto":
+        from tasks.sources import select_source
+
+        return select_source(ctx)
+    return train_source(ctx)
+
+
+def still_valid(ctx: StageContext) -> bool:
+    from tasks.sources import still_valid as auto_choice_valid
+
+    return auto_choice_valid(ctx)
+
+
+def train_source(ctx: StageContext) -> dict:
+    """Pretrain ``model.arch`` on ``data/source`` into ``models/source``."""
     p, layout = ctx.params, ctx.layout
     # streamed from the PNG files batch by batch: memory does not grow with the source
     x_train, y_train, classes = load_source_tensors(layout.source_data, "train", p, stream=True)

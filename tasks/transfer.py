@@ -262,9 +262,9 @@ def run(ctx: StageContext) -> dict:
         with tracking.child_run(f"transfer/{name}", ctx.experiment_id, ctx.parent_run_id):
             tracking.log_params({"strategy": name, **p.transfer.model_dump(mode="json")})
             model, history = STRATEGIES[name](job)
-            card = ModelCard(
-                arch=p.model.arch, classes=classes, preprocess=p.preprocess, strategy=name
-            )
+            # the model's own architecture: an auto-chosen source may not be model.arch
+            arch = model.pretrained_cfg.get("architecture", p.model.arch)
+            card = ModelCard(arch=arch, classes=classes, preprocess=p.preprocess, strategy=name)
             save_checkpoint(model.cpu(), card, layout.candidates / name)
             results[name] = _summary(history, len(y_train))
             tracking.log_metrics(

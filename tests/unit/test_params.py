@@ -126,3 +126,33 @@ def test_validation_section_bounds(project_root):
     assert params.validation.warn_only == () and params.validation.min_images_per_class == 5
     with pytest.raises(ParamsError, match="validation: min_side must not exceed max_side"):
         resolve_params(project_root / "params.yaml", overrides=["validation.min_side=5000"])
+
+
+def test_rank_candidates_default_to_today_and_validate(project_root):
+    params = resolve_params(project_root / "params.yaml")
+    assert params.transfer.source == "pretrain" and params.rank.score == "logme"
+    params = resolve_params(
+        project_root / "params.yaml",
+        overrides=[
+            "transfer.source=auto",
+            "rank.candidates=[models/source, {name: m, pretrain: [data.source.builtin=mnist-m]}]",
+        ],
+    )
+    first, second = params.rank.candidates
+    assert (first.name, first.path) == ("models/source", "models/source")
+    assert second.name == "m" and second.pretrain == ("data.source.builtin=mnist-m",)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["transfer.source=auto"], "auto needs rank.candidates"),
+        (["rank.candidates=[{path: a, pretrain: []}]"], "exactly one of path"),
+        (["rank.candidates=[a, a]"], "names must not repeat"),
+        (["rank.score=best"], "rank.score"),
+        (["rank.candidates=[{pretrain: [nokey]}]"], "expected section.key=value"),
+    ],
+)
+def test_bad_rank_params_are_named(project_root, overrides, message):
+    with pytest.raises(ParamsError, match=message):
+        resolve_params(project_root / "params.yaml", overrides=overrides)

@@ -1,0 +1,445 @@
+"""Candidate sources: resolve, load, score on the labelled target train split, rank, choose.
+
+A candidate is a checkpoint folder (``model.safetensors`` + ``meta.json``), a local timm
+checkpoint file (``arch`` from the candidate or ``model.arch``), a registered model
+(``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``: its checkpoint artifact), or a source
+this project pretrains itself with ``--set``-style overrides (cached in ``.tlp/sources/``,
+keyed on everything that shapes it). Every candidate is scored with the same preprocessing
+the transfer stage will use (``preprocess``), so the ranking is about the model, not about
+how its inputs were made. ``transfer.source: auto`` (stage pretrain) copies the top-ranked
+candidate to ``models/source``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tasks import ranking
+from tasks.context import WORK_DIR, StageContext, read_json, write_json
+from tasks.models import CARD, WEIGHTS, ModelCard
+from tasks.params import CandidateParams, Params, with_overrides
+
+SOURCES_DIR = "sources"  # under WORK_DIR
+
+
+class SourceError(ValueError):
+    """A candidate cannot be used; the message names it and the problem."""
+
+
+@dataclass
+class Source:
+    """A loaded candidate: the model (eval mode) and what its head predicts, if it has one."""
+
+    name: str
+    origin: str  # checkpoint | timm-file | registry | pretrain
+    location: str
+    model: torch.nn.Module
+    card: ModelCard  # for a timm file: classes are the head's indices ("0", "1", ...)
+
+    @property
+    def has_head(self) -> bool:
+        return self.card.num_classes > 0
+
+
+def slug(name: str) -> str:
+    """A name usable in file names and MLflow metric keys."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-") or "candidate"
+
+
+def _fail(spec: CandidateParams, problem: str) -> SourceError:
+    return SourceError(f"candidate {spec.name!r}: {problem}")
+
+
+# ---- checking (cheap, before any work) -------------------------------------------------
+
+
+def local_path(spec: CandidateParams, project_dir: Path) -> Path:
+    return (project_dir / Path(spec.path).expanduser()).resolve()
+
+
+def check_candidate(spec: CandidateParams, params: Params, project_dir: Path) -> None:
+    """Fail fast on what can be seen without loading weights: missing files, wrong channels,
+    overrides that do not validate."""
+    if spec.pretrain is not None:
+        candidate_params(params, spec)
+        return
+    if spec.path.startswith("models:/"):
+        if not re.fullmatch(r"models:/[^/@]+(@[^/@]+|/\d+)", spec.path):
+            raise _fail(spec, f"{spec.path}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        return
+    path = local_path(spec, project_dir)
+    if not path.exists():
+        raise _fail(spec, f"{path} not found")
+    if path.is_dir():
+        _check_card(spec, path, params)
+    else:
+        arch = spec.arch or params.model.arch
+        try:
+            _head_size(arch, path)
+        except Exception as exc:  # whatever the file is, it is not a usable checkpoint
+            raise _fail(spec, f"{path} is not a readable timm checkpoint file ({exc})") from None
+
+
+def _check_card(spec: CandidateParams, ckpt: Path, params: Params) -> ModelCard:
+    from tasks.models import read_card
+
+    if not (ckpt / CARD).is_file() or not (ckpt / WEIGHTS).is_file():
+        raise _fail(spec, f"{ckpt} is not a checkpoint folder ({WEIGHTS} + {CARD})")
+    try:
+        card = read_card(ckpt)
+    except ValueError as exc:
+        raise _fail(spec, f"{ckpt / CARD} is not a valid checkpoint card ({exc})") from None
+    want = params.preprocess.channels
+    if card.preprocess.channels != want:
+        raise _fail(
+            spec,
+            f"{ckpt} takes {card.preprocess.channels}-channel images, the target is "
+            f"preprocessed to {want} (preprocess.channels)",
+        )
+    return card
+
+
+# ---- pretraining a candidate ------------------------------------------------------------
+
+
+def candidate_params(params: Params, spec: CandidateParams) -> Params:
+    from tasks.params import ParamsError
+
+    try:
+        return with_overrides(params, spec.pretrain or (), f"candidate {spec.name!r}")
+    except ParamsError as exc:
+        raise SourceError(str(exc)) from None
+
+
+def pretrain_key(params: Params) -> str:
+    """Everything that shapes a pretrained source (not the target, not the transfer)."""
+    p = params.model_dump(mode="json")
+    shaping = {
+        "seed": p["base"]["seed"],
+        "source": p["data"]["source"],
+        "split_seed": p["data"]["split_seed"],
+        "model": p["model"],
+        "preprocess": p["preprocess"],
+        "pretrain": p["pretrain"],
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pretrain_candidate(
+    ctx: StageContext,
+    spec: CandidateParams,
+    after_prepare: Callable[[Path], None] | None = None,
+) -> Path:
+    """Pretrain ``spec`` in a project of its own under ``.tlp/sources/`` (reused when done);
+    returns its checkpoint folder. ``after_prepare(data_dir)`` may edit the prepared source
+    data first (the benchmark's random-label control)."""
+    from tasks import pretrain
+    from tasks.datasets import prepare_dataset
+
+    params = candidate_params(ctx.params, spec)
+    if params.pretrain.checkpoint_file is not None:  # relative to the real project
+        file = str((ctx.project_dir / params.pretrain.checkpoint_file).resolve())
+        params = with_overrides(params, [f"pretrain.checkpoint_file={file}"], spec.name)
+    tag = "shuffled-" if after_prepare else ""
+    home = (
+        ctx.project_dir / WORK_DIR / SOURCES_DIR / f"{slug(spec.name)}-{tag}{pretrain_key(params)}"
+    )
+    sub = StageContext(home, params, ctx.experiment_id, ctx.tracking_uri, ctx.parent_run_id)
+    if (sub.layout.source_model / CARD).is_file():
+        return sub.layout.source_model
+    p = params.data
+    prepare_dataset(
+        p.source,
+        p.split_seed,
+        sub.layout.source_data,
+        "source",
+        p.max_image_pixels,
+        ctx.project_dir,
+    )
+    if after_prepare is not None:
+        after_prepare(sub.layout.source_data)
+    pretrain.train_source(sub)
+    return sub.layout.source_model
+
+
+# ---- loading ----------------------------------------------------------------------------
+
+
+def _head_size(arch: str, file: Path) -> int:
+    """Rows of the classifier in a timm checkpoint file; 0 when it holds no classifier."""
+    import timm
+
+    classifier = timm.create_model(arch, pretrained=False).pretrained_cfg.get("classifier", "fc")
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(file), "pt") as fh:
+            key = f"{classifier}.weight"
+            return fh.get_slice(key).get_shape()[0] if key in set(fh.keys()) else 0
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    for nested in ("state_dict", "model"):
+        if isinstance(state, dict) and nested in state:
+            state = state[nested]
+    weight = state.get(f"{classifier}.weight") if isinstance(state, dict) else None
+    return int(weight.shape[0]) if weight is not None else 0
+
+
+def _load_timm_file(spec: CandidateParams, file: Path, params: Params) -> Source:
+    import timm
+
+    arch = spec.arch or params.model.arch
+    try:
+        n = _head_size(arch, file)
+        model = timm.create_model(
+            arch,
+            pretrained=True,
+            pretrained_cfg_overlay={"file": str(file), "num_classes": n},
+            num_classes=n,
+            in_chans=params.preprocess.channels,
+        )
+    except Exception as exc:  # timm raises RuntimeError, the readers their own errors
+        raise _fail(spec, f"{file} does not load as a timm {arch} checkpoint: {exc}") from None
+    card = ModelCard(
+        arch=arch, classes=tuple(str(i) for i in range(n)), preprocess=params.preprocess
+    )
+    return Source(spec.name, "timm-file", str(file), model.eval(), card)
+
+
+def _load_folder(spec: CandidateParams, ckpt: Path, params: Params, origin: str) -> Source:
+    from safetensors.torch import load_model
+
+    from tasks.models import create_model
+
+    card = _check_card(spec, ckpt, params)
+    model = create_model(card.arch, card.num_classes, card.preprocess.channels)
+    try:
+        load_model(model, str(ckpt / WEIGHTS))
+    except (RuntimeError, OSError) as exc:
+        raise _fail(
+            spec,
+            f"{ckpt / WEIGHTS} does not fit its card ({card.arch}, "
+            f"{card.num_classes} classes): {exc}",
+        ) from None
+    return Source(spec.name, origin, str(ckpt), model.eval(), card)
+
+
+def _download_registered(spec: CandidateParams, dst: Path) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec.path, dst_path=str(dst)))
+    except MlflowException as exc:
+        raise _fail(spec, f"{spec.path}: {exc.message}") from None
+    cards = sorted(local.rglob(CARD))
+    if not cards:
+        raise _fail(spec, f"{spec.path} holds no checkpoint ({CARD}); not a tlp model?")
+    return cards[0].parent
+
+
+def load_source(ctx: StageContext, spec: CandidateParams) -> Source:
+    """Load one candidate, pretraining it first when it is a ``pretrain:`` candidate."""
+    params = ctx.params
+    check_candidate(spec, params, ctx.project_dir)
+    if spec.pretrain is not None:
+        return _load_folder(spec, pretrain_candidate(ctx, spec), params, "pretrain")
+    if spec.path.startswith("models:/"):
+        dst = ctx.project_dir / WORK_DIR / SOURCES_DIR / "registry" / slug(spec.path)
+        return _load_folder(spec, _download_registered(spec, dst), params, "registry")
+    path = local_path(spec, ctx.project_dir)
+    if path.is_dir():
+        return _load_folder(spec, path, params, "checkpoint")
+    return _load_timm_file(spec, path, params)
+
+
+# ---- scoring and ranking ----------------------------------------------------------------
+
+
+def score_source(
+    source: Source, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+) -> dict:
+    """Every score of one source on (inputs, labels), and the seconds it took (forward
+    pass included)."""
+    from tasks.training import features_and_logits, map_batches
+
+    started = time.perf_counter()
+    width = source.model.num_features
+
+    def both(model, x):
+        feats, logits = features_and_logits(model, x)
+        return torch.cat([feats, logits], 1) if source.has_head else feats
+
+    from threadpoolctl import threadpool_limits
+
+    out = map_batches(source.model, both, inputs, batch_size).numpy()
+    logits = out[:, width:] if source.has_head else None
+    # one BLAS thread: these matrices are small, and on a busy machine more threads only
+    # spin (17.8 s against 0.39 s for N=100, D=512 measured on 2 shared cores)
+    with threadpool_limits(1):
+        scores = ranking.compute_scores(out[:, :width], labels.numpy(), logits)
+    return {
+        "candidate": source.name,
+        "origin": source.origin,
+        "location": source.location,
+        "arch": source.card.arch,
+        "source_classes": source.card.num_classes or None,
+        **scores,
+        "seconds": round(time.perf_counter() - started, 4),
+        "note": "" if source.has_head else "no source classifier: LEEP and NCE not computed",
+    }
+
+
+def rank_rows(rows: list[dict], score: str) -> list[dict]:
+    """Sort best first by ``score`` (a missing score ranks last) and number the rows."""
+
+    def key(row):
+        value = row.get(score)
+        return (value is None or math.isnan(value), -(value or 0.0))
+
+    ranked = sorted(rows, key=key)
+    for position, row in enumerate(ranked, 1):
+        row["rank"] = position if ranked[position - 1].get(score) is not None else None
+    return ranked
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def ranking_markdown(rows: list[dict], score: str, target: str) -> str:
+    head = (
+        f"## Source ranking\n\nTarget: {target}. Ranked by **{score}** (higher is better for "
+        "every score; LEEP and NCE need the source's classifier).\n\n"
+        "| rank | candidate | origin | arch | logme | leep | nce | h_score | seconds | note |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {r['rank'] or '-'} | {r['candidate']} | {r['origin']} | {r['arch']} | "
+        + " | ".join(_fmt(r[s]) for s in ranking.SCORES)
+        + f" | {r['seconds']:.2f} | {r['note']} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def ranking_text(rows: list[dict], score: str) -> str:
+    width = max([len("candidate"), *(len(r["candidate"]) for r in rows)])
+    header = f"{'rank':>4}  {'candidate':<{width}}  " + "  ".join(
+        f"{s + ('*' if s == score else ''):>9}" for s in ranking.SCORES
+    )
+    lines = [header]
+    for r in rows:
+        cells = "  ".join(f"{_fmt(r[s]):>9}" for s in ranking.SCORES)
+        note = f"  ({r['note']})" if r["note"] else ""
+        lines.append(f"{r['rank'] or '-':>4}  {r['candidate']:<{width}}  {cells}{note}")
+    return "\n".join(lines) + f"\n* ranked by {score}"
+
+
+def target_split(ctx: StageContext, target_dir: Path):
+    from tasks.datasets import load_tensors
+
+    inputs, labels, _ = load_tensors(target_dir, "train", ctx.params.preprocess)
+    return inputs, labels
+
+
+def rank_candidates(
+    ctx: StageContext, specs: tuple[CandidateParams, ...], target_dir: Path
+) -> list[dict]:
+    """Load (or pretrain) every candidate, score it on the target train split, rank."""
+    if not specs:
+        raise SourceError("no candidates: pass them on the command line or set rank.candidates")
+    for spec in specs:  # every cheap check before any candidate is pretrained or loaded
+        check_candidate(spec, ctx.params, ctx.project_dir)
+    inputs, labels = target_split(ctx, target_dir)
+    rows = []
+    for spec in specs:
+        source = load_source(ctx, spec)
+        rows.append(score_source(source, inputs, labels, ctx.params.rank.batch_size))
+    return rank_rows(rows, ctx.params.rank.score)
+
+
+def log_ranking(rows: list[dict], score: str, markdown: str, choice: str | None = None) -> None:
+    """Scores as metrics ``<candidate>.<score>`` and the table as artifacts of the active run."""
+    import mlflow
+
+    from tasks import tracking
+
+    metrics = {
+        f"{slug(r['candidate'])}.{s}": r[s]
+        for r in rows
+        for s in ranking.SCORES
+        if r[s] is not None
+    }
+    metrics.update({f"{slug(r['candidate'])}.seconds": r["seconds"] for r in rows})
+    tracking.log_metrics(metrics)
+    tracking.log_params({"rank_score": score, "candidates": [r["candidate"] for r in rows]})
+    mlflow.log_text(markdown, "ranking.md")
+    mlflow.log_dict(rows, "ranking.json")
+    if choice is not None:
+        mlflow.set_tag("source_choice", choice)
+
+
+# ---- transfer.source: auto (stage pretrain) --------------------------------------------
+
+
+def target_fingerprint(target_dir: Path) -> str:
+    from tasks.datasets import MANIFEST
+
+    return hashlib.sha256((target_dir / MANIFEST).read_bytes()).hexdigest()[:16]
+
+
+def select_source(ctx: StageContext) -> dict:
+    """Rank ``rank.candidates`` on the target and copy the top one to ``models/source``."""
+    from tasks import tracking
+    from tasks.models import save_checkpoint
+
+    p, layout = ctx.params, ctx.layout
+    # pretraining a candidate opens runs of its own under the parent: rank first, then log
+    rows = rank_candidates(ctx, p.rank.candidates, layout.target_data)
+    top = rows[0]
+    if top.get(p.rank.score) is None:
+        raise SourceError(f"rank.score {p.rank.score}: no candidate could be scored by it")
+    with tracking.child_run("pretrain/rank", ctx.experiment_id, ctx.parent_run_id):
+        markdown = ranking_markdown(rows, p.rank.score, f"{layout.target_data} (train split)")
+        log_ranking(rows, p.rank.score, markdown, choice=top["candidate"])
+    spec = next(s for s in p.rank.candidates if s.name == top["candidate"])
+    chosen = load_source(ctx, spec)  # already built or downloaded: a reload, no training
+    if layout.source_model.exists():
+        shutil.rmtree(layout.source_model)
+    card = chosen.card.model_copy(update={"strategy": "source"})
+    save_checkpoint(chosen.model, card, layout.source_model)
+    result = {
+        "source": "auto",
+        "chosen": top["candidate"],
+        "score": p.rank.score,
+        "target_fingerprint": target_fingerprint(layout.target_data),
+        "ranking": rows,
+    }
+    write_json(layout.pretrain_report, result)
+    return result
+
+
+def still_valid(ctx: StageContext) -> bool:
+    """An auto-chosen source is stale when the target it was ranked on changed (DVC does not
+    see that: data/target is not a dependency of pretrain, so the default pipeline does not
+    retrain its source when only the target changes)."""
+    if ctx.params.transfer.source != "auto":
+        return True
+    try:
+        report = read_json(ctx.layout.pretrain_report)
+    except (OSError, ValueError):
+        return False
+    return report.get("target_fingerprint") == target_fingerprint(ctx.layout.target_data)

@@ -38,11 +38,14 @@ def load_images(n: int, size: int = 32):
 
 
 def bare_loop(model, inputs, labels, batch_size: int, epochs: int, lr: float, seed: int) -> None:
-    """The minimal loop: shuffle, forward, loss, backward, step. Nothing else."""
+    """The minimal loop: shuffle, forward, loss, backward, step. Nothing else. The optimiser is
+    timm's AdamW, as in the project's loop: torch's own AdamW (single-tensor on CPU) is a
+    different implementation, and comparing it would measure the optimiser, not the loop."""
     import torch
     import torch.nn.functional as F
+    from timm.optim import create_optimizer_v2
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=0.05)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):

@@ -19,7 +19,7 @@ def test_default_and_smoke_profiles_load(project_root):
     assert default.data.target.builtin == "uci-digits"
     assert smoke.pretrain.epochs < default.pretrain.epochs
     assert smoke.data.source.limit is not None
-    assert set(default.transfer.strategies) == {"scratch", "full"}
+    assert set(default.transfer.strategies) == {"scratch", "linear_probe", "full"}
 
 
 def test_override_parses_yaml_values(project_root):

@@ -148,7 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": "python benchmarks/orchestration.py " + " ".join(argv or sys.argv[1:]),
         "startup": startup(env),
-        "first_flow": first_flow({**env, "PYTHONPATH": str(ROOT)}, args.first_flow_rounds),
+        "first_flow": (
+            first_flow({**env, "PYTHONPATH": str(ROOT)}, args.first_flow_rounds)
+            if args.first_flow_rounds
+            else None
+        ),
         "profiles": {},
     }
     print(json.dumps(result["first_flow"]), file=sys.stderr, flush=True)

@@ -194,15 +194,20 @@ def print_summary(summary: dict) -> None:
     )
     uri = f"models:/{summary['model_name']}@champion"
     print(f"  load it with        : mlflow.pyfunc.load_model('{uri}')")
+    _print_accuracies(summary)
+    skipped = ", ".join(summary["skipped_stages"]) or "none"
+    print(f"  skipped (up to date): {skipped}")
+    print(f"  wall time           : {summary['wall_seconds']:.1f} s  (reports/summary.json)")
+
+
+def _print_accuracies(summary: dict) -> None:
+    """Each candidate's test accuracy and gain over scratch; the registered one marked."""
     print("  test accuracy       :")
     for name, m in summary["candidates"].items():
         gain = summary["transfer_gain"].get(name)
         extra = f"  (gain over scratch {gain:+.4f})" if gain is not None else ""
         mark = "  <- registered" if name == summary["registered_strategy"] else ""
         print(f"    {name:<12} {m['accuracy']:.4f}{extra}{mark}")
-    skipped = ", ".join(summary["skipped_stages"]) or "none"
-    print(f"  skipped (up to date): {skipped}")
-    print(f"  wall time           : {summary['wall_seconds']:.1f} s  (reports/summary.json)")
 
 
 def print_up_to_date(saved: dict, aliases: list[str], seconds: float) -> None:
@@ -219,12 +224,7 @@ def print_up_to_date(saved: dict, aliases: list[str], seconds: float) -> None:
     print(f"  registered model    : {s['model_name']} version {s['version']} ({shown})")
     print(f"  MLflow parent run   : {s.get('mlflow_run_id')}")
     print(f"  open the MLflow UI  : {s.get('ui_command')}")
-    print("  test accuracy       :")
-    for name, m in s["candidates"].items():
-        gain = s["transfer_gain"].get(name)
-        extra = f"  (gain over scratch {gain:+.4f})" if gain is not None else ""
-        mark = "  <- registered" if name == s["registered_strategy"] else ""
-        print(f"    {name:<12} {m['accuracy']:.4f}{extra}{mark}")
+    _print_accuracies(s)
     print(f"  skipped (up to date): {', '.join(STAGE_NAMES)}")
     print(
         f"  checked in {seconds:.2f} s without starting Prefect "

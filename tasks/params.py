@@ -496,14 +496,19 @@ def resolve_params(
         _merge(tree, profiles[profile] or {}, f"profiles.{profile}")
     for keys, value in environment_overrides():
         _apply(tree, keys, value, "environment")
-    for text in overrides:
-        keys, value = parse_override(text)
-        _apply(tree, keys, value, f"--set {text}")
-        _drop_replaced(tree, keys, value)
+    _apply_overrides(tree, overrides, "--set")
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:
         raise ParamsError(_format_errors(exc)) from None
+
+
+def _apply_overrides(tree: dict, overrides: list[str] | tuple[str, ...], origin: str) -> None:
+    """Apply ``section.key=value`` overrides to a raw params tree, in order."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply(tree, keys, value, f"{origin} {text}")
+        _drop_replaced(tree, keys, value)
 
 
 def load_resolved(project_dir: Path) -> Params:
@@ -525,10 +530,7 @@ def resolved_text(params: Params) -> str:
 def with_overrides(params: Params, overrides: list[str] | tuple[str, ...], origin: str) -> Params:
     """``params`` with ``--set``-style overrides applied, validated again."""
     tree = params.model_dump(mode="json")
-    for text in overrides:
-        keys, value = parse_override(text)
-        _apply(tree, keys, value, f"{origin}: {text}")
-        _drop_replaced(tree, keys, value)
+    _apply_overrides(tree, overrides, f"{origin}:")
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:

@@ -304,11 +304,10 @@ def fit(
     wd = None if objective.weight_decay_groups() else 0.0
     optimizer = create_optimizer(model, cfg, lr or cfg.lr, layer_decay, extra, weight_decay=wd)
     steps = steps_per_epoch(cfg, len(labels))
-    epochs = cfg.epochs
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.scheduler,
-        num_epochs=epochs,
+        num_epochs=cfg.epochs,
         warmup_epochs=cfg.warmup_epochs,
         step_on_epochs=False,
         updates_per_epoch=steps,
@@ -321,8 +320,8 @@ def fit(
             scheduler.step(start)
             scheduler.step_update(num_updates=start * steps)
     early = patience is not None and val is not None and len(val[1]) > 0
-    ctx = StepContext(gen, 0.0, device, cfg.augment_shift, epochs * steps)
-    bar = tqdm(range(start, epochs), desc=progress or "train", unit="epoch", disable=None)
+    ctx = StepContext(gen, 0.0, device, cfg.augment_shift, cfg.epochs * steps)
+    bar = tqdm(range(start, cfg.epochs), desc=progress or "train", unit="epoch", disable=None)
     for epoch in bar:
         if early and _patience_spent(history, patience):
             history.stopped_early = True

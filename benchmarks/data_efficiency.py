@@ -99,6 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", action="append", default=[], help="extra section.key=value")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--work", type=Path, default=ROOT / ".tlp" / "bench-data-efficiency")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="tabulate the runs of earlier result JSONs (this benchmark's or "
+        "transfer_strategies.py's, same experiment and params) instead of training",
+    )
     args = parser.parse_args(argv)
     args.out, args.work = args.out.resolve(), args.work.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -106,6 +114,12 @@ def main(argv: list[str] | None = None) -> dict:
         args.strategies = ["scratch", *args.strategies]  # every gain is measured against it
 
     started = time.perf_counter()
+    if args.combine:  # grids run in separate processes, or cells taken from the strategy table
+        runs = combined_runs(args.combine, args.experiment)
+        args.labels = sorted({r["labels_per_class"] for r in runs}, key=_label_key)
+        args.seeds = sorted({r["seed"] for r in runs})
+        args.strategies = list(dict.fromkeys(n for r in runs for n in r["candidates"]))
+        return write(args, argv, runs, started, done=True)
     runs, sources = [], {}
     for seed in args.seeds:
         for labels in args.labels:
@@ -116,6 +130,21 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"labels={labels} seed={seed}: {accuracy}", file=sys.stderr, flush=True)
             result = write(args, argv, runs, started, done=len(runs) == total(args))
     return result
+
+
+def combined_runs(files: list[Path], experiment: str) -> list[dict]:
+    """The runs of ``experiment`` in earlier result files; a (labels, seed) cell found twice
+    is kept once, from the later file."""
+    cells: dict[tuple[str, int], dict] = {}
+    for path in files:
+        for run in json.loads(path.read_text())["runs"]:
+            if run["experiment"] == experiment:
+                labels = str(run["labels_per_class"])
+                labels = ALL if labels in ("null", "None") else labels
+                cells[(labels, run["seed"])] = {**run, "labels_per_class": labels}
+    if not cells:
+        raise SystemExit(f"no runs of experiment {experiment!r} in {', '.join(map(str, files))}")
+    return sorted(cells.values(), key=lambda r: (r["seed"], _label_key(r["labels_per_class"])))
 
 
 def total(args) -> int:

@@ -1,6 +1,6 @@
 """benchmarks/results/*.json -> benchmarks/results/REPORT.md with PNG plots, logged to MLflow.
 
-    python benchmarks/report.py [--no-mlflow]
+    python benchmarks/report.py [--no-mlflow] [--results DIR]
 
 Reads whatever results are there (each JSON names the command that produced it), so one
 benchmark can be rerun alone and the report rebuilt. The MLflow run goes to the experiment
@@ -21,8 +21,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 EXPERIMENT = "benchmarks"
 
 
-def _load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
+def _load(results: Path, name: str) -> dict | None:
+    path = results / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -35,7 +35,7 @@ def _plt():
     return plt
 
 
-def throughput_section(r: dict) -> tuple[list[str], dict]:
+def throughput_section(r: dict, out: Path) -> tuple[list[str], dict]:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     xs = range(len(r["rounds"]))
@@ -46,7 +46,7 @@ def throughput_section(r: dict) -> tuple[list[str], dict]:
     ax.set_title(f"Training throughput, {r['arch']}, batch {r['batch_size']}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "training_throughput.png", dpi=110)
+    fig.savefig(out / "training_throughput.png", dpi=110)
     plt.close(fig)
     verdict = "meets" if r["ratio"] >= 0.97 else "misses"
     lines = [
@@ -79,7 +79,38 @@ def throughput_section(r: dict) -> tuple[list[str], dict]:
     return lines, {"throughput_ratio": r["ratio"]}
 
 
-def orchestration_section(r: dict) -> tuple[list[str], dict]:
+def _breakdown_lines(profiles: dict) -> list[str]:
+    """Where the overhead went, for the first run and (when measured) a changed rerun."""
+    rows = []
+    for name, p in profiles.items():
+        runs = [("first run", p)]
+        if p.get("changed_run"):
+            runs.append((f"rerun, `--set {p['changed_run']['change']}`", p["changed_run"]))
+        for label, run in runs:
+            wall = run.get("wall_seconds", run.get("first_run_seconds"))
+            inside = run.get("orchestration_inside_flow") or {}
+            if "outside_flow_seconds" not in run:
+                continue
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in inside.items())
+            rows.append(
+                f"| {name} | {label} | {wall:.1f} | {run['stage_compute_seconds']:.1f} | "
+                f"{run['overhead_percent']:.1f}% | {run['outside_flow_seconds']:.1f} | {parts} |"
+            )
+    if not rows:
+        return []
+    return [
+        "Where the overhead goes: outside the flow is the interpreter, the imports, the "
+        "ephemeral Prefect API's start and stop; inside, the flow's own phases "
+        "(`orchestration_seconds` in reports/summary.json), in seconds.",
+        "",
+        "| profile | run | wall (s) | compute (s) | overhead % | outside the flow (s) | "
+        "inside the flow (s) |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def orchestration_section(r: dict, out: Path) -> tuple[list[str], dict]:
     plt = _plt()
     profiles = r["profiles"]
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
@@ -91,7 +122,7 @@ def orchestration_section(r: dict) -> tuple[list[str], dict]:
     ax.set_xlabel("seconds, first `tlp run`")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "orchestration.png", dpi=110)
+    fig.savefig(out / "orchestration.png", dpi=110)
     plt.close(fig)
     s = r["startup"]
     lines = [
@@ -114,6 +145,9 @@ def orchestration_section(r: dict) -> tuple[list[str], dict]:
         )
         metrics[f"{name}_overhead_percent"] = p["overhead_percent"]
         metrics[f"{name}_cached_rerun_fraction"] = p["cached_rerun_fraction"]
+        if p.get("changed_run"):
+            metrics[f"{name}_changed_run_overhead_percent"] = p["changed_run"]["overhead_percent"]
+    lines += ["", *_breakdown_lines(profiles), ""]
     lines += [
         "",
         "Stages' compute is the time inside each stage function (`stage_compute_seconds` in "
@@ -148,13 +182,14 @@ def _first_flow_lines(f: dict | None) -> list[str]:
     return [
         "From a fresh process to the end of its first (empty) Prefect flow, with the imports "
         f"of `tlp run` (median of {len(f['runs']['prestart'])} alternating rounds): "
-        f"{med['no_prestart']:.2f} s starting the ephemeral API when the flow needs it, "
-        f"{med['prestart']:.2f} s with it started in the background during the imports "
-        f"(saves {f['saved_seconds']:.2f} s).",
+        f"{med['no_prestart']:.2f} s when Prefect starts its ephemeral API as the flow needs "
+        f"it (`TLP_PREFECT_PRESTART=0`), {med['prestart']:.2f} s with tlp's temporary API "
+        "launched first, during the imports, without loading the server's code "
+        f"(flows/prefect_api.py; saves {f['saved_seconds']:.2f} s).",
     ]
 
 
-def scaling_section(r: dict) -> tuple[list[str], dict]:
+def scaling_section(r: dict, out: Path) -> tuple[list[str], dict]:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     metrics = {}
@@ -172,7 +207,7 @@ def scaling_section(r: dict) -> tuple[list[str], dict]:
         ax.set_xlabel("source size (x mnist5k)")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "scaling.png", dpi=110)
+    fig.savefig(out / "scaling.png", dpi=110)
     plt.close(fig)
     lines = [
         "## Scaling of the pretrain stage",
@@ -210,7 +245,7 @@ def scaling_section(r: dict) -> tuple[list[str], dict]:
     return lines, metrics
 
 
-def data_efficiency_section(r: dict) -> tuple[list[str], dict]:
+def data_efficiency_section(r: dict, out: Path) -> tuple[list[str], dict]:
     from benchmarks.data_efficiency import markdown
 
     g = r["grid"]
@@ -237,7 +272,7 @@ def data_efficiency_section(r: dict) -> tuple[list[str], dict]:
     return lines, {}
 
 
-def startup_section(r: dict) -> tuple[list[str], dict]:
+def startup_section(r: dict, out: Path) -> tuple[list[str], dict]:
     med = r["median_seconds"]
     lines = [
         "## Start-up",
@@ -259,7 +294,7 @@ SECTIONS = {
 }
 
 
-def build() -> tuple[str, dict]:
+def build(results: Path = RESULTS) -> tuple[str, dict]:
     import torch
 
     cuda = torch.cuda.is_available()
@@ -276,17 +311,17 @@ def build() -> tuple[str, dict]:
     ]
     metrics: dict = {}
     for name, section in SECTIONS.items():
-        result = _load(name)
+        result = _load(results, name)
         if result is None:
             lines += [f"## {name}", "", "Not run (no results file).", ""]
             continue
-        more, values = section(result)
+        more, values = section(result, results)
         lines += more
         metrics.update(values)
     return "\n".join(lines) + "\n", metrics
 
 
-def log_to_mlflow(metrics: dict) -> str:
+def log_to_mlflow(metrics: dict, results: Path = RESULTS) -> str:
     import mlflow
 
     from tasks import tracking
@@ -296,7 +331,7 @@ def log_to_mlflow(metrics: dict) -> str:
     experiment_id = tracking.configure(params.base.tracking_uri, ROOT, EXPERIMENT)
     with mlflow.start_run(experiment_id=experiment_id, run_name="benchmarks") as run:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        for path in sorted(RESULTS.iterdir()):
+        for path in sorted(results.iterdir()):
             if path.suffix in (".json", ".md", ".png"):
                 mlflow.log_artifact(str(path))
         return run.info.run_id
@@ -305,12 +340,13 @@ def log_to_mlflow(metrics: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-mlflow", dest="mlflow", action="store_false")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of NAME.json")
     args = parser.parse_args(argv)
-    text, metrics = build()
-    (RESULTS / "REPORT.md").write_text(text)
-    print(f"wrote {RESULTS / 'REPORT.md'}")
+    text, metrics = build(args.results)
+    (args.results / "REPORT.md").write_text(text)
+    print(f"wrote {args.results / 'REPORT.md'}")
     if args.mlflow:
-        run_id = log_to_mlflow(metrics)
+        run_id = log_to_mlflow(metrics, args.results)
         print(f"logged to MLflow experiment {EXPERIMENT!r}, run {run_id}")
 
 

@@ -1,11 +1,12 @@
 """``make bench``: every benchmark, then REPORT.md (with plots) logged to MLflow.
 
-    python benchmarks/run_all.py                 # quick settings (tens of minutes on 2 cores)
-    python benchmarks/run_all.py --full          # full sizes: the whole data-efficiency grid
+    python benchmarks/run_all.py                 # quick settings -> benchmarks/results/quick/
+    python benchmarks/run_all.py --full          # full sizes -> benchmarks/results/
     python benchmarks/run_all.py --only scaling  # one or more benchmarks, then the report
 
-Each benchmark runs in its own process and writes benchmarks/results/NAME.json naming the
-exact command; the report is rebuilt from whatever results are there.
+Each benchmark runs in its own process and writes NAME.json naming the exact command; the
+report is rebuilt from whatever results are in that folder. Quick results go to their own
+(git-ignored) folder so that a quick check never overwrites the full-size figures.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
+FULL_RESULTS = HERE / "results"
+QUICK_RESULTS = FULL_RESULTS / "quick"
 
 QUICK = {
     "startup": ["--rounds", "7"],
@@ -44,12 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(QUICK), default=list(QUICK))
     parser.add_argument("--no-mlflow", action="store_true")
     args = parser.parse_args(argv)
-    settings = FULL if args.full else QUICK
+    settings, results = (FULL, FULL_RESULTS) if args.full else (QUICK, QUICK_RESULTS)
+    results.mkdir(parents=True, exist_ok=True)
     for name in args.only:
-        argv_ = [sys.executable, str(HERE / f"{name}.py"), *settings[name]]
+        argv_ = [sys.executable, str(HERE / f"{name}.py"), *settings[name], "--out", str(results)]
         print("+ " + " ".join(argv_[1:]), flush=True)
         subprocess.run(argv_, check=True, stdout=subprocess.DEVNULL)
-    report = [sys.executable, str(HERE / "report.py")]
+    report = [sys.executable, str(HERE / "report.py"), "--results", str(results)]
     subprocess.run(report + (["--no-mlflow"] if args.no_mlflow else []), check=True)
     return 0
 

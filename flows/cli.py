@@ -248,34 +248,18 @@ def _up_to_date(project: Path, params) -> bool:
     return True
 
 
-def start_prefect_api_early():
-    """Start Prefect's ephemeral API server in a background thread, so that its start-up (a
-    subprocess: several seconds) overlaps the import of torch, timm and MLflow in this one.
+def open_stores_early(project: Path, params) -> None:
+    """What the flow does first, done while Prefect's API may still be starting: open the
+    MLflow store (a new SQLite store takes seconds to create) and import DVC. A failure is
+    left for the flow to report, where it names the stage and is recorded."""
+    try:
+        import dvc.repo  # noqa: F401
 
-    Nothing happens when PREFECT_API_URL names a running server (it is used as it is), when
-    ephemeral mode is off, or with TLP_PREFECT_PRESTART=0. A failure here is not reported:
-    the flow starts the server itself, as it would without this, and reports it then.
-    """
-    import threading
+        from tasks import tracking
 
-    if os.environ.get("TLP_PREFECT_PRESTART", "1") == "0":
-        return None
-
-    def start() -> None:
-        try:
-            from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-            if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-                return
-            from prefect.server.api.server import SubprocessASGIServer
-
-            SubprocessASGIServer().start()
-        except Exception:
-            return
-
-    thread = threading.Thread(target=start, name="prefect-api-start", daemon=True)
-    thread.start()
-    return thread
+        tracking.configure(params.base.tracking_uri, project, params.base.experiment)
+    except Exception:
+        return
 
 
 def cmd_run(args) -> int:
@@ -287,18 +271,19 @@ def cmd_run(args) -> int:
     with run_lock(project, wait=args.wait):
         if not args.force_flow and _up_to_date(project, params):
             return 0
-        starter = start_prefect_api_early()
+        from flows import prefect_api
+
+        api = prefect_api.start_early()  # a subprocess: it starts during the imports below
         from flows.pipeline import transfer_pipeline
 
-        if starter is not None:
-            starter.join()  # the flow must find the server up, not half started
-
-        summary = transfer_pipeline(
-            profile=args.profile,
-            overrides=args.overrides,
-            project_dir=str(project),
-            lock_wait=args.wait,
-        )
+        open_stores_early(project, params)
+        with prefect_api.use(api):
+            summary = transfer_pipeline(
+                profile=args.profile,
+                overrides=args.overrides,
+                project_dir=str(project),
+                lock_wait=args.wait,
+            )
     print_summary(summary)
     return 0
 

@@ -8,6 +8,9 @@ the DVC remote only after every stage succeeded, so a failed run leaves the remo
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, task
@@ -33,12 +36,31 @@ def run_stage(name: str, ctx: StageContext) -> float:
     return time.perf_counter() - started
 
 
+class PhaseClock:
+    """Seconds spent in each kind of orchestration work (DVC, MLflow, the gate), summed over
+    the run, so ``reports/summary.json`` shows where the time outside the stages went."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - started
+
+    def rounded(self) -> dict[str, float]:
+        return {phase: round(s, 3) for phase, s in self.seconds.items()}
+
+
 def _flow_run_info() -> dict[str, str]:
+    from prefect.settings import PREFECT_UI_URL
+
     info = {"id": str(flow_run.id or "none"), "name": str(flow_run.name or "none")}
-    try:
-        info["url"] = str(flow_run.ui_url or "none")
-    except Exception:  # no UI behind an ephemeral API
-        info["url"] = "none"
+    # a temporary API has no UI to link to
+    info["url"] = str(flow_run.ui_url) if PREFECT_UI_URL.value() else "none"
     return info
 
 
@@ -48,6 +70,7 @@ def build_summary(
     skipped: list[str],
     wall: float,
     compute: dict[str, float] | None = None,
+    phases: dict[str, float] | None = None,
 ) -> dict:
     layout, p = ctx.layout, ctx.params
     metrics = read_json(layout.metrics)
@@ -69,6 +92,7 @@ def build_summary(
         "transfer_gain": metrics["transfer_gain"],
         "stage_seconds": timings,
         "stage_compute_seconds": compute or {},
+        "orchestration_seconds": phases or {},  # inside the flow, outside the stages' work
         "skipped_stages": skipped,
         "wall_seconds": round(wall, 2),
     }
@@ -112,37 +136,50 @@ def transfer_pipeline(
 ) -> dict:
     """prepare -> validate -> pretrain -> transfer -> evaluate -> register, DVC-versioned."""
     started = time.perf_counter()
+    clock = PhaseClock()
     project = Path(project_dir).resolve()
-    params = resolve_params(project / PARAMS_FILE, profile, list(overrides or []))
-    write_resolved(params, project)
-    ctx = open_context(project, params, flow_run=_flow_run_info())
-    versioning.ensure_remote(project, params.base.dvc_remote, params.base.dvc_remote_endpoint)
-    ctx.parent_run_id = tracking.start_parent_run(
-        ctx.experiment_id,
-        run_name=f"pipeline-{ctx.flow_run['name']}",
-        tags={
-            "profile": profile,
-            "params_hash": params.digest(),
-            "prefect_flow_run_id": ctx.flow_run["id"],
-        },
-    )
+    with clock("setup"):
+        params = resolve_params(project / PARAMS_FILE, profile, list(overrides or []))
+        write_resolved(params, project)
+        ctx = open_context(project, params, flow_run=_flow_run_info())
+        versioning.ensure_remote(project, params.base.dvc_remote, params.base.dvc_remote_endpoint)
+        ctx.parent_run_id = tracking.start_parent_run(
+            ctx.experiment_id,
+            run_name=f"pipeline-{ctx.flow_run['name']}",
+            tags={
+                "profile": profile,
+                "params_hash": params.digest(),
+                "prefect_flow_run_id": ctx.flow_run["id"],
+            },
+        )
     timings, compute, skipped = {}, {}, []
     try:
-        tracking.log_run_artifact(ctx.parent_run_id, project / "params.resolved.yaml")
+        with clock("setup"):
+            tracking.log_run_artifact(ctx.parent_run_id, project / "params.resolved.yaml")
         for stage in STAGES:
             t0 = time.perf_counter()
-            if versioning.is_up_to_date(project, stage.name) and stage.still_valid(ctx):
+            with clock("dvc_status"):
+                up_to_date = versioning.is_up_to_date(project, stage.name)
+                up_to_date = up_to_date and stage.still_valid(ctx)
+            if up_to_date:
                 skipped.append(stage.name)
             else:
-                seconds = run_stage.with_options(name=stage.name)(stage.name, ctx)
+                with clock("prefect_task"):
+                    seconds = run_stage.with_options(name=stage.name)(stage.name, ctx)
+                clock.seconds["prefect_task"] -= seconds  # the stage's own work is not overhead
                 compute[stage.name] = round(seconds, 3)
-                versioning.commit_stage(project, stage.name)
+                with clock("dvc_commit"):
+                    versioning.commit_stage(project, stage.name)
             timings[stage.name] = round(time.perf_counter() - t0, 3)
         if params.transfer.source == "auto":
-            publish_source_choice(ctx)
-        versioning.push(project)
-        promotion = promote_model(project_dir=str(project))  # the gate moves @champion, or not
-        summary = build_summary(ctx, timings, skipped, time.perf_counter() - started, compute)
+            with clock("report"):
+                publish_source_choice(ctx)
+        with clock("dvc_push"):
+            versioning.push(project)
+        with clock("promotion_gate"):
+            promotion = promote_model(project_dir=str(project))  # moves @champion, or not
+        wall = time.perf_counter() - started
+        summary = build_summary(ctx, timings, skipped, wall, compute, clock.rounded())
         summary["promotion"] = promotion
         write_json(ctx.layout.summary, summary)
         tracking.finish_parent_run(ctx.parent_run_id, summary)

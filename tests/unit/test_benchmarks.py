@@ -1,0 +1,69 @@
+"""The benchmark helpers that shape the reported figures: merging grids run apart, the
+report built from result files, the overhead split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from benchmarks import report
+from benchmarks.data_efficiency import combined_runs
+from benchmarks.orchestration import overhead
+
+
+def _run(labels, seed: int, accuracy: float, experiment: str = "default") -> dict:
+    return {
+        "experiment": experiment,
+        "labels_per_class": labels,
+        "seed": seed,
+        "candidates": {"scratch": {"accuracy": accuracy}},
+    }
+
+
+def test_combined_runs_merge_files_and_keep_the_later_duplicate(tmp_path):
+    strategies = tmp_path / "transfer_strategies.json"
+    strategies.write_text(
+        json.dumps({"runs": [_run(1, 0, 0.1), _run(10, 0, 0.2), _run(1, 0, 0.9, "mnist-m")]})
+    )
+    efficiency = tmp_path / "data_efficiency.json"
+    efficiency.write_text(json.dumps({"runs": [_run("all", 0, 0.3), _run("10", 0, 0.4)]}))
+
+    runs = combined_runs([strategies, efficiency], "default")
+
+    assert [(r["labels_per_class"], r["candidates"]["scratch"]["accuracy"]) for r in runs] == [
+        ("1", 0.1),
+        ("10", 0.4),  # the later file wins
+        ("all", 0.3),
+    ]
+
+
+def test_combined_runs_name_a_missing_experiment(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"runs": [_run(1, 0, 0.1)]}))
+    with pytest.raises(SystemExit, match="mnist-m"):
+        combined_runs([path], "mnist-m")
+
+
+def test_overhead_is_wall_time_outside_the_stages():
+    summary = {
+        "wall_seconds": 90.0,
+        "stage_compute_seconds": {"prepare": 10.0, "pretrain": 70.0},
+        "orchestration_seconds": {"dvc_commit": 4.0},
+    }
+    split = overhead(100.0, summary)
+    assert split["overhead_seconds"] == pytest.approx(20.0)
+    assert split["overhead_percent"] == pytest.approx(20.0)
+    assert split["outside_flow_seconds"] == pytest.approx(10.0)
+    assert split["orchestration_inside_flow"] == {"dvc_commit": 4.0}
+
+
+def test_report_covers_every_committed_result(tmp_path, project_root):
+    results = tmp_path / "results"
+    shutil.copytree(project_root / "benchmarks" / "results", results)
+    text, metrics = report.build(results)
+    for name in report.SECTIONS:
+        assert f"## {name}" not in text  # "## name" is the heading of a missing result
+    assert "throughput_ratio" in metrics
+    assert (results / "orchestration.png").is_file()

@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> dict:
         args.labels = sorted({r["labels_per_class"] for r in runs}, key=_label_key)
         args.seeds = sorted({r["seed"] for r in runs})
         args.strategies = list(dict.fromkeys(n for r in runs for n in r["candidates"]))
-        return write(args, argv, runs, started, done=True)
+        sources = [
+            {"file": f.name, "command": json.loads(f.read_text()).get("command")}
+            for f in args.combine
+        ]
+        return write(args, argv, runs, started, done=True, sources=sources)
     runs, sources = [], {}
     for seed in args.seeds:
         for labels in args.labels:
@@ -151,7 +155,9 @@ def total(args) -> int:
     return len(args.seeds) * len(args.labels)
 
 
-def write(args, argv, runs: list[dict], started: float, done: bool) -> dict:
+def write(
+    args, argv, runs: list[dict], started: float, done: bool, sources: list | None = None
+) -> dict:
     """Results so far (after every grid cell, so an interrupted grid still leaves a table)."""
     summary = summarise(runs)
     command = "python benchmarks/data_efficiency.py " + " ".join(argv or sys.argv[1:])
@@ -168,6 +174,7 @@ def write(args, argv, runs: list[dict], started: float, done: bool) -> dict:
             "overrides": args.set,
         },
         "seconds": round(time.perf_counter() - started, 1),
+        "combined_from": sources,  # result files whose runs make this table (--combine)
         "complete": done,
         "cells_done": f"{len(runs)} of {total(args)}",
         "summary": summary,

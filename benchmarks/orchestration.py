@@ -107,9 +107,11 @@ def overhead(wall: float, summary: dict) -> dict:
         "wall_seconds": wall,
         "inside_flow_seconds": summary["wall_seconds"],
         "outside_flow_seconds": wall - summary["wall_seconds"],  # imports, Prefect API, exit
+        "before_flow_seconds": summary.get("process_seconds_before_flow"),
         "orchestration_inside_flow": summary.get("orchestration_seconds", {}),
         "stage_compute_seconds": compute,
         "stage_compute": summary["stage_compute_seconds"],
+        "stage_wall": summary.get("stage_seconds", {}),  # compute plus DVC status and commit
         "overhead_seconds": wall - compute,
         "overhead_percent": 100.0 * (wall - compute) / wall,
     }

@@ -63,13 +63,13 @@ def throughput_section(r: dict, out: Path) -> tuple[list[str], dict]:
         f"| bare PyTorch + timm | {r['bare_images_per_second']:.1f} |",
         f"| project (`tasks.training.fit`) | {r['project_images_per_second']:.1f} |",
         "",
-        f"Ratio project / bare: **{r['ratio']:.3f}** (median of per-round ratios; range "
-        f"{r['ratio_min']:.3f} to {r['ratio_max']:.3f}); {verdict} the 0.97 target."
+        f"Ratio project / bare: **{r['ratio']:.3f}** (geometric mean of per-round ratios; "
+        f"range {r['ratio_min']:.3f} to {r['ratio_max']:.3f}); {verdict} the 0.97 target."
         + (
-            " The bare loop was the slower one in these rounds, which this benchmark does not "
-            "explain (same optimiser class, threads and data; the project's loop adds timm's "
-            "parameter groups and cosine schedule); on a loaded machine the figure is noisy."
-            if r["ratio_min"] > 1.05
+            " Running second in a round changed a loop's speed by "
+            f"{r['second_over_first_median']:.2f}x (median, second / first); the order "
+            "alternates, so over an even number of rounds each loop has each position equally."
+            if "second_over_first_median" in r
             else ""
         ),
         "",
@@ -92,9 +92,12 @@ def _breakdown_lines(profiles: dict) -> list[str]:
             if "outside_flow_seconds" not in run:
                 continue
             parts = ", ".join(f"{k} {v:.1f}" for k, v in inside.items())
+            outside = f"{run['outside_flow_seconds']:.1f}"
+            if run.get("before_flow_seconds") is not None:
+                outside += f" ({run['before_flow_seconds']:.1f} before the flow)"
             rows.append(
                 f"| {name} | {label} | {wall:.1f} | {run['stage_compute_seconds']:.1f} | "
-                f"{run['overhead_percent']:.1f}% | {run['outside_flow_seconds']:.1f} | {parts} |"
+                f"{run['overhead_percent']:.1f}% | {outside} | {parts} |"
             )
     if not rows:
         return []
@@ -156,9 +159,9 @@ def orchestration_section(r: dict, out: Path) -> tuple[list[str], dict]:
         "",
         *(
             [
-                "The default profile was not measured in this run (at the machine's load its "
-                "first run alone would have taken about an hour): "
-                "`python benchmarks/orchestration.py --profiles default` measures it.",
+                "The default profile was not measured in this run: "
+                "`python benchmarks/orchestration.py --profiles default` measures it "
+                "(`make bench FULL=1` includes it).",
                 "",
             ]
             if "default" not in profiles
@@ -259,8 +262,11 @@ def data_efficiency_section(r: dict, out: Path) -> tuple[list[str], dict]:
         f"{', '.join(map(str, g['labels_per_class']))}"
         f"; seeds {g['seeds']}; pretrain epochs {g['pretrain_epochs'] or 'as params.yaml'}, "
         f"transfer epochs {g['transfer_epochs'] or 'as params.yaml'}, overrides "
-        f"{g['overrides'] or 'none'}; {r['seconds'] / 60:.0f} min. `all` = every labelled target "
-        "train image (outside the fixed test and validation splits).",
+        f"{g['overrides'] or 'none'}"
+        + ("" if r.get("combined_from") else f"; {r['seconds'] / 60:.0f} min")
+        + ". `all` = every labelled target train image (outside the fixed test and validation "
+        "splits).",
+        *_combined_lines(r.get("combined_from")),
         "",
         f"Grid cells done: {r.get('cells_done', 'all')}"
         + ("" if r.get("complete", True) else " (interrupted: the table shows what finished)."),
@@ -270,6 +276,16 @@ def data_efficiency_section(r: dict, out: Path) -> tuple[list[str], dict]:
         "",
     ]
     return lines, {}
+
+
+def _combined_lines(sources: list | None) -> list[str]:
+    if not sources:
+        return []
+    lines = ["", "The cells come from these result files (runs in separate processes):", ""]
+    for source in sources:
+        command = source["command"] or "the grid recorded in the file"
+        lines.append(f"- `benchmarks/results/{source['file']}`: `{command}`")
+    return lines
 
 
 def startup_section(r: dict, out: Path) -> tuple[list[str], dict]:

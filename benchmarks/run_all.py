@@ -23,7 +23,7 @@ QUICK_RESULTS = FULL_RESULTS / "quick"
 
 QUICK = {
     "startup": ["--rounds", "7"],
-    "training_throughput": ["--rounds", "3", "--images", "1024", "--epochs", "1"],
+    "training_throughput": ["--rounds", "4", "--images", "1024", "--epochs", "1"],
     "orchestration": ["--profiles", "smoke"],
     "scaling": ["--factors", "1", "2", "4", "--base-images", "1250", "--image-size", "16"],
     "data_efficiency": [
@@ -34,7 +34,7 @@ QUICK = {
 }
 FULL = {
     "startup": ["--rounds", "15"],
-    "training_throughput": ["--rounds", "7", "--images", "2048", "--epochs", "2"],
+    "training_throughput": ["--rounds", "8", "--images", "2048", "--epochs", "2"],
     "orchestration": ["--profiles", "smoke", "default"],
     "scaling": ["--factors", "1", "2", "4", "--base-images", "5000", "--epochs", "2"],
     "data_efficiency": [],  # every strategy, labels 1 2 5 10 20 all, seeds 0 1 2, params.yaml

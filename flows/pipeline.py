@@ -55,6 +55,17 @@ class PhaseClock:
         return {phase: round(s, 3) for phase, s in self.seconds.items()}
 
 
+def _process_age() -> float | None:
+    """Seconds since this process started: interpreter, imports and the Prefect API's start
+    (in a long-lived process, such as a test session, it says little)."""
+    try:
+        import psutil
+
+        return round(time.time() - psutil.Process().create_time(), 2)
+    except Exception:
+        return None
+
+
 def _flow_run_info() -> dict[str, str]:
     from prefect.settings import PREFECT_UI_URL
 
@@ -136,6 +147,7 @@ def transfer_pipeline(
 ) -> dict:
     """prepare -> validate -> pretrain -> transfer -> evaluate -> register, DVC-versioned."""
     started = time.perf_counter()
+    before_flow = _process_age()
     clock = PhaseClock()
     project = Path(project_dir).resolve()
     with clock("setup"):
@@ -181,6 +193,7 @@ def transfer_pipeline(
         wall = time.perf_counter() - started
         summary = build_summary(ctx, timings, skipped, wall, compute, clock.rounded())
         summary["promotion"] = promotion
+        summary["process_seconds_before_flow"] = before_flow
         write_json(ctx.layout.summary, summary)
         tracking.finish_parent_run(ctx.parent_run_id, summary)
         create_markdown_artifact(summary_markdown(summary), key="transfer-pipeline-summary")

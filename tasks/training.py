@@ -237,7 +237,10 @@ def _train_epoch(model, objective, optimizer, scheduler, train, cfg, ctx, epoch,
     inputs, labels = train
     model.train()
     batches = epoch_batches(len(labels), steps, cfg.batch_size, ctx.gen)
-    total_loss, total_objective, correct, seen = 0.0, 0.0, 0, 0
+    # summed on the device and read once per epoch: a .item() per step would make the host
+    # wait for the GPU at every step
+    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # target CE, objective, hits
+    seen = 0
     cuda = ctx.device.type == "cuda"
     for step, idx in enumerate(batches):
         x = random_shift(inputs[idx], cfg.augment_shift, ctx.gen).to(ctx.device)
@@ -253,11 +256,14 @@ def _train_epoch(model, objective, optimizer, scheduler, train, cfg, ctx, epoch,
         scheduler.step_update(num_updates=epoch * steps + step + 1)
         # train_loss is the target cross-entropy for every strategy, so they compare; the
         # objective (with domain, penalty or second-task terms) is reported beside it
-        total_loss += F.cross_entropy(logits.detach().float(), y).item() * len(idx)
-        total_objective += loss.item() * len(idx)
-        correct += (logits.argmax(1) == y).sum().item()
+        with torch.no_grad():
+            target_ce = F.cross_entropy(logits.detach().float(), y)
+            hits = (logits.argmax(1) == y).sum()
+            step_sums = (target_ce.double() * len(idx), loss.detach().double() * len(idx), hits)
+            sums += torch.stack([v.double() for v in step_sums])
         seen += len(idx)
     scheduler.step(epoch + 1)
+    total_loss, total_objective, correct = sums.tolist()
     return {
         "train_loss": total_loss / seen,
         "train_accuracy": correct / seen,

@@ -78,6 +78,18 @@ def test_dvc_recorded_and_pushed_everything(pipeline_run):
     assert any((project / "dvc-storage").rglob("*"))
 
 
+def test_summary_splits_the_time_into_compute_and_orchestration(pipeline_run):
+    _, first, second, _ = pipeline_run
+    assert set(first["stage_compute_seconds"]) == set(STAGE_NAMES)
+    phases = first["orchestration_seconds"]
+    assert {"setup", "dvc_status", "dvc_commit", "dvc_push", "promotion_gate"} <= set(phases)
+    compute = sum(first["stage_compute_seconds"].values())
+    assert all(v >= 0 for v in phases.values())
+    assert compute + sum(phases.values()) <= first["wall_seconds"] + 0.1
+    assert second["stage_compute_seconds"] == {}
+    assert "dvc_commit" not in second["orchestration_seconds"]
+
+
 def test_second_run_trains_nothing(pipeline_run):
     project, first, second, lock_after_first = pipeline_run
     assert second["skipped_stages"] == list(STAGE_NAMES)

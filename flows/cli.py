@@ -423,7 +423,13 @@ def cmd_rank(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    import signal
+
     from flows.schedule import serve_pipeline, upcoming_runs
+
+    # a shell without job control (nohup ... &, scripts) starts this with SIGINT ignored;
+    # `kill -INT` must still stop the runner the way Ctrl-C does
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     cfg = _resolve(args).schedule
     profile = args.profile if args.profile != "default" else cfg.profile

@@ -257,10 +257,10 @@ def _train_epoch(model, objective, optimizer, scheduler, train, cfg, ctx, epoch,
         # train_loss is the target cross-entropy for every strategy, so they compare; the
         # objective (with domain, penalty or second-task terms) is reported beside it
         with torch.no_grad():
-            target_ce = F.cross_entropy(logits.detach().float(), y)
+            target_ce = F.cross_entropy(logits.float(), y)
             hits = (logits.argmax(1) == y).sum()
-            step_sums = (target_ce.double() * len(idx), loss.detach().double() * len(idx), hits)
-            sums += torch.stack([v.double() for v in step_sums])
+            n = len(idx)
+            sums += torch.stack((target_ce.double() * n, loss.double() * n, hits.double()))
         seen += len(idx)
     scheduler.step(epoch + 1)
     total_loss, total_objective, correct = sums.tolist()

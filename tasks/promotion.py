@@ -132,11 +132,18 @@ def load_test_split(target_dir: Path, data_hash: str = "unknown") -> TestSplit:
 
 
 def score_version(model_uri: str, split: TestSplit) -> np.ndarray:
-    """Per-example correctness of a registered model, loaded exactly as users load it."""
+    """Per-example correctness of a registered model, loaded exactly as users load it.
+
+    The model is downloaded into a directory removed afterwards: ``load_model``'s default
+    download directory is never cleaned, which left about 19 MB in /tmp per gate.
+    """
+    import tempfile
+
     import mlflow.pyfunc
 
-    model = mlflow.pyfunc.load_model(model_uri)
-    labels = model.predict([str(p) for p in split.paths])["label"].astype(str).tolist()
+    with tempfile.TemporaryDirectory(prefix="tlp-gate-") as download:
+        model = mlflow.pyfunc.load_model(model_uri, dst_path=download)
+        labels = model.predict([str(p) for p in split.paths])["label"].astype(str).tolist()
     return np.array([a == b for a, b in zip(labels, split.classes, strict=True)], dtype=bool)
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,25 @@ for key, value in {
     os.environ.setdefault(key, value)
 # tlp (for `dvc repro`) and dvc must be found next to the interpreter running the tests
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temp_dir_removed_at_the_end(tmp_path_factory):
+    """The suite's temp directory (TMPDIR, inherited by every subprocess) is one folder,
+    removed at the end: some tools never clean theirs (torchrun's log folders, MLflow's model
+    downloads from a tracking server), and a CI machine's /tmp would fill up run after run.
+    pytest's own tmp_path folders stay where pytest keeps them (its last three runs)."""
+    tmp_path_factory.getbasetemp()  # fixed before TMPDIR moves
+    before = os.environ.get("TMPDIR"), tempfile.tempdir
+    folder = tempfile.mkdtemp(prefix="tlp-tests-")  # short: unix socket paths stay short
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    yield
+    if before[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before[0]
+    tempfile.tempdir = before[1]
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

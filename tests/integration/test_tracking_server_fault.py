@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,7 +70,11 @@ def test_server_killed_mid_registration_leaves_the_champion(gate_candidates, tmp
         assert registry.alias_version(MODEL, "champion") == first
         assert "champion" not in registry.version_aliases(MODEL, candidate)
         # once the server is back, the same promotion goes through
+        downloads = tmp_path / "downloads"
+        downloads.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(downloads))
         assert gate_and_promote(project, params, MODEL, candidate)["promoted"]
+        assert list(downloads.iterdir()) == []  # the two models it scored were removed after
         assert registry.alias_version(MODEL, "champion") == candidate
     finally:
         stop_process(server)

@@ -55,3 +55,20 @@ def test_failing_stage_is_named(tmp_path, project_root):
     assert result.returncode == 1
     assert "stage 'validate' failed: DataError" in result.stderr
     assert "manifest not found (run the prepare stage first)" in result.stderr
+
+
+def test_the_command_still_runs_exit_handlers(tmp_path, project_root):
+    """``tlp`` skips the interpreter's final garbage collections, not its exit handlers:
+    Prefect's workers drain and the temporary API server stops in them."""
+    (tmp_path / "params.yaml").write_text((project_root / "params.yaml").read_text())
+    marker = tmp_path / "handler-ran"
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').close())\n"
+        "from flows.cli import console\n"
+        f"sys.argv = ['tlp', '-C', {str(tmp_path)!r}, 'stage', 'train']\n"
+        "console()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1 and "unknown stage 'train'" in result.stderr
+    assert marker.is_file()

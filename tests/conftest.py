@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -35,6 +36,9 @@ def _temp_dir_removed_at_the_end(tmp_path_factory):
     tmp_path_factory.getbasetemp()  # fixed before TMPDIR moves
     before = os.environ.get("TMPDIR"), tempfile.tempdir
     folder = tempfile.mkdtemp(prefix="tlp-tests-")  # short: unix socket paths stay short
+    # removed at exit, after the exit handlers registered later (prefect_test_harness
+    # removes its own folder in there)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     os.environ["TMPDIR"], tempfile.tempdir = folder, folder
     yield
     if before[0] is None:
@@ -42,7 +46,6 @@ def _temp_dir_removed_at_the_end(tmp_path_factory):
     else:
         os.environ["TMPDIR"] = before[0]
     tempfile.tempdir = before[1]
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -543,8 +544,6 @@ def console() -> None:
     objects took 2-3 s after every ``tlp run``, for memory the OS takes back anyway. Exit
     handlers (Prefect's log and event workers, the temporary API's stop) still run."""
     code = main()
-    import gc
-
     gc.freeze()
     sys.exit(code)
 

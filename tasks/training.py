@@ -261,7 +261,7 @@ def _train_epoch(model, objective, optimizer, scheduler, train, cfg, ctx, epoch,
             hits = (logits.argmax(1) == y).sum()
             n = len(idx)
             sums += torch.stack((target_ce.double() * n, loss.double() * n, hits.double()))
-        seen += len(idx)
+        seen += n
     scheduler.step(epoch + 1)
     total_loss, total_objective, correct = sums.tolist()
     return {

@@ -34,18 +34,14 @@ def _temp_dir_removed_at_the_end(tmp_path_factory):
     downloads from a tracking server), and a CI machine's /tmp would fill up run after run.
     pytest's own tmp_path folders stay where pytest keeps them (its last three runs)."""
     tmp_path_factory.getbasetemp()  # fixed before TMPDIR moves
-    before = os.environ.get("TMPDIR"), tempfile.tempdir
     folder = tempfile.mkdtemp(prefix="tlp-tests-")  # short: unix socket paths stay short
     # removed at exit, after the exit handlers registered later (prefect_test_harness
     # removes its own folder in there)
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
-    yield
-    if before[0] is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = before[0]
-    tempfile.tempdir = before[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", folder)
+        patch.setattr(tempfile, "tempdir", folder)
+        yield
 
 
 @pytest.fixture(scope="session")

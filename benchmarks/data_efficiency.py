@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.transfer_strategies import run_one, summarise  # noqa: E402
-from tasks.params import ALL_STRATEGIES  # noqa: E402
+from tasks.core.params import ALL_STRATEGIES  # noqa: E402
 
 ALL = "all"
 FULL_LABELS = ["1", "2", "5", "10", "20", ALL]

@@ -42,8 +42,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     args = parser.parse_args()
 
-    from tasks.datasets import prepare_dataset, read_classes
-    from tasks.params import DatasetParams, ValidationParams
+    from tasks.core.params import DatasetParams, ValidationParams
+    from tasks.data.datasets import prepare_dataset, read_classes
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -62,7 +62,7 @@ def main() -> None:
         import great_expectations  # noqa: F401  (import cost reported apart)
 
         gx_import = time.perf_counter() - t0
-        from tasks.validation import ManifestCheck, validate_manifests
+        from tasks.data.expectations import ManifestCheck, validate_manifests
 
         check = ManifestCheck(
             "target", manifest, read_classes(tmp / "dataset"), ("train", "test", "val")

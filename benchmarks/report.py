@@ -40,7 +40,7 @@ def throughput_section(r: dict, out: Path) -> tuple[list[str], dict]:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     xs = range(len(r["rounds"]))
     ax.plot(xs, [x["bare"] for x in r["rounds"]], "o-", label="bare PyTorch + timm")
-    ax.plot(xs, [x["project"] for x in r["rounds"]], "s-", label="tasks.training.fit")
+    ax.plot(xs, [x["project"] for x in r["rounds"]], "s-", label="tasks.modeling.training.fit")
     ax.set_xlabel("round (alternating)")
     ax.set_ylabel("images / s")
     ax.set_title(f"Training throughput, {r['arch']}, batch {r['batch_size']}")
@@ -61,7 +61,7 @@ def throughput_section(r: dict, out: Path) -> tuple[list[str], dict]:
         "| loop | images/s (median) |",
         "|---|---|",
         f"| bare PyTorch + timm | {r['bare_images_per_second']:.1f} |",
-        f"| project (`tasks.training.fit`) | {r['project_images_per_second']:.1f} |",
+        f"| project (`tasks.modeling.training.fit`) | {r['project_images_per_second']:.1f} |",
         "",
         f"Ratio project / bare: **{r['ratio']:.3f}** (geometric mean of per-round ratios; "
         f"range {r['ratio_min']:.3f} to {r['ratio_max']:.3f}); {verdict} the 0.97 target."
@@ -217,7 +217,7 @@ def scaling_section(r: dict, out: Path) -> tuple[list[str], dict]:
         "",
         f"`{r['command']}` (x1 = {r['base_images']} mnist5k digits, {r['image_size']}x"
         f"{r['image_size']} inputs, {r['epochs']} epoch(s), {r['threads']} threads; each "
-        "measurement a fresh process running `tasks.pretrain.run`)",
+        "measurement a fresh process running `tasks.stages.pretrain.run`)",
         "",
         "| mode | size | train images | seconds | peak RSS (MiB) | time growth | RSS growth |",
         "|---|---|---|---|---|---|---|",
@@ -232,7 +232,7 @@ def scaling_section(r: dict, out: Path) -> tuple[list[str], dict]:
     lines += [
         "",
         "`stream` is the stage as it is: the source is decoded from its PNG files batch by "
-        "batch (`tasks.datasets.ImageFiles`); `memory` swaps in the earlier whole-split "
+        "batch (`tasks.data.datasets.ImageFiles`); `memory` swaps in the earlier whole-split "
         "`load_tensors`, for comparison. Same results for a seed either way "
         "(tests/unit/test_streaming.py).",
         "",
@@ -340,8 +340,8 @@ def build(results: Path = RESULTS) -> tuple[str, dict]:
 def log_to_mlflow(metrics: dict, results: Path = RESULTS) -> str:
     import mlflow
 
-    from tasks import tracking
-    from tasks.params import resolve_params
+    from tasks.core import tracking
+    from tasks.core.params import resolve_params
 
     params = resolve_params(ROOT / "params.yaml")
     experiment_id = tracking.configure(params.base.tracking_uri, ROOT, EXPERIMENT)

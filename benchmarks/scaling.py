@@ -5,7 +5,7 @@
 The source is the built-in mnist5k grown by augmentation: copy 0 is the original, further
 copies are shifted by one pixel or rotated by a few degrees, written as a bigger ImageFolder
 and prepared as the pipeline prepares any folder. Each measurement is the real pretrain stage
-(``tasks.pretrain.run``) in a fresh Python process, which reports its own peak RSS
+(``tasks.stages.pretrain.run``) in a fresh Python process, which reports its own peak RSS
 (``resource.getrusage``). Modes: ``stream`` is the stage as it is (the source is decoded per
 batch from its PNG files); ``memory`` swaps in the old whole-split ``load_tensors`` for
 comparison. Growth factors are relative to x1 of the same mode.
@@ -31,13 +31,15 @@ AUGMENTS = [("shift", 1, 0), ("shift", 0, 1), ("rotate", 8, 0), ("shift", -1, 0)
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from tasks import datasets, pretrain
-from tasks.context import open_context
-from tasks.params import resolve_params
+from tasks.data import datasets
+from tasks.modeling import pretraining
+from tasks.stages import pretrain
+from tasks.core.context import open_context
+from tasks.core.params import resolve_params
 project, mode, overrides = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 if mode == "memory":
     # the whole split as one tensor
-    pretrain.load_source_tensors = lambda d, split, p, stream: datasets.load_source_tensors(
+    pretraining.load_source_tensors = lambda d, split, p, stream: datasets.load_source_tensors(
         d, split, p, stream=False
     )
 params = resolve_params(project / "params.yaml", "default", overrides)
@@ -56,7 +58,7 @@ def grown_source(out: Path, factor: int, base_images: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from tasks.datasets import load_builtin, subsample
+    from tasks.data.datasets import load_builtin, subsample
 
     raw = load_builtin("mnist5k")
     keep = subsample(raw.labels, base_images, 0)
@@ -77,8 +79,8 @@ def grown_source(out: Path, factor: int, base_images: int) -> Path:
 
 def prepare_project(base: Path, factor: int, base_images: int) -> Path:
     """A project folder whose data/source is the grown folder, prepared like any path source."""
-    from tasks.datasets import prepare_dataset
-    from tasks.params import resolve_params
+    from tasks.core.params import resolve_params
+    from tasks.data.datasets import prepare_dataset
 
     project = base / f"x{factor}"
     project.mkdir(parents=True)

@@ -4,16 +4,17 @@
     python benchmarks/source_ranking.py --seeds 0 --pretrain-epochs 2
 
 A pool of sources that differ in what they learned is built (each pretrained in-process by
-``tasks.sources.pretrain_candidate``, as ``transfer.source: auto`` would): mnist5k at the
-target's 8x8 resolution for 1 and for several epochs, mnist5k at full resolution, mnist-m,
-a different timm architecture, mnist5k with its labels shuffled (random-label pretraining:
-a deliberately unrelated source), and a never-trained network. Each is scored on the target
-train split (LogME, LEEP, NCE, H-score; tasks/ranking.py) and fine-tuned on it with the
-pipeline's ``full`` strategy (tasks/transfer.py), then tested on the frozen target test
-split. Reported: Kendall tau and weighted tau (scipy.stats) between each score and the
-fine-tuned accuracy (mean over seeds), the top-1 pick's regret, and the wall time of scoring
-against fine-tuning. Pretraining the pool is not counted in either. Prints the JSON and
-writes benchmarks/results/source_ranking.{json,md}.
+``tasks.transferability.sources.pretrain_candidate``, as ``transfer.source: auto`` would):
+mnist5k at the target's 8x8 resolution for 1 and for several epochs, mnist5k at full
+resolution, mnist-m, a different timm architecture, mnist5k with its labels shuffled
+(random-label pretraining: a deliberately unrelated source), and a never-trained network.
+Each is scored on the target train split (LogME, LEEP, NCE, H-score;
+tasks/transferability/scores.py) and fine-tuned on it with the pipeline's ``full`` strategy
+(tasks/modeling/strategies.py), then tested on the frozen target test split. Reported:
+Kendall tau and weighted tau (scipy.stats) between each score and the fine-tuned accuracy
+(mean over seeds), the top-1 pick's regret, and the wall time of scoring against fine-
+tuning. Pretraining the pool is not counted in either. Prints the JSON and writes
+benchmarks/results/source_ranking.{json,md}.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ UNTRAINED = "untrained-resnet10t"
 
 
 def _params(args, work: Path):
-    from tasks.params import resolve_params
+    from tasks.core.params import resolve_params
 
     return resolve_params(
         ROOT / "params.yaml",
@@ -67,7 +68,7 @@ def shuffle_labels(data_dir: Path, seed: int = 0) -> None:
     import numpy as np
     import pandas as pd
 
-    from tasks.datasets import MANIFEST
+    from tasks.data.datasets import MANIFEST
 
     manifest = pd.read_parquet(data_dir / MANIFEST)
     rng = np.random.default_rng(seed)
@@ -77,9 +78,9 @@ def shuffle_labels(data_dir: Path, seed: int = 0) -> None:
 
 def build_pool(ctx, args) -> dict[str, Path]:
     """Checkpoint folder of every pool member (pretrained, or reused from .tlp/sources)."""
-    from tasks.models import ModelCard, create_model, save_checkpoint
-    from tasks.params import CandidateParams
-    from tasks.sources import pretrain_candidate
+    from tasks.core.params import CandidateParams
+    from tasks.modeling.models import ModelCard, create_model, save_checkpoint
+    from tasks.transferability.sources import pretrain_candidate
 
     pool = {}
     built_file = ctx.project_dir / "pool-seconds.json"  # pretraining times, kept across reruns
@@ -102,8 +103,8 @@ def build_pool(ctx, args) -> dict[str, Path]:
 
 
 def score_pool(ctx, pool: dict[str, Path]) -> dict[str, dict]:
-    from tasks.params import CandidateParams
-    from tasks.sources import load_source, score_source, target_split
+    from tasks.core.params import CandidateParams
+    from tasks.transferability.sources import load_source, score_source, target_split
 
     inputs, labels = target_split(ctx, ctx.layout.target_data)
     rows = {}
@@ -118,11 +119,11 @@ def score_pool(ctx, pool: dict[str, Path]) -> dict[str, dict]:
 
 def fine_tune(ctx, ckpt: Path, seed: int) -> tuple[float, float]:
     """The pipeline's transfer stage (``full``) from ``ckpt``; (test accuracy, seconds)."""
-    from tasks import transfer
-    from tasks.datasets import load_tensors
-    from tasks.models import load_checkpoint
-    from tasks.params import with_overrides
-    from tasks.training import accuracy
+    from tasks.core.params import with_overrides
+    from tasks.data.datasets import load_tensors
+    from tasks.modeling.models import load_checkpoint
+    from tasks.modeling.training import accuracy
+    from tasks.stages import transfer
 
     ctx.params = with_overrides(ctx.params, [f"base.seed={seed}"], "bench")
     if ctx.layout.source_model.exists():
@@ -145,7 +146,7 @@ def _source_accuracy(ckpt: Path) -> float | None:
 def correlations(rows: dict[str, dict], accuracy: dict[str, float]) -> dict:
     from scipy.stats import kendalltau, weightedtau
 
-    from tasks.ranking import SCORES
+    from tasks.transferability.scores import SCORES
 
     out = {}
     best = max(accuracy.values())
@@ -227,8 +228,8 @@ def main() -> None:
 
     import torch
 
-    from tasks.context import StageContext, open_context
-    from tasks.datasets import prepare_dataset
+    from tasks.core.context import StageContext, open_context
+    from tasks.data.datasets import prepare_dataset
 
     args.work.mkdir(parents=True, exist_ok=True)
     params = _params(args, args.work)

@@ -1,7 +1,8 @@
-"""Benchmark: images/s of the project's training loop (``tasks.training.fit``) against a bare
-PyTorch + timm loop: same model, batch size, threads and in-memory data, run alternately in
-one process so that machine load hits both alike. Reports the geometric mean of the per-round
-ratios (who goes first alternates: the position in a round changes the speed).
+"""Benchmark: images/s of the project's training loop (``tasks.modeling.training.fit``) against
+a bare PyTorch + timm loop: same model, batch size, threads and in-memory data, run
+alternately in one process so that machine load hits both alike. Reports the geometric mean
+of the per-round ratios (who goes first alternates: the position in a round changes the
+speed).
 
     python benchmarks/training_throughput.py [--rounds 6] [--images 2048] [--epochs 2]
 
@@ -30,9 +31,9 @@ def load_images(n: int, size: int = 32):
     """``n`` mnist5k digits preprocessed as the pipeline does (grey, 32x32, normalised)."""
     import torch
 
-    from tasks.datasets import load_builtin
-    from tasks.params import PreprocessParams
-    from tasks.preprocessing import preprocess
+    from tasks.core.params import PreprocessParams
+    from tasks.data.datasets import load_builtin
+    from tasks.data.preprocessing import preprocess
 
     raw = load_builtin("mnist5k")
     cfg = PreprocessParams(image_size=size, channels=1, mean=[0.5], std=[0.5])
@@ -73,8 +74,8 @@ def bare_loop(model, inputs, labels, batch_size: int, epochs: int, lr: float, se
 
 
 def project_loop(model, inputs, labels, batch_size: int, epochs: int, lr: float, seed: int) -> None:
-    from tasks.params import TrainParams
-    from tasks.training import fit
+    from tasks.core.params import TrainParams
+    from tasks.modeling.training import fit
 
     cfg = TrainParams(epochs=epochs, batch_size=batch_size, lr=lr, augment_shift=0, warmup_epochs=0)
     fit(model, (inputs, labels), cfg, seed=seed)

@@ -41,11 +41,11 @@ EXPERIMENTS = {
         "pretrain.source_fit_frame=false",
     ],
 }
-from tasks.params import ALL_STRATEGIES as DEFAULT_STRATEGIES  # noqa: E402 (after sys.path)
+from tasks.core.params import ALL_STRATEGIES as DEFAULT_STRATEGIES  # noqa: E402 (after sys.path)
 
 
 def _params(experiment: str, labels: int, seed: int, args, project: Path):
-    from tasks.params import resolve_params
+    from tasks.core.params import resolve_params
 
     overrides = [
         *EXPERIMENTS[experiment],
@@ -64,8 +64,10 @@ def _params(experiment: str, labels: int, seed: int, args, project: Path):
 
 def run_one(experiment: str, labels: int, seed: int, args, source_cache: dict) -> dict:
     """prepare -> pretrain (once per experiment and seed) -> transfer -> evaluate."""
-    from tasks import datasets, evaluation, pretrain, transfer
-    from tasks.context import open_context
+    from tasks.core.context import open_context
+    from tasks.stages import evaluate as evaluation
+    from tasks.stages import prepare as datasets
+    from tasks.stages import pretrain, transfer
 
     project = args.work / f"{experiment}-l{labels}-s{seed}"
     shutil.rmtree(project, ignore_errors=True)

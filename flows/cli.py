@@ -157,7 +157,7 @@ def _add_ops_parsers(sub, add_params_args) -> None:
 
 
 def _resolve(args):
-    from tasks.params import PARAMS_FILE, resolve_params
+    from tasks.core.params import PARAMS_FILE, resolve_params
 
     return resolve_params(args.project_dir / PARAMS_FILE, args.profile, args.overrides)
 
@@ -165,7 +165,7 @@ def _resolve(args):
 def cmd_params(args) -> int:
     import yaml
 
-    from tasks.params import write_resolved
+    from tasks.core.params import write_resolved
 
     params = _resolve(args)
     path = write_resolved(params, args.project_dir)
@@ -175,8 +175,8 @@ def cmd_params(args) -> int:
 
 
 def cmd_stage(args) -> int:
-    from tasks.context import open_context
-    from tasks.params import load_resolved
+    from tasks.core.context import open_context
+    from tasks.core.params import load_resolved
     from tasks.stages import get_stage
 
     stage = get_stage(args.name)
@@ -234,10 +234,10 @@ def print_up_to_date(saved: dict, aliases: list[str], seconds: float) -> None:
 
 
 def _up_to_date(project: Path, params) -> bool:
-    """The shortcut of tasks/uptodate.py: print the earlier result when nothing changed."""
+    """The shortcut of tasks/core/uptodate.py: print the earlier result when nothing changed."""
     import time
 
-    from tasks import uptodate
+    from tasks.core import uptodate
 
     started = time.perf_counter()
     saved, why = uptodate.check(project, params)
@@ -256,7 +256,7 @@ def open_stores_early(project: Path, params) -> None:
     try:
         import dvc.repo  # noqa: F401
 
-        from tasks import tracking
+        from tasks.core import tracking
 
         tracking.configure(params.base.tracking_uri, project, params.base.experiment)
     except Exception:
@@ -265,7 +265,7 @@ def open_stores_early(project: Path, params) -> None:
 
 def cmd_run(args) -> int:
     params = _resolve(args)  # reject bad params before Prefect or any work starts
-    from tasks.locking import run_lock
+    from tasks.core.locking import run_lock
 
     project = args.project_dir.resolve()
     # held before Prefect starts: two runs never share the ephemeral API's SQLite database
@@ -291,8 +291,8 @@ def cmd_run(args) -> int:
 
 def cmd_validate(args) -> int:
     """prepare + validate in this process, without Prefect; dvc.lock is not touched."""
-    from tasks.context import open_context, read_json
-    from tasks.params import write_resolved
+    from tasks.core.context import open_context, read_json
+    from tasks.core.params import write_resolved
     from tasks.stages import StageFailed, get_stage
 
     params = _resolve(args)
@@ -323,7 +323,7 @@ def cmd_validate(args) -> int:
 
 def _open_registry(args):
     """Resolved params of the project, with MLflow pointed at its store."""
-    from tasks import tracking
+    from tasks.core import tracking
 
     params = _resolve(args)
     project = args.project_dir.resolve()
@@ -347,7 +347,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from tasks.registry import rollback_champion
+    from tasks.registry.publishing import rollback_champion
 
     project, params = _open_registry(args)
     event = rollback_champion(
@@ -367,7 +367,7 @@ def cmd_lineage(args) -> int:
     import json
     import tempfile
 
-    from tasks.lineage import format_lineage, lineage
+    from tasks.registry.lineage import format_lineage, lineage
 
     _open_registry(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -381,7 +381,7 @@ def cmd_reproduce(args) -> int:
     import json
     import tempfile
 
-    from tasks.lineage import reproduce
+    from tasks.registry.lineage import reproduce
 
     project, _ = _open_registry(args)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tlp-reproduce-")) / "work"
@@ -397,8 +397,8 @@ def cmd_rank(args) -> int:
     """Check every candidate, then rank them in the Prefect flow ``rank_sources``."""
     import json
 
-    from tasks.params import CandidateParams, with_overrides
-    from tasks.sources import check_candidate, ranking_text
+    from tasks.core.params import CandidateParams, with_overrides
+    from tasks.transferability.sources import check_candidate, ranking_text
 
     params = _resolve(args)
     if args.score:
@@ -452,7 +452,7 @@ def cmd_serve(args) -> int:
 
 def cmd_ui(args) -> int:
     from flows.servers import mlflow_ui_service, supervise
-    from tasks.tracking import resolve_tracking_uri
+    from tasks.core.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(_resolve(args).base.tracking_uri, args.project_dir.resolve())
     if uri.startswith(("http://", "https://")):
@@ -471,7 +471,7 @@ def cmd_ui(args) -> int:
 
 def cmd_server(args) -> int:
     from flows.servers import mlflow_server_service, prefect_server_service, supervise
-    from tasks.tracking import resolve_tracking_uri
+    from tasks.core.tracking import resolve_tracking_uri
 
     project = args.project_dir.resolve()
     configured = resolve_tracking_uri(_resolve(args).base.tracking_uri, project)
@@ -506,7 +506,7 @@ COMMANDS = {
 
 
 def _lock_busy() -> type[Exception]:
-    from tasks.locking import RunLockBusy
+    from tasks.core.locking import RunLockBusy
 
     return RunLockBusy
 
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     args = _parser().parse_args(argv)
-    from tasks.params import ParamsError
+    from tasks.core.params import ParamsError
 
     try:
         return COMMANDS[args.command](args)

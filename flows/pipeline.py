@@ -19,10 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.promote import promote_model
-from tasks import registry, tracking, uptodate, versioning
-from tasks.context import StageContext, open_context, read_json, write_json
-from tasks.locking import holds_run_lock
-from tasks.params import PARAMS_FILE, resolve_params, write_resolved
+from tasks.core import tracking, uptodate, versioning
+from tasks.core.context import StageContext, open_context, read_json, write_json
+from tasks.core.locking import holds_run_lock
+from tasks.core.params import PARAMS_FILE, resolve_params, write_resolved
+from tasks.registry import publishing as registry
 from tasks.stages import STAGES, get_stage
 
 
@@ -125,7 +126,7 @@ def summary_markdown(summary: dict) -> str:
 
 def publish_source_choice(ctx: StageContext) -> None:
     """transfer.source: auto: the ranking as artifact ``source-ranking``, the choice as a tag."""
-    from tasks.sources import ranking_markdown
+    from tasks.transferability.sources import ranking_markdown
 
     report = read_json(ctx.layout.pretrain_report)
     target = f"{ctx.layout.target_data} (train split)"
@@ -138,7 +139,7 @@ def publish_source_choice(ctx: StageContext) -> None:
 
 
 @flow(name="transfer_pipeline")
-@holds_run_lock  # one run per project at a time (tasks/locking.py); lock_wait is for it
+@holds_run_lock  # one run per project at a time (tasks/core/locking.py); lock_wait is for it
 def transfer_pipeline(
     profile: str = "default",
     overrides: list[str] | None = None,

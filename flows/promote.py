@@ -1,7 +1,7 @@
 """Prefect flow ``promote_model``: the promotion gate, the pipeline's last step after register.
 
 The candidate version and the current ``@champion`` are scored on the same frozen target
-test split; ``@champion`` moves only on a significant gain (tasks/promotion.py), by
+test split; ``@champion`` moves only on a significant gain (tasks/registry/gate.py), by
 compare-and-set under a lock, so two pipelines finishing at once cannot both win. If the
 champion moved while the gate was scoring, the gate runs again against the new champion.
 """
@@ -14,10 +14,11 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import registry, versioning
-from tasks.context import read_json
-from tasks.params import Params
-from tasks.promotion import GateResult, decide, gate_markdown, load_test_split, score_version
+from tasks.core import versioning
+from tasks.core.context import read_json
+from tasks.core.params import Params
+from tasks.registry import publishing as registry
+from tasks.registry.gate import GateResult, decide, gate_markdown, load_test_split, score_version
 
 CAS_ATTEMPTS = 3
 
@@ -139,8 +140,8 @@ def outcome_markdown(outcome: dict) -> str:
 @flow(name="promote_model")
 def promote_model(project_dir: str = ".", version: str | None = None) -> dict:
     """Gate the newest registered candidate (or ``version``) against ``@champion``."""
-    from tasks.context import open_context
-    from tasks.params import load_resolved
+    from tasks.core.context import open_context
+    from tasks.core.params import load_resolved
 
     project = Path(project_dir).resolve()
     params = load_resolved(project)

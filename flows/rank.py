@@ -13,9 +13,10 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import sources, tracking
-from tasks.context import WORK_DIR, StageContext, open_context
-from tasks.params import CandidateParams, Params
+from tasks.core import tracking
+from tasks.core.context import WORK_DIR, StageContext, open_context
+from tasks.core.params import CandidateParams, Params
+from tasks.transferability import sources
 
 RANK_TARGET = Path(WORK_DIR) / "rank" / "target"
 
@@ -23,7 +24,7 @@ RANK_TARGET = Path(WORK_DIR) / "rank" / "target"
 @task(cache_policy=NO_CACHE)
 def prepare_target(ctx: StageContext) -> Path:
     """The target dataset as the prepare stage would build it, in a work folder of its own."""
-    from tasks.datasets import prepare_dataset
+    from tasks.data.datasets import prepare_dataset
 
     p = ctx.params.data
     out = ctx.project_dir / RANK_TARGET

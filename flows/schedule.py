@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.params import ParamsError, ScheduleParams
+from tasks.core.params import ParamsError, ScheduleParams
 
 
 def build_schedule(cfg: ScheduleParams):

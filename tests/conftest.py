@@ -51,7 +51,7 @@ def project_root() -> Path:
 
 @pytest.fixture
 def smoke_params():
-    from tasks.params import resolve_params
+    from tasks.core.params import resolve_params
 
     return resolve_params(ROOT / "params.yaml", "smoke")
 

@@ -19,8 +19,8 @@ class Candidates:
 
 
 def build_target(project: Path) -> Path:
-    from tasks.datasets import prepare_dataset
-    from tasks.params import DatasetParams
+    from tasks.core.params import DatasetParams
+    from tasks.data.datasets import prepare_dataset
 
     spec = DatasetParams(builtin="uci-digits", test_fraction=0.3, labels_per_class=40)
     prepare_dataset(spec, split_seed=0, out_dir=project / "data" / "target")
@@ -31,10 +31,10 @@ def train_checkpoint(target: Path, out: Path, epochs: int) -> Path:
     """resnet10t on uci-digits' train split; ``epochs=0`` leaves the seeded random init."""
     import torch
 
-    from tasks.datasets import load_tensors
-    from tasks.models import ModelCard, create_model, save_checkpoint
-    from tasks.params import PreprocessParams, TransferParams
-    from tasks.training import fit
+    from tasks.core.params import PreprocessParams, TransferParams
+    from tasks.data.datasets import load_tensors
+    from tasks.modeling.models import ModelCard, create_model, save_checkpoint
+    from tasks.modeling.training import fit
 
     torch.set_num_threads(2)
     cfg = PreprocessParams(image_size=16)  # 4x cheaper than the pipeline's 32; same code
@@ -62,7 +62,7 @@ def build_candidates(base: Path) -> Candidates:
 
 def open_store(tracking_uri: str, project: Path) -> str:
     """Point MLflow at a store (SQLite file or server URL); returns the experiment id."""
-    from tasks import tracking
+    from tasks.core import tracking
 
     return tracking.configure(tracking_uri, project, "registry-tests")
 
@@ -71,7 +71,7 @@ def register(ckpt: Path, project: Path, experiment_id: str, name: str = MODEL) -
     """Log and register one checkpoint the way the register stage does; returns the version."""
     import mlflow
 
-    from tasks import registry
+    from tasks.registry import publishing as registry
 
     example = next((project / "data" / "target" / "images" / "0").glob("*.png"))
     with mlflow.start_run(experiment_id=experiment_id):
@@ -81,7 +81,7 @@ def register(ckpt: Path, project: Path, experiment_id: str, name: str = MODEL) -
 
 def gate_params(**promote):
     """The real params.yaml, with the gate rules overridden."""
-    from tasks.params import resolve_params
+    from tasks.core.params import resolve_params
 
     root = Path(__file__).resolve().parents[1]
     return resolve_params(

@@ -136,7 +136,7 @@ def test_dvc_repro_without_prefect_reproduces_the_outputs(pipeline_run):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     import yaml
 
-    from tasks.versioning import output_hashes
+    from tasks.core.versioning import output_hashes
 
     hashes = output_hashes(project)
     before = {
@@ -153,7 +153,7 @@ def test_first_run_was_promoted_by_the_gate(pipeline_run):
     from mlflow import MlflowClient
     from prefect.settings import PREFECT_API_URL
 
-    from tasks import audit
+    from tasks.registry import audit
 
     project, first, second, _ = pipeline_run
     assert first["promotion"]["promoted"] and "no champion yet" in first["promotion"]["reason"]
@@ -195,7 +195,7 @@ def test_lineage_prints_everything_that_made_the_champion(pipeline_run, capsys):
 def test_reproduce_fetches_the_data_reruns_and_matches(pipeline_run, tmp_path):
     import mlflow
 
-    from tasks.lineage import reproduce
+    from tasks.registry.lineage import reproduce
 
     project, first, _, _ = pipeline_run
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")

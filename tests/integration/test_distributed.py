@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.distributed import TimmDDP, shard
+from tasks.modeling.distributed import TimmDDP, shard
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,9 +34,9 @@ def test_shards_cover_the_data_with_equal_lengths():
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_in_sync(tmp_path):
-    from tasks.datasets import prepare_dataset
-    from tasks.models import load_checkpoint
-    from tasks.params import resolve_params, write_resolved
+    from tasks.core.params import resolve_params, write_resolved
+    from tasks.data.datasets import prepare_dataset
+    from tasks.modeling.models import load_checkpoint
 
     project = tmp_path / "project"
     project.mkdir()
@@ -49,7 +49,7 @@ def test_torchrun_two_cpu_processes_train_in_sync(tmp_path):
     prepare_dataset(params.data.source, params.data.split_seed, project / "data" / "source")
     torchrun = Path(sys.executable).parent / "torchrun"
     argv = [str(torchrun), "--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d"]
-    argv += [f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "-m", "tasks.distributed"]
+    argv += [f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "-m", "tasks.modeling.distributed"]
     argv += ["-C", str(project), "--out", "models/ddp"]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -70,7 +70,7 @@ def test_ddp_wrapper_keeps_timm_parameter_groups(monkeypatch):
     import torch.distributed as dist
     from timm.optim import create_optimizer_v2
 
-    from tasks.models import create_model
+    from tasks.modeling.models import create_model
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))

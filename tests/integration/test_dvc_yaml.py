@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.context import PATHS
+from tasks.core.context import PATHS
 from tasks.stages import STAGE_NAMES
 
 pytestmark = pytest.mark.integration
@@ -42,14 +42,3 @@ def test_every_declared_path_is_a_layout_path(dvc_stages):
     declared = {str(o.def_path) for s in stages.values() for o in s.outs}
     layout = set(PATHS.values()) - {"reports/summary.json"}  # the flow's own report
     assert declared == layout
-
-
-def test_stages_depend_on_their_own_code_and_params(dvc_stages, project_root):
-    stages, _ = dvc_stages
-    from tasks.stages import get_stage
-
-    for name, stage in stages.items():
-        module_file = get_stage(name).module.replace(".", "/") + ".py"
-        deps = {str(d.def_path) for d in stage.deps}
-        assert module_file in deps, f"{name} must depend on {module_file}"
-        assert (project_root / module_file).is_file()

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from flows import cli
-from tasks.datasets import SPLITS
+from tasks.data.datasets import SPLITS
 
 pytestmark = pytest.mark.integration
 MODEL = "tlp-byo-guard"
@@ -327,8 +327,8 @@ def test_dvc_tracked_folder_with_symlinked_cache_works(store, source_folder, tmp
 
 
 def test_folder_splits_are_seeded_and_test_stays_fixed(tmp_path):
-    from tasks.datasets import prepare_dataset
-    from tasks.params import DatasetParams
+    from tasks.core.params import DatasetParams
+    from tasks.data.datasets import prepare_dataset
 
     folder = make_folder(tmp_path / "pets")
     runs = {
@@ -349,9 +349,10 @@ def test_prepare_is_redone_when_the_users_folder_changes(tmp_path):
     """DVC cannot see a folder outside the project; the flow asks `still_valid` before skipping."""
     from types import SimpleNamespace
 
-    from tasks.context import Layout
-    from tasks.datasets import prepare_dataset, still_valid
-    from tasks.params import DatasetParams
+    from tasks.core.context import Layout
+    from tasks.core.params import DatasetParams
+    from tasks.data.datasets import prepare_dataset
+    from tasks.stages.prepare import still_valid
 
     layout = Layout(tmp_path / "project")
     folders = {role: make_folder(tmp_path / role, seed=i) for i, role in enumerate(("s", "t"))}

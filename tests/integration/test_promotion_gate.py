@@ -12,7 +12,8 @@ from mlflow import MlflowClient
 
 from flows.cli import main
 from flows.promote import PromotionRefused, gate_and_promote
-from tasks import audit, registry
+from tasks.registry import audit
+from tasks.registry import publishing as registry
 from tests.conftest import ROOT
 from tests.registry_support import MODEL, gate_params, open_store, register
 

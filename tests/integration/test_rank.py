@@ -21,10 +21,10 @@ def random_label(gate_candidates, tmp_path_factory):
     about digits (the "unrelated source" control)."""
     import torch
 
-    from tasks.datasets import load_tensors
-    from tasks.models import ModelCard, create_model, save_checkpoint
-    from tasks.params import PreprocessParams, TransferParams
-    from tasks.training import fit
+    from tasks.core.params import PreprocessParams, TransferParams
+    from tasks.data.datasets import load_tensors
+    from tasks.modeling.models import ModelCard, create_model, save_checkpoint
+    from tasks.modeling.training import fit
 
     cfg = PreprocessParams(image_size=16)
     x, y, classes = load_tensors(gate_candidates.project / "data" / "target", "train", cfg)
@@ -121,9 +121,9 @@ def test_auto_source_picks_the_top_candidate_for_the_pretrain_stage(
     import torch
     from safetensors.torch import save_file
 
-    from tasks import pretrain
-    from tasks.context import open_context, read_json
-    from tasks.params import resolve_params
+    from tasks.core.context import open_context, read_json
+    from tasks.core.params import resolve_params
+    from tasks.stages import pretrain
 
     donor = timm.create_model("resnet10t", num_classes=10, in_chans=1)
     headless = {k: v.contiguous() for k, v in donor.state_dict().items() if not k.startswith("fc.")}

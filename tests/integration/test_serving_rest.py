@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import registry
+from tasks.registry import publishing as registry
 from tests.registry_support import (
     MODEL,
     free_port,
@@ -37,7 +37,7 @@ def test_served_champion_answers_rest_predictions(gate_candidates, tmp_path):
     import mlflow
     import pandas as pd
 
-    from tasks.preprocessing import read_image
+    from tasks.data.preprocessing import read_image
 
     project = gate_candidates.project
     uri = f"sqlite:///{tmp_path}/mlflow.db"

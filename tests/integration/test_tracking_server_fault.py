@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flows.promote import gate_and_promote
-from tasks import registry
+from tasks.registry import publishing as registry
 from tests.registry_support import (
     MODEL,
     free_port,

@@ -2,9 +2,9 @@
 
 import pytest
 
-from tasks.datasets import prepare_dataset
-from tasks.params import DatasetParams, ValidationParams
-from tasks.validation import (
+from tasks.core.params import DatasetParams, ValidationParams
+from tasks.data.datasets import prepare_dataset
+from tasks.data.expectations import (
     ManifestCheck,
     ValidationFailed,
     domain_shift,

@@ -17,7 +17,7 @@ def registered(gate_candidates, tmp_path_factory):
     import mlflow
     import pandas as pd
 
-    from tasks.preprocessing import read_image
+    from tasks.data.preprocessing import read_image
 
     base = tmp_path_factory.mktemp("behaviour")
     exp = open_store(f"sqlite:///{base}/mlflow.db", gate_candidates.project)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.adaptation import L2SP, dann_schedule, grad_reverse, mk_mmd
-from tasks.evaluation import negative_transfer
-from tasks.features import cached_features, fit_probe, model_hash, set_head
-from tasks.models import create_model, freeze_stages, unfreeze_modules
+from tasks.evaluation.metrics import negative_transfer
+from tasks.modeling.features import cached_features, fit_probe, model_hash, set_head
+from tasks.modeling.models import create_model, freeze_stages, unfreeze_modules
+from tasks.modeling.objectives import L2SP, dann_schedule, grad_reverse, mk_mmd
 
 
 def test_grad_reverse_flips_and_scales_the_gradient():

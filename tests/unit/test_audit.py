@@ -1,6 +1,6 @@
 import json
 
-from tasks import audit
+from tasks.registry import audit
 
 
 def test_events_append_and_never_rewrite(tmp_path):

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.datasets import (
+from tasks.core.params import DatasetParams
+from tasks.data.datasets import (
     MANIFEST_COLUMNS,
     DataError,
     assign_splits,
@@ -11,7 +12,6 @@ from tasks.datasets import (
     prepare_dataset,
     subsample,
 )
-from tasks.params import DatasetParams
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.evaluation import (
+from tasks.evaluation.metrics import (
     classification_metrics,
     expected_calibration_error,
     select_best,

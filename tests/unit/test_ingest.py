@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.datasets import folder_fingerprint
-from tasks.ingest import inspect_image, name_problem, scan_image_folder
+from tasks.data.datasets import folder_fingerprint
+from tasks.data.ingest import inspect_image, name_problem, scan_image_folder
 
 
 def _save(path, pixels, fmt="PNG"):

@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from tasks.locking import RunLockBusy, lock_path, read_holder, run_lock
+from tasks.core.locking import RunLockBusy, lock_path, read_holder, run_lock
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from tasks.locking import run_lock
+from tasks.core.locking import run_lock
 with run_lock(Path(sys.argv[1]), what="holder"):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))

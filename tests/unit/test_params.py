@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.params import (
+from tasks.core.params import (
     RESOLVED_PARAMS_FILE,
     ParamsError,
     load_resolved,
@@ -107,7 +107,7 @@ def test_a_path_alone_replaces_the_builtin(project_root, tmp_path):
 
 
 def test_exactly_one_source_and_known_builtins(project_root, tmp_path, monkeypatch):
-    from tasks import datasets
+    from tasks.data import datasets
 
     both = tmp_path / "params.yaml"
     text = (project_root / "params.yaml").read_text()

@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.params import PreprocessParams
-from tasks.preprocessing import preprocess
+from tasks.core.params import PreprocessParams
+from tasks.data.preprocessing import preprocess
 
 GREY = PreprocessParams(image_size=16, channels=1, mean=(0.5,), std=(0.5,))
 RGB = PreprocessParams(image_size=16, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -55,7 +55,7 @@ def test_bad_inputs_are_explained(image, message):
 
 
 def test_unreadable_file_is_named(tmp_path):
-    from tasks.preprocessing import read_image
+    from tasks.data.preprocessing import read_image
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -64,7 +64,7 @@ def test_unreadable_file_is_named(tmp_path):
 
 
 def test_fit_to_frame_makes_a_small_digit_fill_the_frame_in_height():
-    from tasks.preprocessing import fit_to_frame
+    from tasks.data.preprocessing import fit_to_frame
 
     image = torch.zeros(1, 28, 28)
     image[0, 10:16, 12:15] = 1.0  # a 6x3 stroke in a wide margin
@@ -77,7 +77,7 @@ def test_fit_to_frame_makes_a_small_digit_fill_the_frame_in_height():
 
 
 def test_fit_to_frame_keeps_a_blank_image_and_its_background():
-    from tasks.preprocessing import fit_to_frame
+    from tasks.data.preprocessing import fit_to_frame
 
     blank = torch.full((3, 20, 20), 0.7)
     assert torch.allclose(fit_to_frame(blank, 8), torch.full((3, 8, 8), 0.7))

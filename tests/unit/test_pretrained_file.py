@@ -17,7 +17,7 @@ def _write_checkpoint(path):
 
 
 def test_checkpoint_file_is_loaded_and_adapted(tmp_path):
-    from tasks.models import create_from_file
+    from tasks.modeling.models import create_from_file
 
     donor = _write_checkpoint(tmp_path / "weights.safetensors")
     model = create_from_file("resnet10t", tmp_path / "weights.safetensors", 10, 1)
@@ -29,7 +29,7 @@ def test_checkpoint_file_is_loaded_and_adapted(tmp_path):
 
 
 def test_missing_or_mismatched_checkpoint_is_named(tmp_path):
-    from tasks.models import create_from_file
+    from tasks.modeling.models import create_from_file
 
     with pytest.raises(FileNotFoundError, match="checkpoint_file"):
         create_from_file("resnet10t", tmp_path / "nope.safetensors", 10, 1)
@@ -39,10 +39,11 @@ def test_missing_or_mismatched_checkpoint_is_named(tmp_path):
 
 
 def test_pretrain_stage_starts_from_the_file(tmp_path, project_root):
-    from tasks import datasets, pretrain
-    from tasks.context import open_context
-    from tasks.models import load_checkpoint
-    from tasks.params import resolve_params
+    from tasks.core.context import open_context
+    from tasks.core.params import resolve_params
+    from tasks.modeling.models import load_checkpoint
+    from tasks.stages import prepare as datasets
+    from tasks.stages import pretrain
 
     _write_checkpoint(tmp_path / "w.safetensors")
     params = resolve_params(

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tasks.params import PromoteParams
-from tasks.promotion import decide, gate_markdown, mcnemar_exact
+from tasks.core.params import PromoteParams
+from tasks.registry.gate import decide, gate_markdown, mcnemar_exact
 
 RULES = PromoteParams(alpha=0.05, min_delta=0.0, min_accuracy=0.5)
 

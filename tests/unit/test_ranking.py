@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from tasks import ranking
+from tasks.transferability import scores as ranking
 
 
 def _blobs(n_per_class=20, k=3, d=5, sep=3.0, seed=0):
@@ -169,7 +169,7 @@ def test_compute_scores_without_a_head_leaves_leep_and_nce_out():
 
 
 def test_rows_rank_best_first_and_unscored_last():
-    from tasks.sources import rank_rows, ranking_text, slug
+    from tasks.transferability.sources import rank_rows, ranking_text, slug
 
     rows = [
         {"candidate": "a", "logme": 0.1, "leep": None, "nce": None, "h_score": 1.0, "note": "x"},

@@ -16,11 +16,11 @@ SCRIPT = """
 import json, os, signal, sys
 from pathlib import Path
 import torch
-from tasks.datasets import load_builtin
-from tasks.models import create_model
-from tasks.params import PreprocessParams, TrainParams
-from tasks.preprocessing import preprocess
-from tasks.training import fit, predict_logits
+from tasks.data.datasets import load_builtin
+from tasks.modeling.models import create_model
+from tasks.core.params import PreprocessParams, TrainParams
+from tasks.data.preprocessing import preprocess
+from tasks.modeling.training import fit, predict_logits
 
 state_dir, kill_at, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 torch.set_num_threads(1)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.serving import as_image_list
+from tasks.registry.serving import as_image_list
 
 
 def test_batches_and_single_images():

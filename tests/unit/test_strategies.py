@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tasks.params import ALL_STRATEGIES, resolve_params
+from tasks.core.params import ALL_STRATEGIES, resolve_params
 
 pytestmark = pytest.mark.slow
 
@@ -15,8 +15,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def source_project(tmp_path_factory, project_root):
     """Prepared smoke data and a pretrained source model, shared by every strategy."""
-    from tasks import datasets, pretrain
-    from tasks.context import open_context
+    from tasks.core.context import open_context
+    from tasks.stages import prepare as datasets
+    from tasks.stages import pretrain
 
     project = tmp_path_factory.mktemp("strategies")
     params = resolve_params(project_root / "params.yaml", "smoke", _overrides(project))
@@ -38,7 +39,7 @@ def _overrides(project) -> list[str]:
 
 
 def _context(project, strategies):
-    from tasks.context import open_context
+    from tasks.core.context import open_context
     from tests.conftest import ROOT
 
     params = resolve_params(
@@ -53,7 +54,8 @@ def _context(project, strategies):
 def test_strategy_trains_and_is_evaluated(source_project, strategy):
     from mlflow import MlflowClient
 
-    from tasks import evaluation, transfer
+    from tasks.stages import evaluate as evaluation
+    from tasks.stages import transfer
 
     ctx = _context(source_project, [strategy])
     report = transfer.run(ctx)[strategy]
@@ -75,7 +77,8 @@ def test_strategy_trains_and_is_evaluated(source_project, strategy):
 
 def test_all_strategies_in_one_run_share_the_test_split(source_project):
     """Gain and the negative-transfer flag against scratch; source_only is the untouched source."""
-    from tasks import evaluation, transfer
+    from tasks.stages import evaluate as evaluation
+    from tasks.stages import transfer
 
     names = ["scratch", "source_only", "linear_probe"]
     ctx = _context(source_project, names)

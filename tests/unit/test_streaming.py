@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from tasks.datasets import ImageFiles, load_tensors, prepare_dataset, stream_tensors
-from tasks.models import create_model
-from tasks.params import DatasetParams, PreprocessParams, TrainParams
-from tasks.training import accuracy, fit
+from tasks.core.params import DatasetParams, PreprocessParams, TrainParams
+from tasks.data.datasets import ImageFiles, load_tensors, prepare_dataset, stream_tensors
+from tasks.modeling.models import create_model
+from tasks.modeling.training import accuracy, fit
 
 PRE = PreprocessParams(image_size=16, channels=1)
 

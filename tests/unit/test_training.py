@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from tasks.datasets import load_builtin
-from tasks.models import ModelCard, create_model, load_checkpoint, save_checkpoint
-from tasks.params import PreprocessParams, TrainParams
-from tasks.preprocessing import preprocess
-from tasks.training import accuracy, create_optimizer, fit, predict_logits, random_shift
+from tasks.core.params import PreprocessParams, TrainParams
+from tasks.data.datasets import load_builtin
+from tasks.data.preprocessing import preprocess
+from tasks.modeling.models import ModelCard, create_model, load_checkpoint, save_checkpoint
+from tasks.modeling.training import accuracy, create_optimizer, fit, predict_logits, random_shift
 
 PRE = PreprocessParams(image_size=16, channels=1)
 CFG = TrainParams(epochs=4, batch_size=32, lr=3e-3, augment_shift=1)
@@ -83,7 +83,7 @@ def test_unknown_architecture_is_named():
 
 
 def test_min_steps_makes_an_epoch_of_a_few_images_take_several_passes(digits):
-    from tasks.training import epoch_batches, steps_per_epoch
+    from tasks.modeling.training import epoch_batches, steps_per_epoch
 
     cfg = TrainParams(epochs=3, batch_size=64, min_steps=24)
     assert steps_per_epoch(cfg, 10) == 8
@@ -99,7 +99,7 @@ def test_min_steps_makes_an_epoch_of_a_few_images_take_several_passes(digits):
 
 
 def test_early_stopping_prefers_the_later_of_tied_epochs():
-    from tasks.training import History, _improved, _patience_spent
+    from tasks.modeling.training import History, _improved, _patience_spent
 
     history = History([{"val_accuracy": 0.8}, {"val_accuracy": 0.9}, {"val_accuracy": 0.9}])
     history.best_epoch = 1

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tasks import uptodate
-from tasks.params import resolve_params, write_resolved
+from tasks.core import uptodate
+from tasks.core.params import resolve_params, write_resolved
 
 LOCK = """schema: '2.0'
 stages:
   prepare:
     cmd: tlp stage prepare
     deps:
-    - path: tasks/datasets.py
+    - path: tasks/data/datasets.py
       md5: 0
     outs:
     - path: data/source
@@ -139,7 +139,7 @@ def test_shortcut_imports_nothing_heavy(project):
     project_dir, _ = project
     code = (
         "import sys\nfrom pathlib import Path\nfrom tasks import uptodate\n"
-        "from tasks.params import resolve_params\n"
+        "from tasks.core.params import resolve_params\n"
         f"p = Path({str(project_dir)!r})\n"
         "assert uptodate.check(p, resolve_params(p / 'params.yaml'))[0] is not None\n"
         "heavy = ('torch', 'timm', 'prefect', 'mlflow', 'great_expectations', 'dvc')\n"

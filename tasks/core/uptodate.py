@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from tasks.params import RESOLVED_PARAMS_FILE, Params, resolved_text
+from tasks.core.params import RESOLVED_PARAMS_FILE, Params, resolved_text
 
 RECORD = ".tlp/uptodate.json"
 TOOL_ROOT = Path(__file__).resolve().parents[1]

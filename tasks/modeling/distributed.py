@@ -1,4 +1,4 @@
-"""Multi-GPU training: the project's one training loop (``tasks.training.fit``) under
+"""Multi-GPU training: the project's one training loop (``tasks.modeling.training.fit``) under
 ``torchrun`` with DistributedDataParallel.
 
 Each process trains on its own shard of the data (padded to equal length, as
@@ -6,7 +6,7 @@ Each process trains on its own shard of the data (padded to equal length, as
 the gradients, so all ranks hold identical weights after every step. NCCL on GPUs, gloo on
 CPU (what the tests use: two processes on one machine).
 
-    torchrun --nproc-per-node 4 -m tasks.distributed -C . --out models/source-ddp
+    torchrun --nproc-per-node 4 -m tasks.modeling.distributed -C . --out models/source-ddp
 
 pretrains the source model of the project (its prepared ``data/source`` and the ``pretrain``
 params) on 4 GPUs; rank 0 alone logs, saves the safetensors checkpoint and the report.
@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from tasks.training import History, fit
+from tasks.modeling.training import History, fit
 
 
 class TimmDDP(DistributedDataParallel):
@@ -113,11 +113,11 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def pretrain_distributed(project_dir: Path, out_dir: Path) -> dict[str, Any] | None:
     """Pretrain the project's source model on every torchrun rank; rank 0 saves and reports."""
-    from tasks.context import Layout, write_json
-    from tasks.datasets import load_source_tensors
-    from tasks.models import ModelCard, create_model, resolve_device, save_checkpoint
-    from tasks.params import load_resolved
-    from tasks.training import accuracy
+    from tasks.core.context import Layout, write_json
+    from tasks.core.params import load_resolved
+    from tasks.data.datasets import load_source_tensors
+    from tasks.modeling.models import ModelCard, create_model, resolve_device, save_checkpoint
+    from tasks.modeling.training import accuracy
 
     p = load_resolved(project_dir)
     layout = Layout(project_dir)
@@ -152,7 +152,7 @@ def pretrain_distributed(project_dir: Path, out_dir: Path) -> dict[str, Any] | N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="torchrun ... -m tasks.distributed",
+        prog="torchrun ... -m tasks.modeling.distributed",
         description="pretrain the project's source model with DDP (launch with torchrun)",
     )
     parser.add_argument("-C", "--project-dir", type=Path, default=Path("."))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.params import Params
+from tasks.core.params import Params
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def open_context(
     """Set torch threads and the MLflow store once per process, then hand out the context."""
     import torch
 
-    from tasks import tracking
+    from tasks.core import tracking
 
     torch.set_num_threads(params.base.threads)
     experiment_id = tracking.configure(

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tasks.params import TrainParams
+from tasks.core.params import TrainParams
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 LATEST = "latest.json"

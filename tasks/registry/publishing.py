@@ -12,9 +12,9 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from tasks import audit, tracking
-from tasks.context import StageContext, read_json, write_json
-from tasks.serving import CHECKPOINT_ARTIFACT
+from tasks.core.context import StageContext
+from tasks.registry import audit
+from tasks.registry.serving import CHECKPOINT_ARTIFACT
 
 T = TypeVar("T")
 
@@ -121,7 +121,7 @@ def input_example(example_image: Path | None, size: int, channels: int) -> list:
     import numpy as np
 
     if example_image is not None:
-        from tasks.preprocessing import read_image
+        from tasks.data.preprocessing import read_image
 
         image = read_image(example_image, channels)
     else:
@@ -137,7 +137,7 @@ def log_model(ckpt_dir: Path, registered_model_name: str, example_image: Path | 
     it without coercing inputs, so arrays of any image shape and file paths pass through;
     the input example is one real uint8 image; the class names go into the model metadata.
     """
-    from tasks.models import read_card
+    from tasks.modeling.models import read_card
 
     card = read_card(ckpt_dir)
     return mlflow.pyfunc.log_model(
@@ -295,7 +295,7 @@ def version_exists(name: str, version: str) -> bool:
 
 def lineage_tags(ctx: StageContext) -> dict[str, str]:
     """Git commit, params hash, DVC hashes of data and checkpoints, Prefect and MLflow runs."""
-    from tasks import versioning
+    from tasks.core import versioning
 
     commit, dirty = versioning.git_revision(ctx.project_dir)
     tags = {
@@ -312,8 +312,8 @@ def lineage_tags(ctx: StageContext) -> dict[str, str]:
     return tags
 
 
-def _first_test_image(layout) -> Path | None:
-    from tasks.datasets import read_manifest
+def first_test_image(layout) -> Path | None:
+    from tasks.data.datasets import read_manifest
 
     manifest = read_manifest(layout.target_data)
     test = manifest[manifest["split"] == "test"]
@@ -325,53 +325,6 @@ LINEAGE_FILES = ("params.resolved.yaml", "dvc.lock", "reports/metrics.json")
 
 def lineage_files(project_dir: Path) -> list[Path]:
     return [project_dir / f for f in LINEAGE_FILES if (project_dir / f).is_file()]
-
-
-def run(ctx: StageContext) -> dict:
-    """Log the best candidate, register a version, tag its lineage, set the aliases."""
-    layout, r = ctx.layout, ctx.params.registry
-    metrics = read_json(layout.metrics)
-    best = metrics["best"]
-    tags = {
-        **lineage_tags(ctx),
-        "strategy": best,
-        "test_accuracy": f"{metrics['candidates'][best]['accuracy']:.4f}",
-    }
-    with tracking.child_run("register", ctx.experiment_id, ctx.parent_run_id) as run_id:
-        tracking.set_tags(tags)
-        for path in lineage_files(ctx.project_dir):  # what `tlp reproduce` reruns from
-            mlflow.log_artifact(str(path), artifact_path="lineage")
-        info = log_model(layout.candidates / best, r.model_name, _first_test_image(layout))
-    if ctx.parent_run_id:
-        tracking.set_tags(tags, run_id=ctx.parent_run_id)
-    version = str(info.registered_model_version)
-    tag_version(r.model_name, version, {**tags, "register_run_id": run_id})
-    # @champion is moved only by the promotion gate (flows/promote.py) or by a person
-    rules = ctx.params.promote
-    mark_newest(
-        ctx.project_dir, r.model_name, r.challenger_alias, version, rules.retries, rules.retry_delay
-    )
-    registration = {
-        "model_name": r.model_name,
-        "version": version,
-        "model_uri": f"models:/{r.model_name}/{version}",
-        "aliases": version_aliases(r.model_name, version),
-        "strategy": best,
-        "run_id": run_id,
-    }
-    write_json(layout.registration, registration)
-    return registration
-
-
-def still_valid(ctx: StageContext) -> bool:
-    """A skipped ``register`` is only valid while its version still exists in this store."""
-    path = ctx.layout.registration
-    if not path.is_file():
-        return False
-    saved = read_json(path)
-    return saved.get("model_name") == ctx.params.registry.model_name and version_exists(
-        saved["model_name"], saved["version"]
-    )
 
 
 def champion_before(name: str, version: str, champion_alias: str = "champion") -> str | None:

@@ -22,7 +22,7 @@ from PIL import Image
 if TYPE_CHECKING:  # pandas loads when a manifest is read or written, not when params are checked
     import pandas as pd
 
-from tasks.params import DatasetParams
+from tasks.core.params import DatasetParams
 
 MANIFEST = "manifest.parquet"
 INFO = "dataset.json"
@@ -180,7 +180,7 @@ def materialize(
     label_space: tuple[str, ...] | None = None,
 ) -> pd.DataFrame:
     """Write images as PNG under ``out_dir/images/<class>/`` plus the manifest and info file."""
-    from tasks.ingest import intensity_stats, pixel_sha256
+    from tasks.data.ingest import intensity_stats, pixel_sha256
 
     label_space = label_space or raw.classes
     labels = _relabel(raw.labels, raw.classes, label_space)
@@ -232,7 +232,13 @@ def ingest_folder(
     base_dir: Path | None = None,
 ) -> pd.DataFrame:
     """An ImageFolder directory -> copied images, manifest and info; bad files named or skipped."""
-    from tasks.ingest import BadFile, IngestError, describe_error, inspect_image, scan_image_folder
+    from tasks.data.ingest import (
+        BadFile,
+        IngestError,
+        describe_error,
+        inspect_image,
+        scan_image_folder,
+    )
 
     root = _resolve_dir(spec.path, base_dir)
     try:
@@ -324,7 +330,7 @@ def read_classes(dataset_dir: Path) -> tuple[str, ...]:
 
 def load_split(dataset_dir: Path, split: str, channels: int) -> Split:
     """Decode the images of one split (``train``, ``val``, ``test`` or ``unlabeled``)."""
-    from tasks.preprocessing import read_image
+    from tasks.data.preprocessing import read_image
 
     manifest = read_manifest(dataset_dir)
     rows = manifest[manifest["split"] == split]
@@ -339,7 +345,7 @@ def load_tensors(
     """One split as (preprocessed NCHW inputs, labels tensor, class names)."""
     import torch
 
-    from tasks.preprocessing import preprocess
+    from tasks.data.preprocessing import preprocess
 
     data = load_split(dataset_dir, split, cfg.channels)
     inputs = preprocess(data.images, cfg, degrade_to=degrade_to, fit_frame=fit_frame)
@@ -389,7 +395,7 @@ class ImageFiles:
         return self._load(chosen)
 
     def _load(self, paths: list[Path]):
-        from tasks.preprocessing import preprocess
+        from tasks.data.preprocessing import preprocess
 
         return preprocess(paths, self.cfg, degrade_to=self.degrade_to, fit_frame=self.fit_frame)
 
@@ -411,42 +417,5 @@ def read_info(dataset_dir: Path) -> dict:
     return json.loads((dataset_dir / INFO).read_text())
 
 
-def _describe(spec: DatasetParams) -> str:
+def describe_spec(spec: DatasetParams) -> str:
     return f"builtin:{spec.builtin}" if spec.builtin is not None else f"path:{spec.path}"
-
-
-def run(ctx) -> dict:
-    """Stage ``prepare``: materialise source and target as image files plus a manifest each."""
-    from tasks import tracking
-
-    p, layout = ctx.params, ctx.layout
-    counts = {}
-    with tracking.child_run("prepare", ctx.experiment_id, ctx.parent_run_id):
-        for role, spec, out in (
-            ("source", p.data.source, layout.source_data),
-            ("target", p.data.target, layout.target_data),
-        ):
-            manifest = prepare_dataset(
-                spec, p.data.split_seed, out, role, p.data.max_image_pixels, ctx.project_dir
-            )
-            counts[role] = manifest["split"].value_counts().to_dict()
-            counts[f"{role}_skipped_files"] = len(read_info(out)["skipped"])
-            tracking.log_metrics({f"{role}_{split}_images": n for split, n in counts[role].items()})
-            tracking.log_metrics({f"{role}_skipped_files": counts[f"{role}_skipped_files"]})
-            tracking.log_params({f"{role}.dataset": _describe(spec)})
-    return counts
-
-
-def still_valid(ctx) -> bool:
-    """DVC cannot see a user's folder outside the project: rebuild when its files changed."""
-    layout = ctx.layout
-    for out in (layout.source_data, layout.target_data):
-        try:
-            source = read_info(out).get("source", {})
-        except (OSError, ValueError):
-            return False
-        if "path" in source:
-            root = Path(source["path"])
-            if not root.is_dir() or folder_fingerprint(root) != source.get("fingerprint"):
-                return False
-    return True

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.datasets import MANIFEST_COLUMNS, SPLITS
+from tasks.data.datasets import MANIFEST_COLUMNS, SPLITS
 
 # Columns derived from the manifest before validation, so GX can check per-class counts and
 # cross-split leakage as plain column expectations (with the offending paths in the result).
@@ -189,7 +189,7 @@ def validate_manifests(
     """Run each manifest's suite through a GX Checkpoint; Data Docs go to ``docs_dir`` if given."""
     import great_expectations as gx
 
-    from tasks.params import ValidationParams
+    from tasks.core.params import ValidationParams
 
     bounds = bounds or ValidationParams()
     if docs_dir is not None and docs_dir.exists():
@@ -309,7 +309,7 @@ def summary_markdown(summary: dict, docs_index: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _publish_markdown(markdown: str) -> None:
+def publish_markdown(markdown: str) -> None:
     """A Prefect markdown artifact, only when this runs inside a Prefect flow run."""
     if "prefect" not in sys.modules:
         return  # `tlp stage validate` under dvc repro: no flow, no Prefect import cost
@@ -321,7 +321,7 @@ def _publish_markdown(markdown: str) -> None:
 
 
 def checks_for(ctx) -> list[ManifestCheck]:
-    from tasks.datasets import read_classes, read_manifest
+    from tasks.data.datasets import read_classes, read_manifest
 
     layout, data = ctx.layout, ctx.params.data
     checks = []
@@ -334,48 +334,3 @@ def checks_for(ctx) -> list[ManifestCheck]:
             ManifestCheck(role, read_manifest(directory), read_classes(directory), splits)
         )
     return checks
-
-
-def run(ctx) -> dict:
-    """Stage ``validate``: GX on both manifests; any failed expectation stops the pipeline."""
-    import mlflow
-
-    from tasks import tracking
-    from tasks.context import write_json
-    from tasks.datasets import read_info
-
-    layout, settings = ctx.layout, ctx.params.validation
-    checks = checks_for(ctx)
-    docs = layout.data_docs
-    with tracking.child_run("validate", ctx.experiment_id, ctx.parent_run_id):
-        reports = validate_manifests(checks, settings, docs, settings.warn_only)
-        try:  # reported, never failed; a broken manifest is GX's to name, not scipy's
-            shift = domain_shift(checks[0].manifest, checks[1].manifest)
-            plot_domain_shift(checks[0].manifest, checks[1].manifest, docs / "domain_shift.png")
-        except (KeyError, ValueError, TypeError) as exc:
-            shift = {"ks_mean": None, "ks_std": None, "error": f"not measured ({exc})"}
-        summary = {
-            r.dataset: {
-                "success": r.success,
-                "rows": r.rows,
-                "expectations": len(r.outcomes),
-                "failed": [o.key for o in r.failures()],
-                "warned": [o.key for o in r.warnings()],
-                "skipped_files": len(read_info(directory)["skipped"]),
-            }
-            for r, directory in zip(reports, (layout.source_data, layout.target_data), strict=True)
-        }
-        summary["domain_shift"] = shift
-        summary["data_docs"] = str(docs.relative_to(ctx.project_dir) / "index.html")
-        valid = {f"{r.dataset}_valid": float(r.success) for r in reports}
-        ks = {
-            f"domain_shift_{k}": v
-            for k, v in shift.items()
-            if k.startswith("ks_") and v is not None
-        }
-        tracking.log_metrics({**valid, **ks})
-        mlflow.log_artifacts(str(docs), "data_docs")  # into this stage's child run
-        write_json(layout.validation_report, summary)
-        _publish_markdown(summary_markdown(summary, docs / "index.html"))
-    raise_on_failure(reports)
-    return summary

@@ -20,7 +20,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from tasks.registry import LINEAGE_FILES
+from tasks.registry.publishing import LINEAGE_FILES
 
 RERUN_STAGES = ("validate", "pretrain", "transfer", "evaluate")
 FETCHED = ("data/source", "data/target")
@@ -142,7 +142,7 @@ def _git(cwd: Path, *args: str) -> str:
 
 
 def _remote_url(project_dir: Path) -> str:
-    from tasks import versioning
+    from tasks.core import versioning
 
     with versioning.open_repo(project_dir) as repo:
         remote = repo.config["core"].get("remote")
@@ -156,7 +156,7 @@ def _remote_url(project_dir: Path) -> str:
 
 def prepare_workdir(info: dict, project_dir: Path, workdir: Path) -> Path:
     """Clone the commit, restore the exact params and dvc.lock, pull the data by hash."""
-    from tasks import versioning
+    from tasks.core import versioning
 
     if not info["complete"] or not all(info["files"].get(f) for f in LINEAGE_FILES):
         raise LineageError(f"lineage of version {info['version']} is incomplete: {info['missing']}")
@@ -191,9 +191,9 @@ RERUN_SCRIPT = """
 import json, sys
 from pathlib import Path
 import tasks
-from tasks import versioning
-from tasks.context import open_context
-from tasks.params import resolve_params
+from tasks.core import versioning
+from tasks.core.context import open_context
+from tasks.core.params import resolve_params
 from tasks.stages import get_stage
 workdir = Path.cwd()
 params = resolve_params(workdir / "params.resolved.yaml")
@@ -212,8 +212,8 @@ def rerun(workdir: Path) -> dict:
     ``tasks/`` when the commit has one, into a scratch MLflow store (the registry is untouched)."""
     import sys
 
-    from tasks import versioning
-    from tasks.context import read_json
+    from tasks.core import versioning
+    from tasks.core.context import read_json
 
     out = subprocess.run(
         [sys.executable, "-c", RERUN_SCRIPT, *RERUN_STAGES],

@@ -11,7 +11,7 @@
   target train images (gradient reversal + discriminator; multi-kernel MMD).
 - ``multitask``: shared backbone, a target head and a source head trained jointly.
 
-Each strategy trains with the shared loop in ``tasks.training`` and is saved as an ordinary
+Each strategy trains with the shared loop in ``tasks.modeling.training`` and is saved as an ordinary
 timm checkpoint, so evaluation and serving do not care how it was made.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,19 +28,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tasks import tracking
-from tasks.context import WORK_DIR, StageContext, write_json
-from tasks.datasets import load_source_tensors, load_tensors
-from tasks.models import (
-    ModelCard,
+from tasks.core import tracking
+from tasks.core.context import WORK_DIR, StageContext
+from tasks.data.datasets import load_source_tensors
+from tasks.modeling.models import (
     create_model,
     freeze_stages,
     load_checkpoint,
     resolve_device,
-    save_checkpoint,
     unfreeze_modules,
 )
-from tasks.training import History, Objective, fit
+from tasks.modeling.training import History, Objective, fit
 
 
 @dataclass
@@ -133,7 +130,7 @@ def _source_only(job: Job):
 
 def _linear_probe(job: Job):
     """Fit the head on cached frozen features; the 'loss' is the head's before and after."""
-    from tasks.features import cached_features, fit_probe, set_head
+    from tasks.modeling.features import cached_features, fit_probe, set_head
 
     p = job.params
     model = _source_model(job).to(resolve_device(p.base.device))
@@ -179,7 +176,7 @@ def _lp_ft(job: Job):
 
 
 def _l2sp(job: Job):
-    from tasks.adaptation import L2SP
+    from tasks.modeling.objectives import L2SP
 
     p = job.params
     model = _source_model(job)
@@ -192,7 +189,7 @@ def _l2sp(job: Job):
 
 
 def _adapt(job: Job, kind: str):
-    from tasks.adaptation import DANN, MMD
+    from tasks.modeling.objectives import DANN, MMD
 
     p = job.params
     model = _source_model(job)
@@ -207,7 +204,7 @@ def _adapt(job: Job, kind: str):
 
 
 def _multitask(job: Job):
-    from tasks.adaptation import MultiTask
+    from tasks.modeling.objectives import MultiTask
 
     p = job.params
     source_head = copy.deepcopy(load_checkpoint(job.ctx.layout.source_model)[0].get_classifier())
@@ -233,7 +230,7 @@ STRATEGIES: dict[str, Callable[[Job], tuple[torch.nn.Module, History]]] = {
 }
 
 
-def _summary(history: History, train_images: int) -> dict:
+def history_summary(history: History, train_images: int) -> dict:
     nan = math.nan
     first = history.epochs[0] if history.epochs else {}
     return {
@@ -245,30 +242,3 @@ def _summary(history: History, train_images: int) -> dict:
         "stopped_early": history.stopped_early,
         "train_images": train_images,
     }
-
-
-def run(ctx: StageContext) -> dict:
-    p, layout = ctx.params, ctx.layout
-    x_train, y_train, classes = load_tensors(layout.target_data, "train", p.preprocess)
-    x_val, y_val, _ = load_tensors(layout.target_data, "val", p.preprocess)
-    x_pool, _, _ = load_tensors(layout.target_data, "unlabeled", p.preprocess)
-    if layout.candidates.exists():
-        shutil.rmtree(layout.candidates)
-    results = {}
-    for name in p.transfer.strategies:
-        job = Job(
-            ctx, name, (x_train, y_train), (x_val, y_val), torch.cat([x_train, x_pool]), classes
-        )
-        with tracking.child_run(f"transfer/{name}", ctx.experiment_id, ctx.parent_run_id):
-            tracking.log_params({"strategy": name, **p.transfer.model_dump(mode="json")})
-            model, history = STRATEGIES[name](job)
-            # the model's own architecture: an auto-chosen source may not be model.arch
-            arch = model.pretrained_cfg.get("architecture", p.model.arch)
-            card = ModelCard(arch=arch, classes=classes, preprocess=p.preprocess, strategy=name)
-            save_checkpoint(model.cpu(), card, layout.candidates / name)
-            results[name] = _summary(history, len(y_train))
-            tracking.log_metrics(
-                {k: float(v) for k, v in results[name].items() if not math.isnan(float(v))}
-            )
-    write_json(layout.transfer_report, results)
-    return results

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tasks.training import Objective, StepContext, features_and_logits
+from tasks.modeling.training import Objective, StepContext, features_and_logits
 
 
 class _GradReverse(torch.autograd.Function):

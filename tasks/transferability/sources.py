@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from tasks import ranking
-from tasks.context import WORK_DIR, StageContext, read_json, write_json
-from tasks.models import CARD, WEIGHTS, ModelCard
-from tasks.params import CandidateParams, Params, with_overrides
+from tasks.core.context import WORK_DIR, StageContext, read_json, write_json
+from tasks.core.params import CandidateParams, Params, with_overrides
+from tasks.modeling.models import CARD, WEIGHTS, ModelCard
+from tasks.transferability import scores as ranking
 
 SOURCES_DIR = "sources"  # under WORK_DIR
 
@@ -91,7 +91,7 @@ def check_candidate(spec: CandidateParams, params: Params, project_dir: Path) ->
 
 
 def _check_card(spec: CandidateParams, ckpt: Path, params: Params) -> ModelCard:
-    from tasks.models import read_card
+    from tasks.modeling.models import read_card
 
     if not (ckpt / CARD).is_file() or not (ckpt / WEIGHTS).is_file():
         raise _fail(spec, f"{ckpt} is not a checkpoint folder ({WEIGHTS} + {CARD})")
@@ -113,7 +113,7 @@ def _check_card(spec: CandidateParams, ckpt: Path, params: Params) -> ModelCard:
 
 
 def candidate_params(params: Params, spec: CandidateParams) -> Params:
-    from tasks.params import ParamsError
+    from tasks.core.params import ParamsError
 
     try:
         return with_overrides(params, spec.pretrain or (), f"candidate {spec.name!r}")
@@ -143,8 +143,8 @@ def pretrain_candidate(
     """Pretrain ``spec`` in a project of its own under ``.tlp/sources/`` (reused when done);
     returns its checkpoint folder. ``after_prepare(data_dir)`` may edit the prepared source
     data first (the benchmark's random-label control)."""
-    from tasks import pretrain
-    from tasks.datasets import prepare_dataset
+    from tasks.data.datasets import prepare_dataset
+    from tasks.modeling import pretraining as pretrain
 
     params = candidate_params(ctx.params, spec)
     if params.pretrain.checkpoint_file is not None:  # relative to the real project
@@ -218,7 +218,7 @@ def _load_timm_file(spec: CandidateParams, file: Path, params: Params) -> Source
 def _load_folder(spec: CandidateParams, ckpt: Path, params: Params, origin: str) -> Source:
     from safetensors.torch import load_model
 
-    from tasks.models import create_model
+    from tasks.modeling.models import create_model
 
     card = _check_card(spec, ckpt, params)
     model = create_model(card.arch, card.num_classes, card.preprocess.channels)
@@ -273,7 +273,7 @@ def score_source(
 ) -> dict:
     """Every score of one source on (inputs, labels), and the seconds it took (forward
     pass included)."""
-    from tasks.training import features_and_logits, map_batches
+    from tasks.modeling.training import features_and_logits, map_batches
 
     started = time.perf_counter()
     width = source.model.num_features
@@ -349,7 +349,7 @@ def ranking_text(rows: list[dict], score: str) -> str:
 
 
 def target_split(ctx: StageContext, target_dir: Path):
-    from tasks.datasets import load_tensors
+    from tasks.data.datasets import load_tensors
 
     inputs, labels, _ = load_tensors(target_dir, "train", ctx.params.preprocess)
     return inputs, labels
@@ -375,7 +375,7 @@ def log_ranking(rows: list[dict], score: str, markdown: str, choice: str | None 
     """Scores as metrics ``<candidate>.<score>`` and the table as artifacts of the active run."""
     import mlflow
 
-    from tasks import tracking
+    from tasks.core import tracking
 
     metrics = {
         f"{slug(r['candidate'])}.{s}": r[s]
@@ -396,15 +396,15 @@ def log_ranking(rows: list[dict], score: str, markdown: str, choice: str | None 
 
 
 def target_fingerprint(target_dir: Path) -> str:
-    from tasks.datasets import MANIFEST
+    from tasks.data.datasets import MANIFEST
 
     return hashlib.sha256((target_dir / MANIFEST).read_bytes()).hexdigest()[:16]
 
 
 def select_source(ctx: StageContext) -> dict:
     """Rank ``rank.candidates`` on the target and copy the top one to ``models/source``."""
-    from tasks import tracking
-    from tasks.models import save_checkpoint
+    from tasks.core import tracking
+    from tasks.modeling.models import save_checkpoint
 
     p, layout = ctx.params, ctx.layout
     # pretraining a candidate opens runs of its own under the parent: rank first, then log

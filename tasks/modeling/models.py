@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from tasks.params import PreprocessParams
+from tasks.core.params import PreprocessParams
 
 WEIGHTS = "model.safetensors"
 CARD = "meta.json"

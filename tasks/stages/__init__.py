@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from tasks.context import StageContext
+from tasks.core.context import StageContext
 
 
 class StageFailed(RuntimeError):
@@ -35,12 +35,12 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", "tasks.datasets"),
-    Stage("validate", "tasks.validation"),
-    Stage("pretrain", "tasks.pretrain"),
-    Stage("transfer", "tasks.transfer"),
-    Stage("evaluate", "tasks.evaluation"),
-    Stage("register", "tasks.registry"),
+    Stage("prepare", "tasks.stages.prepare"),
+    Stage("validate", "tasks.stages.validate"),
+    Stage("pretrain", "tasks.stages.pretrain"),
+    Stage("transfer", "tasks.stages.transfer"),
+    Stage("evaluate", "tasks.stages.evaluate"),
+    Stage("register", "tasks.stages.register"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tasks.params import PreprocessParams
+from tasks.core.params import PreprocessParams
 
 Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs instead of exhausting memory
 

@@ -4,7 +4,7 @@ The model starts from random weights, or from a local timm checkpoint file
 (``pretrain.checkpoint_file``; timm adapts ``in_chans`` and ``num_classes``), and is then
 trained on the source with the same loop as fine-tuning, resumable after a crash.
 With ``transfer.source: auto`` the stage instead ranks ``rank.candidates`` on the target
-and keeps the top one (``tasks.sources.select_source``).
+and keeps the top one (``tasks.transferability.sources.select_source``).
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from pathlib import Path
 
 import torch
 
-from tasks import tracking
-from tasks.context import WORK_DIR, StageContext, write_json
-from tasks.datasets import MANIFEST, load_source_tensors
-from tasks.models import (
+from tasks.core import tracking
+from tasks.core.context import WORK_DIR, StageContext, write_json
+from tasks.data.datasets import MANIFEST, load_source_tensors
+from tasks.modeling.models import (
     ModelCard,
     create_from_file,
     create_model,
     resolve_device,
     save_checkpoint,
 )
-from tasks.training import accuracy, fit
+from tasks.modeling.training import accuracy, fit
 
 
 def _initial_model(ctx: StageContext, num_classes: int):
@@ -42,20 +42,6 @@ def _state_dir(ctx: StageContext) -> Path:
     manifest = (ctx.layout.source_data / MANIFEST).read_bytes()  # holds every image's hash
     key = hashlib.sha256(ctx.params.digest().encode() + manifest).hexdigest()
     return ctx.project_dir / WORK_DIR / "resume" / f"pretrain-{key[:16]}"
-
-
-def run(ctx: StageContext) -> dict:
-    if ctx.params.transfer.source == "auto":
-        from tasks.sources import select_source
-
-        return select_source(ctx)
-    return train_source(ctx)
-
-
-def still_valid(ctx: StageContext) -> bool:
-    from tasks.sources import still_valid as auto_choice_valid
-
-    return auto_choice_valid(ctx)
 
 
 def train_source(ctx: StageContext) -> dict:

@@ -86,9 +86,9 @@ def select_best(scores: dict[str, float], order: list[str]) -> str:
     return max(order, key=lambda name: (scores[name], -order.index(name)))
 
 
-def _evaluate_candidate(ckpt_dir, splits: dict, ece_bins: int) -> tuple[dict, list]:
-    from tasks.models import load_checkpoint
-    from tasks.training import predict_logits
+def evaluate_candidate(ckpt_dir, splits: dict, ece_bins: int) -> tuple[dict, list]:
+    from tasks.modeling.models import load_checkpoint
+    from tasks.modeling.training import predict_logits
 
     model, card = load_checkpoint(ckpt_dir)
     result, confusion = {}, []
@@ -122,7 +122,7 @@ def plot_confusion(confusion: list[list[int]], classes: tuple[str, ...], title: 
 
 def _source_probe_split(ctx):
     """Source train subset and test split, preprocessed the way the source model was trained."""
-    from tasks.datasets import load_source_tensors
+    from tasks.data.datasets import load_source_tensors
 
     p, layout = ctx.params, ctx.layout
     x_tr, y_tr, _ = load_source_tensors(layout.source_data, "train", p)
@@ -134,9 +134,9 @@ def _source_probe_split(ctx):
 
 def forgetting(ctx, names: list[str]) -> dict:
     """Linear-probe accuracy on the source test split of each backbone (features cached)."""
-    from tasks.context import WORK_DIR
-    from tasks.features import cached_features, probe_accuracy
-    from tasks.models import load_checkpoint
+    from tasks.core.context import WORK_DIR
+    from tasks.modeling.features import cached_features, probe_accuracy
+    from tasks.modeling.models import load_checkpoint
 
     p, layout = ctx.params, ctx.layout
     train, test = _source_probe_split(ctx)
@@ -152,52 +152,3 @@ def forgetting(ctx, names: list[str]) -> dict:
         "source_model_probe_accuracy": source,
         "candidates": {n: {"probe_accuracy": a, "forgetting": source - a} for n, a in acc.items()},
     }
-
-
-def run(ctx) -> dict:
-    """Stage ``evaluate``: every candidate on the same frozen test split; best chosen on val."""
-    from tasks import tracking
-    from tasks.context import write_json
-    from tasks.datasets import load_tensors, read_classes
-
-    p, layout = ctx.params, ctx.layout
-    splits = {s: load_tensors(layout.target_data, s, p.preprocess)[:2] for s in ("test", "val")}
-    names = list(p.transfer.strategies)
-    candidates, confusion = {}, {}
-    with tracking.child_run("evaluate", ctx.experiment_id, ctx.parent_run_id):
-        for name in names:
-            candidates[name], confusion[name] = _evaluate_candidate(
-                layout.candidates / name, splits, p.evaluate.ece_bins
-            )
-            tracking.log_metrics(
-                {f"{name}_test_{k}": v for k, v in candidates[name].items() if k != "n"}
-            )
-        has_val = p.evaluate.select_on == "val" and len(splits["val"][1]) > 0
-        select_on = "val_accuracy" if has_val else "accuracy"
-        best = select_best({n: candidates[n][select_on] for n in names}, names)
-        gain = transfer_gain({n: candidates[n]["accuracy"] for n in names})
-        tracking.log_metrics({f"transfer_gain_{n}": g for n, g in gain.items()})
-        flags = negative_transfer(candidates, p.evaluate.negative_transfer_margin)
-        tracking.log_metrics({f"negative_transfer_{n}": f["negative"] for n, f in flags.items()})
-        classes = read_classes(layout.target_data)
-        for name in names:
-            fig = plot_confusion(confusion[name], classes, f"{name}: test confusion")
-            tracking.log_figure(fig, f"confusion/{name}.png")
-        metrics = {
-            "best": best,
-            "selected_on": select_on,
-            "candidates": candidates,
-            "transfer_gain": gain,
-            "negative_transfer": flags,
-        }
-        if p.evaluate.forgetting:
-            metrics["forgetting"] = forgetting(ctx, names)
-            tracking.log_metrics(
-                {
-                    f"forgetting_{n}": f["forgetting"]
-                    for n, f in metrics["forgetting"]["candidates"].items()
-                }
-            )
-        write_json(layout.metrics, metrics)
-        write_json(layout.confusion, confusion)
-    return metrics

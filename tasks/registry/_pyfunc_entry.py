@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from tasks.serving import ImageClassifier
+from tasks.registry.serving import ImageClassifier
 
 set_model(ImageClassifier())

@@ -44,7 +44,10 @@ Strategy = Literal[
     "multitask",
 ]
 ALL_STRATEGIES: tuple[str, ...] = Strategy.__args__
-Score = Literal["logme", "leep", "nce", "h_score"]  # tasks/ranking.py: transferability scores
+# the built-in datasets; their recipes are tasks.data.datasets.BUILTINS (a test keeps both equal)
+BUILTIN_DATASETS = ("mnist5k", "uci-digits", "mnist-m")
+# transferability scores: tasks/transferability/scores.py
+Score = Literal["logme", "leep", "nce", "h_score"]
 
 
 class ParamsError(ValueError):
@@ -70,7 +73,7 @@ class BaseParams(_Section):
 
 
 class DatasetParams(_Section):
-    builtin: str | None = Field(None, description="a key of tasks.datasets.BUILTINS")
+    builtin: str | None = Field(None, description="one of BUILTIN_DATASETS")
     path: str | None = Field(
         None, description="an ImageFolder directory (one subfolder per class); replaces builtin"
     )
@@ -91,12 +94,9 @@ class DatasetParams(_Section):
     def _one_source(self) -> DatasetParams:
         if (self.builtin is None) == (self.path is None):
             raise ValueError("give exactly one of builtin: NAME or path: DIR")
-        if self.builtin is not None:
-            from tasks.datasets import BUILTINS  # the recipes register themselves there
-
-            if self.builtin not in BUILTINS:
-                known = ", ".join(sorted(BUILTINS))
-                raise ValueError(f"unknown built-in dataset {self.builtin!r} (known: {known})")
+        if self.builtin is not None and self.builtin not in BUILTIN_DATASETS:
+            known = ", ".join(sorted(BUILTIN_DATASETS))
+            raise ValueError(f"unknown built-in dataset {self.builtin!r} (known: {known})")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes must not repeat")
         return self
@@ -206,7 +206,7 @@ class TransferParams(TrainParams):
     source: Literal["pretrain", "auto"] = Field(
         "pretrain",
         description="pretrain: the pretrain stage's model; auto: rank rank.candidates on the "
-        "target and transfer from the top one (tasks/sources.py)",
+        "target and transfer from the top one (tasks/transferability/sources.py)",
     )
     layer_decay: float | None = Field(0.75, gt=0.0, le=1.0, description="full: per-layer LR decay")
     scratch_lr: float = Field(3e-3, gt=0.0, le=10.0, description="lr of the scratch baseline")
@@ -338,7 +338,7 @@ class CandidateParams(_Section):
 
 
 class RankParams(_Section):
-    """Transferability ranking of candidate sources (tasks/ranking.py, tasks/sources.py)."""
+    """Transferability ranking of candidate sources (tasks/transferability/)."""
 
     candidates: tuple[CandidateParams, ...] = ()
     score: Score = Field("logme", description="the score transfer.source: auto picks by")

@@ -1,0 +1,44 @@
+"""Stage ``prepare``: source and target as image files plus a manifest each (``data/``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.core import tracking
+from tasks.core.context import StageContext
+from tasks.data.datasets import describe_spec, folder_fingerprint, prepare_dataset, read_info
+
+
+def run(ctx: StageContext) -> dict:
+    """Stage ``prepare``: materialise source and target as image files plus a manifest each."""
+    p, layout = ctx.params, ctx.layout
+    counts = {}
+    with tracking.child_run("prepare", ctx.experiment_id, ctx.parent_run_id):
+        for role, spec, out in (
+            ("source", p.data.source, layout.source_data),
+            ("target", p.data.target, layout.target_data),
+        ):
+            manifest = prepare_dataset(
+                spec, p.data.split_seed, out, role, p.data.max_image_pixels, ctx.project_dir
+            )
+            counts[role] = manifest["split"].value_counts().to_dict()
+            counts[f"{role}_skipped_files"] = len(read_info(out)["skipped"])
+            tracking.log_metrics({f"{role}_{split}_images": n for split, n in counts[role].items()})
+            tracking.log_metrics({f"{role}_skipped_files": counts[f"{role}_skipped_files"]})
+            tracking.log_params({f"{role}.dataset": describe_spec(spec)})
+    return counts
+
+
+def still_valid(ctx: StageContext) -> bool:
+    """DVC cannot see a user's folder outside the project: rebuild when its files changed."""
+    layout = ctx.layout
+    for out in (layout.source_data, layout.target_data):
+        try:
+            source = read_info(out).get("source", {})
+        except (OSError, ValueError):
+            return False
+        if "path" in source:
+            root = Path(source["path"])
+            if not root.is_dir() or folder_fingerprint(root) != source.get("fingerprint"):
+                return False
+    return True

@@ -1,0 +1,68 @@
+"""Stage ``register``: the best candidate as a new MLflow model version, tagged and @challenger.
+
+``@champion`` is moved only by the promotion gate (``flows/promote.py``) or by a person.
+"""
+
+from __future__ import annotations
+
+import mlflow
+
+from tasks.core import tracking
+from tasks.core.context import StageContext, read_json, write_json
+from tasks.registry.publishing import (
+    first_test_image,
+    lineage_files,
+    lineage_tags,
+    log_model,
+    mark_newest,
+    tag_version,
+    version_aliases,
+    version_exists,
+)
+
+
+def run(ctx: StageContext) -> dict:
+    """Log the best candidate, register a version, tag its lineage, set the aliases."""
+    layout, r = ctx.layout, ctx.params.registry
+    metrics = read_json(layout.metrics)
+    best = metrics["best"]
+    tags = {
+        **lineage_tags(ctx),
+        "strategy": best,
+        "test_accuracy": f"{metrics['candidates'][best]['accuracy']:.4f}",
+    }
+    with tracking.child_run("register", ctx.experiment_id, ctx.parent_run_id) as run_id:
+        tracking.set_tags(tags)
+        for path in lineage_files(ctx.project_dir):  # what `tlp reproduce` reruns from
+            mlflow.log_artifact(str(path), artifact_path="lineage")
+        info = log_model(layout.candidates / best, r.model_name, first_test_image(layout))
+    if ctx.parent_run_id:
+        tracking.set_tags(tags, run_id=ctx.parent_run_id)
+    version = str(info.registered_model_version)
+    tag_version(r.model_name, version, {**tags, "register_run_id": run_id})
+    # @champion is moved only by the promotion gate (flows/promote.py) or by a person
+    rules = ctx.params.promote
+    mark_newest(
+        ctx.project_dir, r.model_name, r.challenger_alias, version, rules.retries, rules.retry_delay
+    )
+    registration = {
+        "model_name": r.model_name,
+        "version": version,
+        "model_uri": f"models:/{r.model_name}/{version}",
+        "aliases": version_aliases(r.model_name, version),
+        "strategy": best,
+        "run_id": run_id,
+    }
+    write_json(layout.registration, registration)
+    return registration
+
+
+def still_valid(ctx: StageContext) -> bool:
+    """A skipped ``register`` is only valid while its version still exists in this store."""
+    path = ctx.layout.registration
+    if not path.is_file():
+        return False
+    saved = read_json(path)
+    return saved.get("model_name") == ctx.params.registry.model_name and version_exists(
+        saved["model_name"], saved["version"]
+    )

@@ -1,0 +1,41 @@
+"""Stage ``transfer``: every strategy in ``transfer.strategies`` -> ``models/candidates/<name>``."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import torch
+
+from tasks.core import tracking
+from tasks.core.context import StageContext, write_json
+from tasks.data.datasets import load_tensors
+from tasks.modeling.models import ModelCard, save_checkpoint
+from tasks.modeling.strategies import STRATEGIES, Job, history_summary
+
+
+def run(ctx: StageContext) -> dict:
+    p, layout = ctx.params, ctx.layout
+    x_train, y_train, classes = load_tensors(layout.target_data, "train", p.preprocess)
+    x_val, y_val, _ = load_tensors(layout.target_data, "val", p.preprocess)
+    x_pool, _, _ = load_tensors(layout.target_data, "unlabeled", p.preprocess)
+    if layout.candidates.exists():
+        shutil.rmtree(layout.candidates)
+    results = {}
+    for name in p.transfer.strategies:
+        job = Job(
+            ctx, name, (x_train, y_train), (x_val, y_val), torch.cat([x_train, x_pool]), classes
+        )
+        with tracking.child_run(f"transfer/{name}", ctx.experiment_id, ctx.parent_run_id):
+            tracking.log_params({"strategy": name, **p.transfer.model_dump(mode="json")})
+            model, history = STRATEGIES[name](job)
+            # the model's own architecture: an auto-chosen source may not be model.arch
+            arch = model.pretrained_cfg.get("architecture", p.model.arch)
+            card = ModelCard(arch=arch, classes=classes, preprocess=p.preprocess, strategy=name)
+            save_checkpoint(model.cpu(), card, layout.candidates / name)
+            results[name] = history_summary(history, len(y_train))
+            tracking.log_metrics(
+                {k: float(v) for k, v in results[name].items() if not math.isnan(float(v))}
+            )
+    write_json(layout.transfer_report, results)
+    return results

@@ -1,0 +1,57 @@
+"""Stage ``validate``: Great Expectations on both manifests; a failed expectation stops the run."""
+
+from __future__ import annotations
+
+import mlflow
+
+from tasks.core import tracking
+from tasks.core.context import StageContext, write_json
+from tasks.data.datasets import read_info
+from tasks.data.expectations import (
+    checks_for,
+    domain_shift,
+    plot_domain_shift,
+    publish_markdown,
+    raise_on_failure,
+    summary_markdown,
+    validate_manifests,
+)
+
+
+def run(ctx: StageContext) -> dict:
+    """Stage ``validate``: GX on both manifests; any failed expectation stops the pipeline."""
+    layout, settings = ctx.layout, ctx.params.validation
+    checks = checks_for(ctx)
+    docs = layout.data_docs
+    with tracking.child_run("validate", ctx.experiment_id, ctx.parent_run_id):
+        reports = validate_manifests(checks, settings, docs, settings.warn_only)
+        try:  # reported, never failed; a broken manifest is GX's to name, not scipy's
+            shift = domain_shift(checks[0].manifest, checks[1].manifest)
+            plot_domain_shift(checks[0].manifest, checks[1].manifest, docs / "domain_shift.png")
+        except (KeyError, ValueError, TypeError) as exc:
+            shift = {"ks_mean": None, "ks_std": None, "error": f"not measured ({exc})"}
+        summary = {
+            r.dataset: {
+                "success": r.success,
+                "rows": r.rows,
+                "expectations": len(r.outcomes),
+                "failed": [o.key for o in r.failures()],
+                "warned": [o.key for o in r.warnings()],
+                "skipped_files": len(read_info(directory)["skipped"]),
+            }
+            for r, directory in zip(reports, (layout.source_data, layout.target_data), strict=True)
+        }
+        summary["domain_shift"] = shift
+        summary["data_docs"] = str(docs.relative_to(ctx.project_dir) / "index.html")
+        valid = {f"{r.dataset}_valid": float(r.success) for r in reports}
+        ks = {
+            f"domain_shift_{k}": v
+            for k, v in shift.items()
+            if k.startswith("ks_") and v is not None
+        }
+        tracking.log_metrics({**valid, **ks})
+        mlflow.log_artifacts(str(docs), "data_docs")  # into this stage's child run
+        write_json(layout.validation_report, summary)
+        publish_markdown(summary_markdown(summary, docs / "index.html"))
+    raise_on_failure(reports)
+    return summary

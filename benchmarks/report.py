@@ -294,7 +294,8 @@ def startup_section(r: dict, out: Path) -> tuple[list[str], dict]:
         "## Start-up",
         "",
         f"`{r['command']}`: `tlp --help` **{med['tlp --help']:.3f} s** against "
-        f"`python -c pass` {med['python -c pass']:.3f} s (medians of "
+        f"`python -c pass` {med['python -c pass']:.3f} s "
+        f"({med['tlp --help'] / med['python -c pass']:.1f}x; medians of "
         f"{len(r['runs']['tlp --help'])} alternating runs).",
         "",
     ]

@@ -1,17 +1,129 @@
+import re
 import subprocess
 import sys
+from pathlib import Path
 
-HEAVY = ("torch", "timm", "prefect", "mlflow", "great_expectations", "dvc")
+import pytest
+
+from flows.cli import app
+from flows.cli.options import ParamsOptions
+
+HEAVY = (
+    *("torch", "timm", "prefect", "mlflow", "great_expectations", "dvc"),
+    *("pandas", "pydantic", "numpy", "yaml", "tasks"),
+)
+TLP = str(Path(sys.executable).parent / "tlp")
+
+
+def tlp(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([TLP, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def test_help_imports_nothing_heavy():
+    """``tlp --help`` through the console script's own entry (console(), gc.freeze, exit)."""
     code = (
-        "import sys\nfrom flows import cli\n"
-        "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+        "import sys\nfrom flows.cli import console\nsys.argv = ['tlp', '--help']\n"
+        "try:\n    console()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        f"print([m for m in sys.modules if m.split('.')[0] in {HEAVY!r}])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Registered models" in out.stdout  # the help was printed in that process
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _help_sections(text: str) -> dict[str, list[str]]:
+    """Command names under each panel title of the rich help (``╭─ Title ───╮``)."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        title = re.match(r"╭─ (.+?) ─", line)
+        if title:
+            current = sections.setdefault(title.group(1), [])
+        elif current is not None and (row := re.match(r"│ (\S+)\s", line)):
+            current.append(row.group(1))
+    return sections
+
+
+def test_help_lists_the_three_command_groups():
+    done = tlp("--help")
+    assert done.returncode == 0, done.stderr
+    sections = _help_sections(done.stdout)
+    assert sections["Pipeline"] == [
+        *("params", "rank", "reproduce", "run", "serve", "stage", "validate"),
+    ]
+    assert sections["Registered models"] == ["lineage", "promote", "rollback"]
+    assert sections["Operations"] == ["server", "ui"]
+    assert {"--project-dir", "--verbose", "--help"} <= set(sections["Global options"])
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["run", "--bogus"], "--bogus"),
+        (["promote", "tlp-digits"], "VERSION"),
+        (["rank", "--score", "accuracy"], "accuracy"),
+        (["train"], "train"),
+    ],
+)
+def test_usage_error_exits_2_with_one_line(args, named):
+    done = tlp(*args)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tlp: usage error: ") and named in lines[0]
+    assert done.stdout == ""
+
+
+def test_no_command_is_a_usage_error():
+    done = tlp()
+    assert done.returncode == 2 and "Pipeline" in done.stderr
+
+
+# every command that reads params, with its required arguments
+PARAMS_COMMANDS = {
+    "run": [],
+    "params": [],
+    "validate": [],
+    "rank": ["models/source"],
+    "reproduce": ["tlp-digits@champion"],
+    "serve": [],
+    "promote": ["tlp-digits", "3", "--reason", "why"],
+    "rollback": ["tlp-digits"],
+    "lineage": ["tlp-digits@champion"],
+    "ui": [],
+    "server": [],
+}
+
+
+@pytest.mark.parametrize("command", sorted(PARAMS_COMMANDS))
+def test_profile_and_set_parse_the_same_in_every_command(command):
+    """One ParamsOptions definition: --profile once, --set repeatable and kept in order,
+    both forms (``--set X`` and ``--set=X``), anywhere among the command's own options."""
+    tokens = [command, "--set", "base.seed=7", *PARAMS_COMMANDS[command]]
+    tokens += ["--profile", "smoke", "--set=transfer.epochs=2"]
+    _, bound, ignored = app.parse_args(tokens)
+    assert bound.arguments["options"] == ParamsOptions(
+        "smoke", ("base.seed=7", "transfer.epochs=2")
+    )
+    assert "project" in ignored  # the global -C reaches every command
+    _, bound, _ = app.parse_args([command, *PARAMS_COMMANDS[command]])
+    assert bound.arguments.get("options", ParamsOptions()) == ParamsOptions("default", ())
+
+
+def test_the_commands_that_read_params_are_the_ones_listed():
+    """``stage`` reads params.resolved.yaml, as dvc.yaml's commands need: no --set there."""
+    with pytest.raises(Exception, match="--set"):
+        app.parse_args(["stage", "prepare", "--set", "base.seed=1"])
+    assert set(app) - {"--help", "-h", "--version"} == {*PARAMS_COMMANDS, "stage"}
+
+
+def test_profile_and_set_reach_the_params(tmp_path, project_root):
+    (tmp_path / "params.yaml").write_text((project_root / "params.yaml").read_text())
+    done = tlp("-C", str(tmp_path), "params", "--profile", "smoke", "--set", "base.seed=7")
+    assert done.returncode == 0, done.stderr
+    assert "\n  seed: 7\n" in done.stdout
+    smoke = tlp("-C", str(tmp_path), "params", "--profile", "smoke").stdout
+    default = tlp("params", "-C", str(tmp_path)).stdout  # -C after the command works too
+    assert smoke != default and "\n  seed: 7\n" not in smoke
 
 
 def test_bad_params_fail_before_any_work(tmp_path, project_root):
@@ -55,6 +167,17 @@ def test_failing_stage_is_named(tmp_path, project_root):
     assert result.returncode == 1
     assert "stage 'validate' failed: DataError" in result.stderr
     assert "manifest not found (run the prepare stage first)" in result.stderr
+
+
+def test_a_missing_project_folder_is_not_created(tmp_path):
+    """The traceback goes to the project's log only when there is a project to write in."""
+    missing = tmp_path / "typo"
+    done = tlp("-C", str(missing), "stage", "train")
+    assert done.returncode == 1 and not missing.exists()
+    assert done.stderr.splitlines() == [
+        "tlp: stage failed: KeyError: \"unknown stage 'train' (stages: prepare, validate, "
+        'pretrain, transfer, evaluate, register)" (rerun with --verbose for the traceback)'
+    ]
 
 
 def test_the_command_still_runs_exit_handlers(tmp_path, project_root):

@@ -1,0 +1,81 @@
+"""How a command ends: its exit code, and on failure one line on stderr that names the problem.
+
+Exit codes: 0 ok, 1 run failure, 2 bad params or usage, 3 run lock held, 130 interrupted.
+The traceback of a failure is appended to ``.tlp/logs/tlp.log`` under the project, so the
+terminal stays readable and nothing is lost; ``--verbose`` prints it instead, and
+``TLP_DEBUG=1`` re-raises (a debugger or pytest sees the original exception).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+LOG_FILE = Path(".tlp") / "logs" / "tlp.log"
+
+
+def _lock_busy() -> type[Exception]:
+    from tasks.core.locking import RunLockBusy
+
+    return RunLockBusy
+
+
+def run_command(
+    name: str, call: Callable[[], int | None], project: Path, verbose: bool, argv: Sequence[str]
+) -> int:
+    """Call the parsed command and turn what it raised into an exit code and one line."""
+    from tasks.core.params import ParamsError
+
+    try:
+        code = call()
+    except ParamsError as exc:
+        print(f"tlp: params error: {exc}", file=sys.stderr)
+        return 2
+    except _lock_busy() as exc:
+        print(f"tlp: {name} stopped: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("tlp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from tasks.stages import StageFailed
+
+        reason = str(exc) if isinstance(exc, StageFailed) else f"{type(exc).__name__}: {exc}"
+        reason = "; ".join(line.strip() for line in reason.splitlines() if line.strip())
+        debug = bool(os.environ.get("TLP_DEBUG"))
+        where = "" if verbose else _append_traceback(project, argv)
+        if verbose and not debug:  # TLP_DEBUG's re-raise prints it anyway
+            traceback.print_exc()
+        print(f"tlp: {name} failed: {reason}{where}", file=sys.stderr)
+        if debug:
+            raise
+        return 1
+    return 0 if code is None else int(code)
+
+
+def _append_traceback(project: Path, argv: Sequence[str]) -> str:
+    """Append the current exception's traceback to the project's log file; return the note
+    that points there, or to ``--verbose`` when there is no project folder to write into
+    (a mistyped ``-C`` must not create one) or it is read-only."""
+    from datetime import UTC, datetime
+
+    path = project.resolve() / LOG_FILE
+    if not project.is_dir():
+        return " (rerun with --verbose for the traceback)"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        with path.open("a", encoding="utf-8") as log:
+            log.write(f"--- {stamp} pid {os.getpid()}: tlp {shlex.join(argv)}\n")
+            log.write(traceback.format_exc())
+    except OSError:
+        return " (rerun with --verbose for the traceback)"
+    try:
+        shown = path.relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown = path
+    return f" (traceback: {shown})"

@@ -1,0 +1,285 @@
+"""Pipeline commands: run it, one stage of it, its params, its data checks, source ranking,
+reproducing a registered model, and serving it on a schedule.
+
+Each command imports what it runs inside its body, so ``tlp --help`` loads none of it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+from cyclopts import Parameter
+
+from flows.cli.options import DEFAULT_PARAMS, ParamsOptions, Project, open_registry
+from flows.cli.summary import print_summary, print_up_to_date
+
+
+def run(
+    *,
+    options: ParamsOptions = DEFAULT_PARAMS,
+    wait: Annotated[float, Parameter(metavar="SECONDS")] = 0.0,
+    force_flow: bool = False,
+    project: Project,
+) -> int:
+    """Run the whole pipeline as the Prefect flow transfer_pipeline.
+
+    Parameters
+    ----------
+    wait
+        if another run holds this project, wait up to SECONDS for it (default: stop)
+    force_flow
+        run the Prefect flow even when nothing changed (DVC still skips up-to-date stages)
+    """
+    params = options.resolve(project)  # reject bad params before Prefect or any work starts
+    from tasks.core.locking import run_lock
+
+    project = project.resolve()
+    # held before Prefect starts: two runs never share the ephemeral API's SQLite database
+    with run_lock(project, wait=wait):
+        if not force_flow and _up_to_date(project, params):
+            return 0
+        from flows import prefect_api
+
+        api = prefect_api.start_early()  # a subprocess: it starts during the imports below
+        from flows.pipeline import transfer_pipeline
+
+        open_stores_early(project, params)
+        with prefect_api.use(api):
+            summary = transfer_pipeline(
+                profile=options.profile,
+                overrides=list(options.overrides),
+                project_dir=str(project),
+                lock_wait=wait,
+            )
+    print_summary(summary)
+    return 0
+
+
+def _up_to_date(project: Path, params) -> bool:
+    """The shortcut of tasks/core/uptodate.py: print the earlier result when nothing changed."""
+    import time
+
+    from tasks.core import uptodate
+
+    started = time.perf_counter()
+    saved, why = uptodate.check(project, params)
+    if saved is None:
+        print(f"tlp run: running the flow ({why})", file=sys.stderr)
+        return False
+    aliases = uptodate.aliases(params, project, saved["summary"]["version"])
+    print_up_to_date(saved, aliases, time.perf_counter() - started)
+    return True
+
+
+def open_stores_early(project: Path, params) -> None:
+    """What the flow does first, done while Prefect's API may still be starting: open the
+    MLflow store (a new SQLite store takes seconds to create) and import DVC. A failure is
+    left for the flow to report, where it names the stage and is recorded."""
+    try:
+        import dvc.repo  # noqa: F401
+
+        from tasks.core import tracking
+
+        tracking.configure(params.base.tracking_uri, project, params.base.experiment)
+    except Exception:
+        return
+
+
+def stage(name: str, /, *, project: Project) -> int:
+    """Run one stage with the resolved params (what dvc.yaml calls).
+
+    Parameters
+    ----------
+    name
+        prepare, validate, pretrain, transfer, evaluate or register
+    """
+    from tasks.core.context import open_context
+    from tasks.core.params import load_resolved
+    from tasks.stages import get_stage
+
+    found = get_stage(name)
+    found.run(open_context(project.resolve(), load_resolved(project)))
+    return 0
+
+
+def params(*, options: ParamsOptions = DEFAULT_PARAMS, project: Project) -> int:
+    """Validate params, write params.resolved.yaml and print it."""
+    import yaml
+
+    from tasks.core.params import write_resolved
+
+    resolved = options.resolve(project)
+    path = write_resolved(resolved, project)
+    print(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), end="")
+    print(f"# written to {path}", file=sys.stderr)
+    return 0
+
+
+def validate(*, options: ParamsOptions = DEFAULT_PARAMS, project: Project) -> int:
+    """Prepare and validate the datasets only (GX), then print the Data Docs path.
+
+    Runs in this process without Prefect; dvc.lock is not touched.
+    """
+    from tasks.core.context import open_context, read_json
+    from tasks.core.params import write_resolved
+    from tasks.stages import StageFailed, get_stage
+
+    resolved = options.resolve(project)
+    project = project.resolve()
+    write_resolved(resolved, project)
+    ctx = open_context(project, resolved)
+    get_stage("prepare").run(ctx)
+    docs = ctx.layout.data_docs / "index.html"
+    try:
+        get_stage("validate").run(ctx)
+    except StageFailed:
+        if docs.is_file():
+            print(f"Data Docs (failed validation): {docs}", file=sys.stderr)
+        raise
+    report = read_json(ctx.layout.validation_report)
+    for role in ("source", "target"):
+        r = report[role]
+        warned = f", warned: {', '.join(r['warned'])}" if r["warned"] else ""
+        print(
+            f"{role}: {r['rows']} images, {r['expectations']} expectations passed, "
+            f"{r['skipped_files']} files skipped{warned}"
+        )
+    shift = report["domain_shift"]
+    print(f"domain shift (KS mean/std intensity): {shift['ks_mean']} / {shift['ks_std']}")
+    print(f"Data Docs: {docs}")
+    return 0
+
+
+def rank(
+    *candidates: Annotated[str, Parameter(name="CANDIDATE")],
+    arch: str | None = None,
+    score: Literal["logme", "leep", "nce", "h_score"] | None = None,
+    as_json: Annotated[bool, Parameter(name="--json")] = False,
+    options: ParamsOptions = DEFAULT_PARAMS,
+    project: Project,
+) -> int:
+    """Rank candidate source models for the target without fine-tuning.
+
+    Every candidate is checked first, then they are ranked in the Prefect flow rank_sources.
+
+    Parameters
+    ----------
+    candidates
+        checkpoint folder, timm checkpoint file or models:/NAME@ALIAS (default: rank.candidates)
+    arch
+        timm architecture of checkpoint files (default model.arch)
+    score
+        score to rank by (default rank.score)
+    as_json
+        print the ranking as JSON
+    """
+    import json
+
+    from tasks.core.params import CandidateParams, with_overrides
+    from tasks.transferability.sources import check_candidate, ranking_text
+
+    resolved = options.resolve(project)
+    if score:
+        resolved = with_overrides(resolved, [f"rank.score={score}"], "--score")
+    if candidates:
+        specs = [CandidateParams(path=c, arch=arch) for c in candidates]
+    else:
+        specs = list(resolved.rank.candidates)
+    if not specs:
+        print(
+            "tlp: rank: no candidates (pass them as arguments or set rank.candidates)",
+            file=sys.stderr,
+        )
+        return 2
+    project = project.resolve()
+    for spec in specs:  # fail before Prefect, MLflow or any training starts
+        check_candidate(spec, resolved, project)
+    from flows.rank import rank_sources
+
+    rows = rank_sources(params=resolved, candidates=specs, project_dir=str(project))
+    print(json.dumps(rows, indent=2) if as_json else ranking_text(rows, resolved.rank.score))
+    return 0
+
+
+def reproduce(
+    ref: Annotated[str, Parameter(name="NAME@ALIAS")],
+    /,
+    *,
+    workdir: Path | None = None,
+    options: ParamsOptions = DEFAULT_PARAMS,
+    project: Project,
+) -> int:
+    """Fetch a model's data from the DVC remote, rerun, compare metrics.
+
+    Parameters
+    ----------
+    ref
+        NAME@ALIAS or NAME/VERSION
+    workdir
+        new, empty dir (default: a temp dir)
+    """
+    import json
+    import tempfile
+
+    from tasks.registry.lineage import reproduce as rerun
+
+    project, _ = open_registry(project, options)
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="tlp-reproduce-")) / "work"
+    result = rerun(ref, project, workdir.resolve())
+    shown = {k: v for k, v in result.items() if k not in ("logged_metrics", "rerun_metrics")}
+    print(json.dumps(shown, indent=2))
+    ok = result["metrics_match"]
+    print(f"metrics {'MATCH' if ok else 'DIFFER'} ({result['workdir']})", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def serve(
+    *,
+    upcoming: Annotated[int, Parameter(metavar="N")] = 0,
+    options: ParamsOptions = DEFAULT_PARAMS,
+    project: Project,
+) -> int:
+    """Serve the pipeline on the cron schedule in params.
+
+    Parameters
+    ----------
+    upcoming
+        print the next N scheduled times and exit (nothing is served)
+    """
+    import signal
+
+    from flows.schedule import serve_pipeline, upcoming_runs
+
+    # a shell without job control (nohup ... &, scripts) starts this with SIGINT ignored;
+    # `kill -INT` must still stop the runner the way Ctrl-C does
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    cfg = options.resolve(project).schedule
+    profile = options.profile if options.profile != "default" else cfg.profile
+    print(f"Schedule: {cfg.cron!r} in {cfg.timezone}; next runs:")
+    for when in upcoming_runs(cfg, max(upcoming, 3)):
+        print(f"  {when.isoformat()}")
+    if upcoming:
+        return 0
+    print(
+        f"Serving transfer_pipeline/{cfg.deployment} (profile {profile}, at most "
+        f"{cfg.concurrency_limit} run(s) at once, {cfg.collision_strategy} when busy).\n"
+        "The schedule is paused when this process stops; for always-on scheduling deploy "
+        "infra/prefect.yaml to a work pool (README: Running for a team).",
+        flush=True,
+    )
+    serve_pipeline(project.resolve(), cfg, list(options.overrides), profile)
+    return 0
+
+
+COMMANDS = {
+    "run": run,
+    "stage": stage,
+    "params": params,
+    "validate": validate,
+    "rank": rank,
+    "reproduce": reproduce,
+    "serve": serve,
+}

@@ -1,0 +1,51 @@
+"""What ``tlp run`` prints at its end: the run's summary, or why nothing had to run."""
+
+from __future__ import annotations
+
+
+def print_summary(summary: dict) -> None:
+    print("\nTransfer pipeline finished.")
+    print(f"  MLflow tracking URI : {summary['tracking_uri']}")
+    print(f"  open the MLflow UI  : {summary['ui_command']}")
+    aliases = ", ".join(f"@{a}" for a in summary["aliases"]) or "no alias"
+    print(
+        f"  registered model    : {summary['model_name']} version {summary['version']} ({aliases})"
+    )
+    uri = f"models:/{summary['model_name']}@champion"
+    print(f"  load it with        : mlflow.pyfunc.load_model('{uri}')")
+    _print_accuracies(summary)
+    skipped = ", ".join(summary["skipped_stages"]) or "none"
+    print(f"  skipped (up to date): {skipped}")
+    print(f"  wall time           : {summary['wall_seconds']:.1f} s  (reports/summary.json)")
+
+
+def _print_accuracies(summary: dict) -> None:
+    """Each candidate's test accuracy and gain over scratch; the registered one marked."""
+    print("  test accuracy       :")
+    for name, m in summary["candidates"].items():
+        gain = summary["transfer_gain"].get(name)
+        extra = f"  (gain over scratch {gain:+.4f})" if gain is not None else ""
+        mark = "  <- registered" if name == summary["registered_strategy"] else ""
+        print(f"    {name:<12} {m['accuracy']:.4f}{extra}{mark}")
+
+
+def print_up_to_date(saved: dict, aliases: list[str], seconds: float) -> None:
+    from tasks.stages import STAGE_NAMES
+
+    s = saved["summary"]
+    print("\nNothing changed: data and pipelines are up to date.")
+    print(
+        f"  params, data, code, dvc.lock and the registry are as Prefect flow run "
+        f"{s.get('prefect_flow_run_name')} ({s.get('prefect_flow_run_id')}) left them "
+        f"at {saved['finished']}"
+    )
+    shown = ", ".join(f"@{a}" for a in aliases) or "no alias"
+    print(f"  registered model    : {s['model_name']} version {s['version']} ({shown})")
+    print(f"  MLflow parent run   : {s.get('mlflow_run_id')}")
+    print(f"  open the MLflow UI  : {s.get('ui_command')}")
+    _print_accuracies(s)
+    print(f"  skipped (up to date): {', '.join(STAGE_NAMES)}")
+    print(
+        f"  checked in {seconds:.2f} s without starting Prefect "
+        "(tlp run --force-flow runs the flow anyway)"
+    )

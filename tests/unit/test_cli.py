@@ -1,3 +1,4 @@
+import os
 import re
 import subprocess
 import sys
@@ -195,3 +196,80 @@ def test_the_command_still_runs_exit_handlers(tmp_path, project_root):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1 and "unknown stage 'train'" in result.stderr
     assert marker.is_file()
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from tasks.core.locking import run_lock
+with run_lock(Path(sys.argv[1]), what="holder"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def held_project(tmp_path, project_root):
+    """A project whose run lock another process holds."""
+    (tmp_path / "params.yaml").write_text((project_root / "params.yaml").read_text())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    yield tmp_path
+    holder.kill()
+    holder.wait()
+
+
+def test_a_held_run_lock_exits_3(held_project):
+    done = tlp("-C", str(held_project), "run")
+    assert done.returncode == 3
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tlp: run stopped: ") and "--wait" in lines[0]
+
+
+def test_an_interrupted_command_exits_130(held_project):
+    """Ctrl-C while ``tlp run --wait`` queues behind another run."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [TLP, "-C", str(held_project), "run", "--wait", "60"], stderr=subprocess.PIPE, text=True
+    )
+    fds = Path(f"/proc/{proc.pid}/fd")
+    deadline = time.monotonic() + 60
+    while not _has_open(fds, "run.lock"):  # past start-up and params, queued on the lock
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines() == ["tlp: interrupted"], err
+
+
+def _has_open(fds: Path, name: str) -> bool:
+    """Whether the process whose /proc fd folder this is has a file called ``name`` open."""
+    try:
+        return any(Path(os.readlink(fd)).name == name for fd in fds.iterdir())
+    except OSError:  # an fd closed while listing
+        return False
+
+
+def test_verbose_is_exported_for_the_code_the_command_runs(tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.delenv("TLP_VERBOSE", raising=False)
+    assert main(["-C", str(tmp_path), "stage", "train"]) == 1
+    assert "TLP_VERBOSE" not in os.environ and "Traceback" not in capsys.readouterr().err
+    assert main(["-C", str(tmp_path), "--verbose", "stage", "train"]) == 1
+    assert os.environ["TLP_VERBOSE"] == "1"
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last):" in err and "(traceback:" not in err
+
+
+def test_tlp_debug_reraises_after_the_line(tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.setenv("TLP_DEBUG", "1")
+    with pytest.raises(KeyError, match="unknown stage 'train'"):
+        main(["-C", str(tmp_path), "stage", "train"])
+    assert capsys.readouterr().err.startswith("tlp: stage failed: KeyError")

@@ -7,11 +7,18 @@ from typing import Annotated
 
 from cyclopts import Parameter
 
-from flows.cli.options import DEFAULT_PARAMS, ParamsOptions, Project, open_registry
+from flows.cli.options import (
+    DEFAULT_PARAMS,
+    ModelName,
+    ModelRef,
+    ParamsOptions,
+    Project,
+    open_registry,
+)
 
 
 def promote(
-    name: str,
+    name: ModelName,
     version: str,
     /,
     *,
@@ -24,8 +31,6 @@ def promote(
 
     Parameters
     ----------
-    name
-        registered model name
     version
         model version to promote
     reason
@@ -46,7 +51,7 @@ def promote(
 
 
 def rollback(
-    name: str,
+    name: ModelName,
     /,
     *,
     reason: str = "rollback",
@@ -57,8 +62,6 @@ def rollback(
 
     Parameters
     ----------
-    name
-        registered model name
     reason
         why (recorded with the move; default: rollback)
     """
@@ -79,7 +82,7 @@ def rollback(
 
 
 def lineage(
-    ref: Annotated[str, Parameter(name="NAME@ALIAS")],
+    ref: ModelRef,
     /,
     *,
     as_json: Annotated[bool, Parameter(name="--json")] = False,
@@ -92,8 +95,6 @@ def lineage(
 
     Parameters
     ----------
-    ref
-        NAME@ALIAS or NAME/VERSION
     as_json
         print JSON
     """

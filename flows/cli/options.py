@@ -37,6 +37,9 @@ Verbose = Annotated[
 ]
 # What a command declares to receive the folder named by -C; not an option of its own.
 Project = Annotated[Path, Parameter(parse=False)]
+# The registered model a command acts on, by name or by reference.
+ModelName = Annotated[str, Parameter(name="NAME", help="registered model name")]
+ModelRef = Annotated[str, Parameter(name="NAME@ALIAS", help="NAME@ALIAS or NAME/VERSION")]
 
 
 @Parameter(name="*")

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from cyclopts import Parameter
 
-from flows.cli.options import DEFAULT_PARAMS, ParamsOptions, Project, open_registry
+from flows.cli.options import DEFAULT_PARAMS, ModelRef, ParamsOptions, Project, open_registry
 from flows.cli.summary import print_summary, print_up_to_date
 
 
@@ -204,7 +204,7 @@ def rank(
 
 
 def reproduce(
-    ref: Annotated[str, Parameter(name="NAME@ALIAS")],
+    ref: ModelRef,
     /,
     *,
     workdir: Path | None = None,
@@ -215,8 +215,6 @@ def reproduce(
 
     Parameters
     ----------
-    ref
-        NAME@ALIAS or NAME/VERSION
     workdir
         new, empty dir (default: a temp dir)
     """

@@ -144,7 +144,8 @@ def _add_ops_parsers(sub, add_params_args) -> None:
     server.add_argument("--prefect-port", type=int, default=4200)
     server.add_argument("--mlflow-port", type=int, default=5000)
     server.add_argument(
-        "--backend-store-uri", help="MLflow store (default: base.tracking_uri, e.g. postgresql://)"
+        "--backend-store-uri",
+        help="MLflow store (default: storage.tracking_uri, e.g. postgresql://)",
     )
     server.add_argument(
         "--artifacts", help="where MLflow keeps artifacts (default: mlartifacts/; or s3://...)"
@@ -258,7 +259,7 @@ def open_stores_early(project: Path, params) -> None:
 
         from tasks.core import tracking
 
-        tracking.configure(params.base.tracking_uri, project, params.base.experiment)
+        tracking.configure(params.storage.tracking_uri, project, params.base.experiment)
     except Exception:
         return
 
@@ -327,7 +328,7 @@ def _open_registry(args):
 
     params = _resolve(args)
     project = args.project_dir.resolve()
-    tracking.configure(params.base.tracking_uri, project, params.base.experiment)
+    tracking.configure(params.storage.tracking_uri, project, params.base.experiment)
     return project, params
 
 
@@ -454,7 +455,7 @@ def cmd_ui(args) -> int:
     from flows.servers import mlflow_ui_service, supervise
     from tasks.core.tracking import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(_resolve(args).base.tracking_uri, args.project_dir.resolve())
+    uri = resolve_tracking_uri(_resolve(args).storage.tracking_uri, args.project_dir.resolve())
     if uri.startswith(("http://", "https://")):
         print(f"The tracking store is a server; its UI is at {uri}")
         return 0
@@ -474,7 +475,7 @@ def cmd_server(args) -> int:
     from tasks.core.tracking import resolve_tracking_uri
 
     project = args.project_dir.resolve()
-    configured = resolve_tracking_uri(_resolve(args).base.tracking_uri, project)
+    configured = resolve_tracking_uri(_resolve(args).storage.tracking_uri, project)
     store = args.backend_store_uri or configured
     if store.startswith(("http://", "https://")):
         store = resolve_tracking_uri("sqlite:///mlflow.db", project)

@@ -22,7 +22,7 @@ from tasks.core.params.section import Section
 
 
 def _section_fields(model: type[BaseModel], node: dict, path: tuple[str, ...]):
-    """(dotted key, field, value in params.yaml or PydanticUndefined) for every field."""
+    """(dotted key, field, parent keys, value in params.yaml or PydanticUndefined) per field."""
     for name, field in model.model_fields.items():
         sub = field.annotation
         if (

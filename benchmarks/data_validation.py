@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     args = parser.parse_args()
 
-    from tasks.core.params import DatasetParams, ValidationParams
+    from tasks.core.params import default_section
     from tasks.data.datasets import prepare_dataset, read_classes
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,8 +51,12 @@ def main() -> None:
         build_folder(tmp / "folder", args.images, args.size, args.classes)
         generate = time.perf_counter() - t0
 
-        spec = DatasetParams(
-            path=str(tmp / "folder"), test_fraction=0.2, val_per_class=10, labels_per_class=20
+        spec = default_section(
+            "data.source",
+            path=str(tmp / "folder"),
+            test_fraction=0.2,
+            val_per_class=10,
+            labels_per_class=20,
         )
         t0 = time.perf_counter()
         manifest = prepare_dataset(spec, 0, tmp / "dataset", "target")
@@ -68,7 +72,7 @@ def main() -> None:
             "target", manifest, read_classes(tmp / "dataset"), ("train", "test", "val")
         )
         t0 = time.perf_counter()
-        (report,) = validate_manifests([check], ValidationParams(), tmp / "docs")
+        (report,) = validate_manifests([check], default_section("validation"), tmp / "docs")
         validate = time.perf_counter() - t0
 
     print(

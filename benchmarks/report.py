@@ -4,7 +4,7 @@
 
 Reads whatever results are there (each JSON names the command that produced it), so one
 benchmark can be rerun alone and the report rebuilt. The MLflow run goes to the experiment
-``benchmarks`` of the project's store (``base.tracking_uri`` in params.yaml).
+``benchmarks`` of the project's store (``storage.tracking_uri`` in params.yaml).
 """
 
 from __future__ import annotations
@@ -345,7 +345,7 @@ def log_to_mlflow(metrics: dict, results: Path = RESULTS) -> str:
     from tasks.core.params import resolve_params
 
     params = resolve_params(ROOT / "params.yaml")
-    experiment_id = tracking.configure(params.base.tracking_uri, ROOT, EXPERIMENT)
+    experiment_id = tracking.configure(params.storage.tracking_uri, ROOT, EXPERIMENT)
     with mlflow.start_run(experiment_id=experiment_id, run_name="benchmarks") as run:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         for path in sorted(results.iterdir()):

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"pretrain.epochs={args.epochs}",
         "pretrain.warmup_epochs=0",
         f"base.threads={args.threads}",
-        "base.tracking_uri=sqlite:///mlflow.db",
+        "storage.tracking_uri=sqlite:///mlflow.db",
         "base.seed=0",
         f"preprocess.image_size={args.image_size}",
     ]

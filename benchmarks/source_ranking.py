@@ -51,7 +51,7 @@ def _params(args, work: Path):
         "default",
         [
             f"base.threads={args.threads}",
-            f"base.tracking_uri=sqlite:///{work}/mlflow.db",
+            f"storage.tracking_uri=sqlite:///{work}/mlflow.db",
             "base.experiment=bench-source-ranking",
             f"data.source.limit={args.source_limit}",
             f"data.target.labels_per_class={args.labels}",

@@ -31,12 +31,12 @@ def load_images(n: int, size: int = 32):
     """``n`` mnist5k digits preprocessed as the pipeline does (grey, 32x32, normalised)."""
     import torch
 
-    from tasks.core.params import PreprocessParams
+    from tasks.core.params import default_section
     from tasks.data.datasets import load_builtin
     from tasks.data.preprocessing import preprocess
 
     raw = load_builtin("mnist5k")
-    cfg = PreprocessParams(image_size=size, channels=1, mean=[0.5], std=[0.5])
+    cfg = default_section("preprocess", image_size=size, channels=1, mean=[0.5], std=[0.5])
     inputs = preprocess(raw.images[:n], cfg)
     return inputs, torch.from_numpy(raw.labels[:n].copy())
 
@@ -74,10 +74,12 @@ def bare_loop(model, inputs, labels, batch_size: int, epochs: int, lr: float, se
 
 
 def project_loop(model, inputs, labels, batch_size: int, epochs: int, lr: float, seed: int) -> None:
-    from tasks.core.params import TrainParams
+    from tasks.core.params import default_section
     from tasks.modeling.training import fit
 
-    cfg = TrainParams(epochs=epochs, batch_size=batch_size, lr=lr, augment_shift=0, warmup_epochs=0)
+    cfg = default_section(
+        "pretrain", epochs=epochs, batch_size=batch_size, lr=lr, augment_shift=0, warmup_epochs=0
+    )
     fit(model, (inputs, labels), cfg, seed=seed)
 
 

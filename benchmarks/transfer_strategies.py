@@ -50,7 +50,7 @@ def _params(experiment: str, labels: int, seed: int, args, project: Path):
     overrides = [
         *EXPERIMENTS[experiment],
         f"base.seed={seed}",
-        f"base.tracking_uri=sqlite:///{project.parent}/mlflow.db",
+        f"storage.tracking_uri=sqlite:///{project.parent}/mlflow.db",
         f"base.experiment=bench-{experiment}",
         f"data.target.labels_per_class={labels}",
         f"transfer.strategies=[{','.join(args.strategies)}]",

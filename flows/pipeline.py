@@ -155,7 +155,9 @@ def transfer_pipeline(
         params = resolve_params(project / PARAMS_FILE, profile, list(overrides or []))
         write_resolved(params, project)
         ctx = open_context(project, params, flow_run=_flow_run_info())
-        versioning.ensure_remote(project, params.base.dvc_remote, params.base.dvc_remote_endpoint)
+        versioning.ensure_remote(
+            project, params.storage.dvc_remote, params.storage.dvc_remote_endpoint
+        )
         ctx.parent_run_id = tracking.start_parent_run(
             ctx.experiment_id,
             run_name=f"pipeline-{ctx.flow_run['name']}",

@@ -1,6 +1,6 @@
 """``tlp ui`` and ``tlp server``: the MLflow UI and local team servers, on 127.0.0.1 only.
 
-``tlp ui`` opens the MLflow UI on the project's own store (``base.tracking_uri``).
+``tlp ui`` opens the MLflow UI on the project's own store (``storage.tracking_uri``).
 ``tlp server`` starts, in one supervised group, a Prefect server (SQLite under PREFECT_HOME)
 and an MLflow tracking server (the project's store, artifacts served by it) for a small team
 on one box; both stop together on Ctrl-C. Servers listen on 127.0.0.1: reach them from other

@@ -19,10 +19,12 @@ class Candidates:
 
 
 def build_target(project: Path) -> Path:
-    from tasks.core.params import DatasetParams
+    from tasks.core.params import default_section
     from tasks.data.datasets import prepare_dataset
 
-    spec = DatasetParams(builtin="uci-digits", test_fraction=0.3, labels_per_class=40)
+    spec = default_section(
+        "data.source", builtin="uci-digits", test_fraction=0.3, labels_per_class=40
+    )
     prepare_dataset(spec, split_seed=0, out_dir=project / "data" / "target")
     return project / "data" / "target"
 
@@ -31,18 +33,26 @@ def train_checkpoint(target: Path, out: Path, epochs: int) -> Path:
     """resnet10t on uci-digits' train split; ``epochs=0`` leaves the seeded random init."""
     import torch
 
-    from tasks.core.params import PreprocessParams, TransferParams
+    from tasks.core.params import default_section
     from tasks.data.datasets import load_tensors
     from tasks.modeling.models import ModelCard, create_model, save_checkpoint
     from tasks.modeling.training import fit
 
     torch.set_num_threads(2)
-    cfg = PreprocessParams(image_size=16)  # 4x cheaper than the pipeline's 32; same code
+    cfg = default_section(
+        "preprocess", image_size=16
+    )  # 4x cheaper than the pipeline's 32; same code
     inputs, labels, classes = load_tensors(target, "train", cfg)
     model = create_model("resnet10t", len(classes), cfg.channels, seed=0)
     if epochs:
-        train_cfg = TransferParams(
-            epochs=epochs, batch_size=16, lr=3e-3, augment_shift=1, warmup_epochs=0
+        train_cfg = default_section(
+            "transfer",
+            epochs=epochs,
+            batch_size=16,
+            lr=3e-3,
+            augment_shift=1,
+            warmup_epochs=0,
+            min_steps=0,
         )
         fit(model, (inputs, labels), train_cfg, seed=0)
     card = ModelCard(arch="resnet10t", classes=classes, preprocess=cfg, strategy=f"e{epochs}")

@@ -28,7 +28,7 @@ def ui(
     from flows.servers import mlflow_ui_service, supervise
     from tasks.core.tracking import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(options.resolve(project).base.tracking_uri, project.resolve())
+    uri = resolve_tracking_uri(options.resolve(project).storage.tracking_uri, project.resolve())
     if uri.startswith(("http://", "https://")):
         print(f"The tracking store is a server; its UI is at {uri}")
         return 0
@@ -61,7 +61,7 @@ def server(
     mlflow_port
         port of the MLflow server (default: 5000)
     backend_store_uri
-        MLflow store (default: base.tracking_uri, e.g. postgresql://)
+        MLflow store (default: storage.tracking_uri, e.g. postgresql://)
     artifacts
         where MLflow keeps artifacts (default: mlartifacts/; or s3://...)
     basic_auth
@@ -71,7 +71,7 @@ def server(
     from tasks.core.tracking import resolve_tracking_uri
 
     project = project.resolve()
-    configured = resolve_tracking_uri(options.resolve(project).base.tracking_uri, project)
+    configured = resolve_tracking_uri(options.resolve(project).storage.tracking_uri, project)
     store = backend_store_uri or configured
     if store.startswith(("http://", "https://")):
         store = resolve_tracking_uri("sqlite:///mlflow.db", project)

@@ -75,5 +75,5 @@ def open_registry(project: Path, options: ParamsOptions):
 
     params = options.resolve(project)
     project = project.resolve()
-    tracking.configure(params.base.tracking_uri, project, params.base.experiment)
+    tracking.configure(params.storage.tracking_uri, project, params.base.experiment)
     return project, params

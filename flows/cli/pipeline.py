@@ -82,7 +82,7 @@ def open_stores_early(project: Path, params) -> None:
 
         from tasks.core import tracking
 
-        tracking.configure(params.base.tracking_uri, project, params.base.experiment)
+        tracking.configure(params.storage.tracking_uri, project, params.base.experiment)
     except Exception:
         return
 

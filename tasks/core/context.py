@@ -69,9 +69,9 @@ def open_context(
 
     torch.set_num_threads(params.base.threads)
     experiment_id = tracking.configure(
-        params.base.tracking_uri, project_dir, params.base.experiment
+        params.storage.tracking_uri, project_dir, params.base.experiment
     )
-    tracking_uri = tracking.resolve_tracking_uri(params.base.tracking_uri, project_dir)
+    tracking_uri = tracking.resolve_tracking_uri(params.storage.tracking_uri, project_dir)
     return StageContext(
         project_dir, params, experiment_id, tracking_uri, parent_run_id, flow_run or {}
     )

@@ -8,8 +8,9 @@ when it is identical does ``tlp run`` print that nothing changed instead of runn
 
 The fingerprint covers, conservatively:
 
-* the resolved params (params.yaml + profile + ``--set`` + environment), as written to
-  params.resolved.yaml;
+* the resolved params (params.yaml + profile + ``--set`` + environment) through
+  ``Params.digest()``: every section but ``storage``, so a store moved elsewhere (with its
+  contents, below) is no change;
 * ``dvc.yaml`` and ``dvc.lock`` byte for byte;
 * every dependency and output path recorded in dvc.lock (stage code, data, checkpoints,
   reports), as (path, size, mtime) of each file below it: the same signal DVC's own state
@@ -35,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from tasks.core.params import RESOLVED_PARAMS_FILE, Params, resolved_text
+from tasks.core.params import RESOLVED_PARAMS_FILE, Params
 
 RECORD = ".tlp/uptodate.json"
 TOOL_ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ def _registry_state(tracking_uri: str, model_name: str) -> list:
 
 def _tracking_uri(params: Params, project_dir: Path) -> str:
     prefix = "sqlite:///"
-    uri = params.base.tracking_uri
+    uri = params.storage.tracking_uri
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str((project_dir / uri[len(prefix) :]).resolve())
     return uri
@@ -112,7 +113,7 @@ def fingerprint(project_dir: Path, params: Params) -> str:
     """One digest of everything listed in the module docstring; CannotCheck if it can't be."""
     project_dir = project_dir.resolve()
     digest = hashlib.sha256()
-    digest.update(resolved_text(params).encode())
+    digest.update(params.digest().encode())
     for name in ("dvc.yaml", "dvc.lock"):
         file = project_dir / name
         if not file.is_file():
@@ -127,7 +128,7 @@ def fingerprint(project_dir: Path, params: Params) -> str:
             tree_signature(root if root.is_absolute() else project_dir / root, digest)
     for name in TOOL_DIRS:
         tree_signature(TOOL_ROOT / name, digest)
-    remote = params.base.dvc_remote
+    remote = params.storage.dvc_remote
     if "://" in remote:
         raise CannotCheck(f"the DVC remote {remote} is not a local directory")
     tree_signature(project_dir / remote, digest)

@@ -189,9 +189,9 @@ def validate_manifests(
     """Run each manifest's suite through a GX Checkpoint; Data Docs go to ``docs_dir`` if given."""
     import great_expectations as gx
 
-    from tasks.core.params import ValidationParams
+    from tasks.core.params import default_section
 
-    bounds = bounds or ValidationParams()
+    bounds = bounds or default_section("validation")
     if docs_dir is not None and docs_dir.exists():
         shutil.rmtree(docs_dir)  # docs of this run only
     context = _context(docs_dir)

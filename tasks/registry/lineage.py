@@ -198,7 +198,8 @@ from tasks.stages import get_stage
 workdir = Path.cwd()
 params = resolve_params(workdir / "params.resolved.yaml")
 store = "sqlite:///" + str(workdir / "reproduce.db")
-params = params.model_copy(update={"base": params.base.model_copy(update={"tracking_uri": store})})
+storage = params.storage.model_copy(update={"tracking_uri": store})
+params = params.model_copy(update={"storage": storage})
 ctx = open_context(workdir, params)
 for name in sys.argv[1:]:
     get_stage(name).run(ctx)

@@ -23,7 +23,7 @@ def pipeline_run(tmp_path_factory, prefect_harness):
 
     project = make_dvc_project(tmp_path_factory.mktemp("e2e"))
 
-    overrides = [f"base.tracking_uri=sqlite:///{project}/mlflow.db"]
+    overrides = [f"storage.tracking_uri=sqlite:///{project}/mlflow.db"]
     first = transfer_pipeline(profile="smoke", overrides=overrides, project_dir=str(project))
     lock_after_first = (project / "dvc.lock").read_text()
     second = transfer_pipeline(profile="smoke", overrides=overrides, project_dir=str(project))
@@ -176,7 +176,14 @@ def test_lineage_prints_everything_that_made_the_champion(pipeline_run, capsys):
 
     project, first, _, _ = pipeline_run
     uri = f"sqlite:///{project}/mlflow.db"
-    args = ["-C", str(project), "lineage", f"{MODEL}@champion", "--set", f"base.tracking_uri={uri}"]
+    args = [
+        "-C",
+        str(project),
+        "lineage",
+        f"{MODEL}@champion",
+        "--set",
+        f"storage.tracking_uri={uri}",
+    ]
     assert main([*args, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["complete"] and info["missing"] == []

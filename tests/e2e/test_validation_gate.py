@@ -49,7 +49,7 @@ def test_bad_data_stops_the_flow_at_validate(tmp_path, prefect_harness):
     target = make_folder(tmp_path / "target", seed=4)
     shutil.copyfile(target / "dog" / "05.png", target / "dog" / "05-again.png")  # leakage
     overrides = [
-        f"base.tracking_uri={uri}",
+        f"storage.tracking_uri={uri}",
         f"data.source.path={source}",
         f"data.target.path={target}",
         f"registry.model_name={MODEL}",

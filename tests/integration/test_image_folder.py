@@ -98,7 +98,7 @@ def project(tmp_path, project_root):
 def tlp_validate(project: Path, store: str, source: Path, target: Path, *sets: str) -> int:
     args = ["-C", str(project), "validate", "--profile", "smoke"]
     for item in (
-        f"base.tracking_uri={store}",
+        f"storage.tracking_uri={store}",
         f"data.source.path={source}",
         f"data.target.path={target}",
         *sets,
@@ -327,13 +327,15 @@ def test_dvc_tracked_folder_with_symlinked_cache_works(store, source_folder, tmp
 
 
 def test_folder_splits_are_seeded_and_test_stays_fixed(tmp_path):
-    from tasks.core.params import DatasetParams
+    from tasks.core.params import default_section
     from tasks.data.datasets import prepare_dataset
 
     folder = make_folder(tmp_path / "pets")
     runs = {
         k: prepare_dataset(
-            DatasetParams(path=str(folder), test_fraction=0.25, labels_per_class=k),
+            default_section(
+                "data.source", path=str(folder), test_fraction=0.25, labels_per_class=k
+            ),
             0,
             tmp_path / f"out{k}",
         )
@@ -350,14 +352,17 @@ def test_prepare_is_redone_when_the_users_folder_changes(tmp_path):
     from types import SimpleNamespace
 
     from tasks.core.context import Layout
-    from tasks.core.params import DatasetParams
+    from tasks.core.params import default_section
     from tasks.data.datasets import prepare_dataset
     from tasks.stages.prepare import still_valid
 
     layout = Layout(tmp_path / "project")
     folders = {role: make_folder(tmp_path / role, seed=i) for i, role in enumerate(("s", "t"))}
     for role, out in (("s", layout.source_data), ("t", layout.target_data)):
-        prepare_dataset(DatasetParams(path=str(folders[role]), labels_per_class=3), 0, out)
+        spec = default_section(
+            "data.source", path=str(folders[role]), test_fraction=0.2, labels_per_class=3
+        )
+        prepare_dataset(spec, 0, out)
     ctx = SimpleNamespace(layout=layout)
     assert still_valid(ctx)
     write_image(folders["t"] / "dog" / "new.png", 4242)

@@ -58,7 +58,7 @@ def test_ui_serves_the_project_store_on_loopback(tmp_path):
     port = free_port()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = subprocess.Popen(
-        [TLP, "-C", str(ROOT), "ui", "--port", str(port), "--set", f"base.tracking_uri={uri}"],
+        [TLP, "-C", str(ROOT), "ui", "--port", str(port), "--set", f"storage.tracking_uri={uri}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -90,7 +90,7 @@ def test_5_forced_promotion_is_recorded(store, capsys, monkeypatch):
     project, uri = store
     monkeypatch.setenv("TLP_ACTOR", "alice")
     args = ["-C", str(project), "promote", MODEL, "4", "--reason", "demo of a forced move"]
-    args += ["--set", f"base.tracking_uri={uri}"]
+    args += ["--set", f"storage.tracking_uri={uri}"]
     assert main(args) == 1  # the gate refuses without --force
     assert "gate refused" in capsys.readouterr().err and champion() == "2"
     assert main([*args, "--force"]) == 0
@@ -106,7 +106,7 @@ def test_5_forced_promotion_is_recorded(store, capsys, monkeypatch):
 def test_6_rollback_returns_to_the_previous_champion(store, monkeypatch):
     project, uri = store
     args = ["-C", str(project), "rollback", MODEL, "--reason", "v4 misbehaves"]
-    assert main([*args, "--set", f"base.tracking_uri={uri}"]) == 0
+    assert main([*args, "--set", f"storage.tracking_uri={uri}"]) == 0
     assert champion() == "2"
     assert registry.alias_version(MODEL, "previous_champion") == "1"  # who v2 replaced
     move = [e for e in audit.read_events(project, MODEL) if e["alias"] == "champion"][-1]

@@ -21,16 +21,17 @@ def random_label(gate_candidates, tmp_path_factory):
     about digits (the "unrelated source" control)."""
     import torch
 
-    from tasks.core.params import PreprocessParams, TransferParams
+    from tasks.core.params import default_section
     from tasks.data.datasets import load_tensors
     from tasks.modeling.models import ModelCard, create_model, save_checkpoint
     from tasks.modeling.training import fit
 
-    cfg = PreprocessParams(image_size=16)
+    cfg = default_section("preprocess", image_size=16)
     x, y, classes = load_tensors(gate_candidates.project / "data" / "target", "train", cfg)
     shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
     model = create_model("resnet10t", len(classes), 1, seed=0)
-    fit(model, (x, shuffled), TransferParams(epochs=3, batch_size=16, lr=3e-3), seed=0)
+    train = dict(epochs=3, batch_size=16, lr=3e-3, warmup_epochs=0, augment_shift=0, min_steps=0)
+    fit(model, (x, shuffled), default_section("transfer", **train), seed=0)
     card = ModelCard(arch="resnet10t", classes=classes, preprocess=cfg, strategy="random")
     return save_checkpoint(model.eval(), card, tmp_path_factory.mktemp("random") / "ckpt")
 
@@ -137,7 +138,7 @@ def test_auto_source_picks_the_top_candidate_for_the_pretrain_stage(
         "smoke",
         [
             "preprocess.image_size=16",
-            f"base.tracking_uri=sqlite:///{project}/mlflow.db",
+            f"storage.tracking_uri=sqlite:///{project}/mlflow.db",
             "transfer.source=auto",
             f"rank.candidates={candidates}",
         ],

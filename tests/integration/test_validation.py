@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.core.params import DatasetParams, ValidationParams
+from tasks.core.params import default_section
 from tasks.data.datasets import prepare_dataset
 from tasks.data.expectations import (
     ManifestCheck,
@@ -18,8 +18,8 @@ CLASSES = tuple("0123456789")
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
-    spec = DatasetParams(
-        builtin="uci-digits", test_fraction=0.3, val_per_class=5, labels_per_class=5
+    spec = default_section(
+        "data.source", builtin="uci-digits", test_fraction=0.3, val_per_class=5, labels_per_class=5
     )
     return prepare_dataset(spec, 0, tmp_path_factory.mktemp("data") / "target")
 
@@ -73,7 +73,7 @@ def test_bounds_on_size_and_intensity(manifest):
     bad = manifest.copy()
     bad.loc[bad.index[0], "width"] = 10_000
     bad.loc[bad.index[1], "std"] = 0.0  # a blank image
-    settings = ValidationParams(min_images_per_class=200)
+    settings = default_section("validation", min_images_per_class=200)
     (report,) = validate_manifests([_check(bad)], settings)
     failed = {o.key: o for o in report.failures()}
     assert failed["expect_column_values_to_be_between:width"].rows == [bad["path"].iloc[0]]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.core.params import DatasetParams
+from tasks.core.params import default_section
 from tasks.data.datasets import (
     MANIFEST_COLUMNS,
     DataError,
@@ -33,7 +33,9 @@ def test_unknown_builtin_is_named():
 
 
 def _spec(**kw):
-    return DatasetParams(builtin="uci-digits", test_fraction=0.3, val_per_class=5, **kw)
+    return default_section(
+        "data.source", builtin="uci-digits", test_fraction=0.3, val_per_class=5, **kw
+    )
 
 
 def test_test_and_val_splits_do_not_move_with_labels_per_class(digits):

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from tasks.core.params import (
+    BUILTIN_DATASETS,
     RESOLVED_PARAMS_FILE,
     ParamsError,
     load_resolved,
@@ -11,6 +12,7 @@ from tasks.core.params import (
     resolve_params,
     write_resolved,
 )
+from tasks.core.params import data as params_data
 
 
 def test_default_and_smoke_profiles_load(project_root):
@@ -116,9 +118,17 @@ def test_exactly_one_source_and_known_builtins(project_root, tmp_path, monkeypat
         resolve_params(both)
     with pytest.raises(ParamsError, match="data.target: unknown built-in dataset 'cifar'"):
         resolve_params(project_root / "params.yaml", overrides=["data.target.builtin=cifar"])
+    # a new recipe plugs in by its name in both lists (params cannot import tasks.data)
     monkeypatch.setitem(datasets.BUILTINS, "cifar", datasets.BUILTINS["uci-digits"])
+    monkeypatch.setattr(params_data, "BUILTIN_DATASETS", (*BUILTIN_DATASETS, "cifar"))
     params = resolve_params(project_root / "params.yaml", overrides=["data.target.builtin=cifar"])
-    assert params.data.target.builtin == "cifar"  # any recipe in BUILTINS plugs in
+    assert params.data.target.builtin == "cifar"
+
+
+def test_builtin_names_match_the_recipes():
+    from tasks.data import datasets
+
+    assert tuple(datasets.BUILTINS) == BUILTIN_DATASETS
 
 
 def test_validation_section_bounds(project_root):

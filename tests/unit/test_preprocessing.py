@@ -3,11 +3,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.core.params import PreprocessParams
+from tasks.core.params import default_section
 from tasks.data.preprocessing import preprocess
 
-GREY = PreprocessParams(image_size=16, channels=1, mean=(0.5,), std=(0.5,))
-RGB = PreprocessParams(image_size=16, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+GREY = default_section("preprocess", image_size=16, channels=1, mean=(0.5,), std=(0.5,))
+RGB = default_section("preprocess", image_size=16, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
 def test_uint8_grey_batch_is_resized_and_normalised():

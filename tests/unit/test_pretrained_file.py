@@ -50,7 +50,7 @@ def test_pretrain_stage_starts_from_the_file(tmp_path, project_root):
         project_root / "params.yaml",
         "smoke",
         [
-            f"base.tracking_uri=sqlite:///{tmp_path}/m.db",
+            f"storage.tracking_uri=sqlite:///{tmp_path}/m.db",
             "pretrain.checkpoint_file=w.safetensors",
             "pretrain.epochs=1",
             "data.source.limit=200",

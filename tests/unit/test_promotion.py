@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from tasks.core.params import PromoteParams
+from tasks.core.params import default_section
 from tasks.registry.gate import decide, gate_markdown, mcnemar_exact
 
-RULES = PromoteParams(alpha=0.05, min_delta=0.0, min_accuracy=0.5)
+RULES = default_section("promote", alpha=0.05, min_delta=0.0, min_accuracy=0.5)
 
 
 def paired(both: int, cand_only: int, champ_only: int, neither: int):
@@ -51,7 +51,7 @@ def test_worse_candidate_is_not_promoted():
 
 
 def test_min_delta_and_absolute_minimum():
-    strict = PromoteParams(alpha=0.05, min_delta=0.2, min_accuracy=0.5)
+    strict = default_section("promote", alpha=0.05, min_delta=0.2, min_accuracy=0.5)
     result = decide(*paired(150, 30, 5, 15), strict)  # significant, but +12.5 points only
     assert not result.promote and "min_delta" in result.reason
     low = decide(*paired(40, 30, 0, 130), RULES)  # 35% accuracy beats 20%, significantly
@@ -61,7 +61,7 @@ def test_min_delta_and_absolute_minimum():
 def test_first_model_needs_only_the_absolute_minimum():
     cand, _ = paired(120, 0, 0, 80)
     assert decide(cand, None, RULES).promote
-    assert not decide(cand, None, PromoteParams(min_accuracy=0.7)).promote
+    assert not decide(cand, None, default_section("promote", min_accuracy=0.7)).promote
 
 
 def test_paired_test_rejects_different_examples():

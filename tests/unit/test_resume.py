@@ -18,16 +18,18 @@ from pathlib import Path
 import torch
 from tasks.data.datasets import load_builtin
 from tasks.modeling.models import create_model
-from tasks.core.params import PreprocessParams, TrainParams
+from tasks.core.params import default_section
 from tasks.data.preprocessing import preprocess
 from tasks.modeling.training import fit, predict_logits
 
 state_dir, kill_at, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 torch.set_num_threads(1)
 raw = load_builtin("uci-digits")
-inputs = preprocess(raw.images[:160], PreprocessParams(image_size=16, channels=1))
+inputs = preprocess(raw.images[:160], default_section("preprocess", image_size=16))
 labels = torch.as_tensor(raw.labels[:160])
-cfg = TrainParams(epochs=5, batch_size=32, lr=3e-3, augment_shift=1, warmup_epochs=1)
+cfg = default_section(
+    "pretrain", epochs=5, batch_size=32, lr=3e-3, augment_shift=1, warmup_epochs=1
+)
 
 def on_epoch(epoch, metrics):
     if epoch == kill_at:

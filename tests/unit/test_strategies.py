@@ -31,7 +31,7 @@ def _overrides(project) -> list[str]:
     """The smoke profile, shrunk further: this file trains ten candidates. One torch thread:
     on a busy 2-core machine two threads oversubscribe and run several times slower."""
     return [
-        f"base.tracking_uri=sqlite:///{project}/m.db",
+        f"storage.tracking_uri=sqlite:///{project}/m.db",
         "base.threads=1",
         "data.source.limit=1000",
         "evaluate.forgetting_train_images=300",

@@ -3,18 +3,20 @@
 import pytest
 import torch
 
-from tasks.core.params import DatasetParams, PreprocessParams, TrainParams
+from tasks.core.params import default_section
 from tasks.data.datasets import ImageFiles, load_tensors, prepare_dataset, stream_tensors
 from tasks.modeling.models import create_model
 from tasks.modeling.training import accuracy, fit
 
-PRE = PreprocessParams(image_size=16, channels=1)
+PRE = default_section("preprocess", image_size=16, channels=1)
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     out = tmp_path_factory.mktemp("stream") / "source"
-    spec = DatasetParams(builtin="mnist5k", limit=120, test_fraction=0.2, val_per_class=0)
+    spec = default_section(
+        "data.source", builtin="mnist5k", limit=120, test_fraction=0.2, val_per_class=0
+    )
     prepare_dataset(spec, 0, out)
     return out
 
@@ -32,7 +34,9 @@ def test_streamed_rows_equal_the_in_memory_rows(source, degrade, fit_frame):
 
 @pytest.mark.slow  # seconds on an idle machine; much more on a loaded one
 def test_streamed_training_gives_the_same_model(source):
-    cfg = TrainParams(epochs=1, batch_size=16, lr=3e-3, augment_shift=1)
+    cfg = default_section(
+        "pretrain", epochs=1, batch_size=16, lr=3e-3, augment_shift=1, warmup_epochs=0
+    )
     x, y, _ = load_tensors(source, "train", PRE, 8)
     files, labels, _ = stream_tensors(source, "train", PRE, 8)
     in_memory, streamed = create_model("resnet10t", 10, 1, 0), create_model("resnet10t", 10, 1, 0)

@@ -1,14 +1,17 @@
 import pytest
 import torch
 
-from tasks.core.params import PreprocessParams, TrainParams
+from tasks.core.params import default_section
 from tasks.data.datasets import load_builtin
 from tasks.data.preprocessing import preprocess
 from tasks.modeling.models import ModelCard, create_model, load_checkpoint, save_checkpoint
 from tasks.modeling.training import accuracy, create_optimizer, fit, predict_logits, random_shift
 
-PRE = PreprocessParams(image_size=16, channels=1)
-CFG = TrainParams(epochs=4, batch_size=32, lr=3e-3, augment_shift=1)
+PRE = default_section("preprocess", image_size=16, channels=1)
+# the training loop's knobs: params.yaml's pretrain section (min_steps 0), shrunk
+CFG = default_section(
+    "pretrain", epochs=4, batch_size=32, lr=3e-3, augment_shift=1, warmup_epochs=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,9 @@ def test_seeded_init_is_reproducible():
 def test_same_seed_same_weights(digits):
     a, b = _model(), _model()
     b.load_state_dict(a.state_dict())
-    cfg = TrainParams(epochs=1, batch_size=64, lr=1e-3, augment_shift=2)
+    cfg = default_section(
+        "pretrain", epochs=1, batch_size=64, lr=1e-3, augment_shift=2, warmup_epochs=0
+    )
     fit(a, digits, cfg, seed=3)
     fit(b, digits, cfg, seed=3)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -85,7 +90,7 @@ def test_unknown_architecture_is_named():
 def test_min_steps_makes_an_epoch_of_a_few_images_take_several_passes(digits):
     from tasks.modeling.training import epoch_batches, steps_per_epoch
 
-    cfg = TrainParams(epochs=3, batch_size=64, min_steps=24)
+    cfg = default_section("pretrain", epochs=3, batch_size=64, min_steps=24, warmup_epochs=0)
     assert steps_per_epoch(cfg, 10) == 8
     assert steps_per_epoch(cfg, 1000) == 16  # one pass already has enough steps
     batches = epoch_batches(10, 8, 64, torch.Generator().manual_seed(0))

@@ -52,8 +52,8 @@ def project(tmp_path: Path, project_root: Path):
     for name in ("params.yaml", "dvc.yaml"):
         (tmp_path / name).write_text((project_root / name).read_text())
     (tmp_path / "dvc.lock").write_text(LOCK)
-    (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "datasets.py").write_text("# stage code\n")
+    (tmp_path / "tasks" / "data").mkdir(parents=True)
+    (tmp_path / "tasks" / "data" / "datasets.py").write_text("# stage code\n")
     (tmp_path / "data" / "source" / "images").mkdir(parents=True)
     (tmp_path / "data" / "source" / "images" / "0.png").write_bytes(b"png")
     (tmp_path / "dvc-storage").mkdir()
@@ -83,6 +83,27 @@ def test_params_change_is_seen(project):
     assert _changed(project_dir, other)
 
 
+def test_moving_the_stores_is_no_change(project):
+    """The same store and remote under other names: storage settings are not in the key."""
+    project_dir, params = project
+    (project_dir / "dvc-storage" / "ab").mkdir()
+    (project_dir / "dvc-storage" / "ab" / "cdef").write_bytes(b"object")
+    uptodate.record(project_dir, params, SUMMARY)
+    (project_dir / "stores").mkdir()
+    os.rename(project_dir / "mlflow.db", project_dir / "stores" / "mlflow.db")
+    os.rename(project_dir / "dvc-storage", project_dir / "stores" / "dvc")
+    moved = resolve_params(
+        project_dir / "params.yaml",
+        overrides=[
+            "storage.tracking_uri=sqlite:///stores/mlflow.db",
+            "storage.dvc_remote=stores/dvc",
+        ],
+    )
+    assert moved.storage != params.storage
+    saved, why = uptodate.check(project_dir, moved)
+    assert why == "" and saved["summary"]["version"] == "1"
+
+
 def test_data_change_is_seen(project):
     project_dir, params = project
     image = project_dir / "data" / "source" / "images" / "0.png"
@@ -98,7 +119,7 @@ def test_new_data_file_is_seen(project):
 
 def test_stage_code_change_is_seen(project):
     project_dir, params = project
-    code = project_dir / "tasks" / "datasets.py"
+    code = project_dir / "tasks" / "data" / "datasets.py"
     st = code.stat()
     code.write_text("# stage code\n")  # same bytes; only the time moves
     os.utime(code, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
@@ -120,7 +141,7 @@ def test_registry_change_is_seen(project):
 def test_a_server_store_is_never_taken_for_up_to_date(project):
     project_dir, _ = project
     other = resolve_params(
-        project_dir / "params.yaml", overrides=["base.tracking_uri=http://127.0.0.1:5000"]
+        project_dir / "params.yaml", overrides=["storage.tracking_uri=http://127.0.0.1:5000"]
     )
     saved, why = uptodate.check(project_dir, other)
     assert saved is None and "not a local SQLite file" in why
@@ -138,7 +159,7 @@ def test_shortcut_imports_nothing_heavy(project):
 
     project_dir, _ = project
     code = (
-        "import sys\nfrom pathlib import Path\nfrom tasks import uptodate\n"
+        "import sys\nfrom pathlib import Path\nfrom tasks.core import uptodate\n"
         "from tasks.core.params import resolve_params\n"
         f"p = Path({str(project_dir)!r})\n"
         "assert uptodate.check(p, resolve_params(p / 'params.yaml'))[0] is not None\n"

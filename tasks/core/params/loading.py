@@ -1,0 +1,147 @@
+"""From files to a validated tree: params.yaml + profile + environment + ``--set``, the
+resolved file the stages read back, and the defaults for sections built by hand."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from tasks.core.params.overrides import apply_overrides, apply_value, drop_replaced, merge
+from tasks.core.params.section import ParamsError, Section
+from tasks.core.params.storage import MOVED_KEYS, environment_overrides
+from tasks.core.params.tree import Params
+
+PARAMS_FILE = "params.yaml"
+RESOLVED_PARAMS_FILE = "params.resolved.yaml"
+DEFAULT_PROFILE = "default"
+# the tool's own params.yaml (a source checkout): the defaults of default_section
+TOOL_PARAMS_FILE = Path(__file__).resolve().parents[3] / PARAMS_FILE
+
+
+def format_errors(exc: ValidationError) -> str:
+    """pydantic's errors as one line, each naming its dotted key."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"moved to {MOVED_KEYS[loc]}" if loc in MOVED_KEYS else "unknown key"
+        elif err["type"] == "missing":
+            msg = "missing key (params.yaml sets every key; the code holds no defaults)"
+        got = err.get("input")
+        shown = (
+            ""
+            if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict)
+            else f" (got {got!r})"
+        )
+        lines.append(f"{loc or 'params'}: {msg}{shown}")
+    return "; ".join(lines)
+
+
+def validate(tree: dict[str, Any], origin: str = "") -> Params:
+    """A raw tree as Params, or a ParamsError naming every bad key (prefixed by ``origin``)."""
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise ParamsError(f"{origin}{format_errors(exc)}") from None
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(tree, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections")
+    return tree
+
+
+def _move_storage_keys(tree: dict[str, Any]) -> None:
+    """A resolved file written before storage left ``base`` (an older run, or the lineage
+    files of a version registered then): tlp wrote it, so its keys are moved, not refused."""
+    base = tree.get("base")
+    if not isinstance(base, dict) or "storage" in tree:
+        return
+    leaves = [old.removeprefix("base.") for old in MOVED_KEYS]
+    tree["storage"] = {leaf: base.pop(leaf) for leaf in leaves if leaf in base}
+
+
+def resolve_params(
+    params_file: Path, profile: str = DEFAULT_PROFILE, overrides: list[str] | tuple[str, ...] = ()
+) -> Params:
+    """Load params.yaml, apply a profile and ``--set`` overrides, validate the result."""
+    tree = read_params_file(params_file)
+    profiles = tree.pop("profiles", None) or {}
+    if params_file.name == RESOLVED_PARAMS_FILE:
+        _move_storage_keys(tree)
+    if profile != DEFAULT_PROFILE:
+        if profile not in profiles:
+            known = ", ".join([DEFAULT_PROFILE, *profiles]) or DEFAULT_PROFILE
+            raise ParamsError(f"profile {profile!r} is not in {params_file.name} (known: {known})")
+        merge(tree, profiles[profile] or {}, f"profiles.{profile}")
+    for keys, value in environment_overrides():
+        apply_value(tree, keys, value, "environment")
+    apply_overrides(tree, overrides, "--set")
+    return validate(tree)
+
+
+def with_overrides(params: Params, overrides: list[str] | tuple[str, ...], origin: str) -> Params:
+    """``params`` with ``--set``-style overrides applied, validated again."""
+    tree = params.model_dump(mode="json")
+    apply_overrides(tree, overrides, f"{origin}:")
+    return validate(tree, f"{origin}: ")
+
+
+def load_resolved(project_dir: Path) -> Params:
+    """Params a stage runs with: the resolved file, or the default profile if none yet."""
+    resolved = project_dir / RESOLVED_PARAMS_FILE
+    if resolved.is_file():
+        return resolve_params(resolved)
+    params = resolve_params(project_dir / PARAMS_FILE)
+    write_resolved(params, project_dir)
+    return params
+
+
+def resolved_text(params: Params) -> str:
+    """The contents of params.resolved.yaml for ``params``."""
+    text = "# Written by tlp from params.yaml + profile + --set. Do not edit; DVC reads it.\n"
+    return text + yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+
+
+def write_resolved(params: Params, project_dir: Path) -> Path:
+    """Write the resolved tree only when it changed, so DVC sees no spurious edits."""
+    path = project_dir / RESOLVED_PARAMS_FILE
+    text = resolved_text(params)
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+@functools.cache
+def default_params() -> Params:
+    """The tool's own params.yaml, default profile, no environment: the defaults."""
+    tree = read_params_file(TOOL_PARAMS_FILE)
+    tree.pop("profiles", None)
+    return validate(tree, f"{TOOL_PARAMS_FILE}: ")
+
+
+def default_section(section: str, **values: Any) -> Section:
+    """One section (dotted: ``"data.target"``) of the tool's params.yaml with ``values``
+    replaced, validated like ``--set``. The models hold no defaults, so tests, benchmarks
+    and library callers that build a section by hand start from the same values users
+    read in params.yaml: ``default_section("pretrain", epochs=2)``."""
+    keys = section.split(".")
+    tree = default_params().model_dump(mode="json")
+    for key, value in values.items():
+        apply_value(tree, [*keys, key], value, f"default_section({section!r})")
+        drop_replaced(tree, [*keys, key], value)
+    node: Any = validate(tree, f"default_section({section!r}): ")
+    for key in keys:
+        node = getattr(node, key)
+    return node

@@ -1,0 +1,42 @@
+"""Where runs and data are kept: the MLflow store and the DVC remote.
+
+Kept apart from every other section because it says *where*, not *what*: it is left out of
+``Params.digest()`` (the params hash on runs and registered versions, the resume keys, the
+``tlp run`` up-to-date shortcut) and no dvc.yaml stage lists it, so moving a store to
+another path or server never retrains anything. Containers and workers set it through the
+environment (ENV_OVERRIDES)."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field
+
+from tasks.core.params.section import Section
+
+
+class StorageParams(Section):
+    tracking_uri: str = Field(
+        min_length=1, description="MLflow store; relative sqlite paths are in the project"
+    )
+    dvc_remote: str = Field(min_length=1, description="DVC remote URL or local dir")
+    dvc_remote_endpoint: str | None = Field(
+        description="S3-compatible endpoint of the DVC remote (MinIO, moto); null = AWS"
+    )
+
+
+# The keys' former place (before they left ``base``): a user's file or ``--set`` naming one
+# is told where it went, in the usual one-line params error.
+MOVED_KEYS = {f"base.{key}": f"storage.{key}" for key in StorageParams.model_fields}
+
+# Stores set by the environment (a worker's or a container's), between profile and --set.
+ENV_OVERRIDES = {
+    "TLP_TRACKING_URI": ("storage", "tracking_uri"),
+    "TLP_DVC_REMOTE": ("storage", "dvc_remote"),
+    "TLP_DVC_REMOTE_ENDPOINT": ("storage", "dvc_remote_endpoint"),
+}
+
+
+def environment_overrides() -> list[tuple[list[str], str]]:
+    """``TLP_TRACKING_URI`` etc. as (keys, value) pairs, for the variables that are set."""
+    return [(list(k), os.environ[var]) for var, k in ENV_OVERRIDES.items() if os.environ.get(var)]

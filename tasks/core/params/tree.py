@@ -1,0 +1,66 @@
+"""The whole params tree: one field per section of params.yaml, and its hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tasks.core.params.data import DataParams, ValidationParams
+from tasks.core.params.release import (
+    EvaluateParams,
+    PromoteParams,
+    RankParams,
+    RegistryParams,
+    ScheduleParams,
+)
+from tasks.core.params.section import Section
+from tasks.core.params.storage import StorageParams
+from tasks.core.params.training import (
+    ModelParams,
+    PreprocessParams,
+    PretrainParams,
+    TransferParams,
+)
+
+# Sections that say where things are kept, not what a run computes: not in the hash.
+UNHASHED_SECTIONS = frozenset({"storage"})
+
+
+class BaseParams(Section):
+    seed: int = Field(ge=0, description="seed for training, shuffling and augmentation")
+    device: Literal["cpu", "cuda", "auto"]
+    threads: int = Field(ge=1, le=256, description="torch intra-op threads")
+    experiment: str = Field(min_length=1, description="MLflow experiment of the runs")
+
+
+class Params(Section):
+    base: BaseParams
+    storage: StorageParams
+    data: DataParams
+    preprocess: PreprocessParams
+    validation: ValidationParams
+    model: ModelParams
+    pretrain: PretrainParams
+    transfer: TransferParams
+    evaluate: EvaluateParams
+    registry: RegistryParams
+    promote: PromoteParams
+    rank: RankParams
+    schedule: ScheduleParams
+
+    @model_validator(mode="after")
+    def _auto_needs_candidates(self) -> Params:
+        if self.transfer.source == "auto" and not self.rank.candidates:
+            raise ValueError("transfer.source: auto needs rank.candidates to choose from")
+        return self
+
+    def digest(self) -> str:
+        """Stable hash of every value but the storage section; tags each run and registered
+        version, keys resumable runs and the up-to-date shortcut. Storage is left out so that
+        moving a store (another path, a server) leaves all three as they were."""
+        values = self.model_dump(mode="json", exclude=set(UNHASHED_SECTIONS))
+        blob = json.dumps(values, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

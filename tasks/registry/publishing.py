@@ -115,7 +115,7 @@ def lineage_tags(ctx: StageContext) -> dict[str, str]:
 
 
 def first_test_image(layout) -> Path | None:
-    from tasks.data.datasets import read_manifest
+    from tasks.data.manifest import read_manifest
 
     manifest = read_manifest(layout.target_data)
     test = manifest[manifest["split"] == "test"]

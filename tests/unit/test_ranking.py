@@ -159,7 +159,8 @@ def test_compute_scores_without_a_head_leaves_leep_and_nce_out():
 
 
 def test_rows_rank_best_first_and_unscored_last():
-    from tasks.transferability.sources import rank_rows, ranking_text, slug
+    from tasks.transferability.sources import slug
+    from tasks.transferability.tables import rank_rows, ranking_text
 
     rows = [
         {"candidate": "a", "logme": 0.1, "leep": None, "nce": None, "h_score": 1.0, "note": "x"},

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.data.builtins import RawDataset, load_builtin
-from tasks.data.folders import ingest_folder
+from tasks.data.folders import ingest_folder, resolve_dir
 from tasks.data.manifest import fresh_dir, relabel, write_manifest
 from tasks.data.splits import assign_splits, subsample
 
@@ -65,7 +65,8 @@ def prepare_dataset(
 ) -> pd.DataFrame:
     """Build one dataset directory from its params: recipe or folder, subsample, splits, files."""
     if spec.path is not None:
-        return ingest_folder(spec, split_seed, out_dir, role, max_pixels, base_dir)
+        root = resolve_dir(spec.path, base_dir)
+        return ingest_folder(root, spec, split_seed, out_dir, role, max_pixels)
     raw = load_builtin(spec.builtin)
     index = subsample(raw.labels, spec.limit, split_seed)
     splits = assign_splits(raw.labels[index], spec, split_seed, raw.name, raw.classes)

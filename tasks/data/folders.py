@@ -73,15 +73,10 @@ def _inspect(root: Path, spec: DatasetParams, role: str, max_pixels: int):
 
 
 def ingest_folder(
-    spec: DatasetParams,
-    split_seed: int,
-    out_dir: Path,
-    role: str = "dataset",
-    max_pixels: int = 16_000_000,
-    base_dir: Path | None = None,
+    root: Path, spec: DatasetParams, split_seed: int, out_dir: Path, role: str, max_pixels: int
 ) -> pd.DataFrame:
-    """An ImageFolder directory -> copied images, manifest and info; bad files named or skipped."""
-    root = resolve_dir(spec.path, base_dir)
+    """The ImageFolder ``root`` (``spec.path`` resolved) -> copied images, manifest and info;
+    bad files named, or skipped with ``spec.skip_bad_files``."""
     scan, infos, kept, bad = _inspect(root, spec, role, max_pixels)
     label_space = spec.classes or scan.classes
     found = tuple(sorted({name for _, name in kept}))

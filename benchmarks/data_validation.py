@@ -43,7 +43,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from tasks.core.params import default_section
-    from tasks.data.datasets import prepare_dataset, read_classes
+    from tasks.data.datasets import prepare_dataset
+    from tasks.data.manifest import read_classes
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -232,7 +232,7 @@ def scaling_section(r: dict, out: Path) -> tuple[list[str], dict]:
     lines += [
         "",
         "`stream` is the stage as it is: the source is decoded from its PNG files batch by "
-        "batch (`tasks.data.datasets.ImageFiles`); `memory` swaps in the earlier whole-split "
+        "batch (`tasks.data.loading.ImageFiles`); `memory` swaps in the earlier whole-split "
         "`load_tensors`, for comparison. Same results for a seed either way "
         "(tests/unit/test_streaming.py).",
         "",

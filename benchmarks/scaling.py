@@ -31,7 +31,7 @@ AUGMENTS = [("shift", 1, 0), ("shift", 0, 1), ("rotate", 8, 0), ("shift", -1, 0)
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from tasks.data import datasets
+from tasks.data import loading
 from tasks.modeling import pretraining
 from tasks.stages import pretrain
 from tasks.core.context import open_context
@@ -39,7 +39,7 @@ from tasks.core.params import resolve_params
 project, mode, overrides = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 if mode == "memory":
     # the whole split as one tensor
-    pretraining.load_source_tensors = lambda d, split, p, stream: datasets.load_source_tensors(
+    pretraining.load_source_tensors = lambda d, split, p, stream: loading.load_source_tensors(
         d, split, p, stream=False
     )
 params = resolve_params(project / "params.yaml", "default", overrides)
@@ -58,7 +58,8 @@ def grown_source(out: Path, factor: int, base_images: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from tasks.data.datasets import load_builtin, subsample
+    from tasks.data.builtins import load_builtin
+    from tasks.data.splits import subsample
 
     raw = load_builtin("mnist5k")
     keep = subsample(raw.labels, base_images, 0)

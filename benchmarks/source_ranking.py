@@ -68,7 +68,7 @@ def shuffle_labels(data_dir: Path, seed: int = 0) -> None:
     import numpy as np
     import pandas as pd
 
-    from tasks.data.datasets import MANIFEST
+    from tasks.data.manifest import MANIFEST
 
     manifest = pd.read_parquet(data_dir / MANIFEST)
     rng = np.random.default_rng(seed)
@@ -104,7 +104,8 @@ def build_pool(ctx, args) -> dict[str, Path]:
 
 def score_pool(ctx, pool: dict[str, Path]) -> dict[str, dict]:
     from tasks.core.params import CandidateParams
-    from tasks.transferability.sources import load_source, score_source, target_split
+    from tasks.transferability.ranking import score_source, target_split
+    from tasks.transferability.sources import load_source
 
     inputs, labels = target_split(ctx, ctx.layout.target_data)
     rows = {}
@@ -120,7 +121,7 @@ def score_pool(ctx, pool: dict[str, Path]) -> dict[str, dict]:
 def fine_tune(ctx, ckpt: Path, seed: int) -> tuple[float, float]:
     """The pipeline's transfer stage (``full``) from ``ckpt``; (test accuracy, seconds)."""
     from tasks.core.params import with_overrides
-    from tasks.data.datasets import load_tensors
+    from tasks.data.loading import load_tensors
     from tasks.modeling.models import load_checkpoint
     from tasks.modeling.training import accuracy
     from tasks.stages import transfer

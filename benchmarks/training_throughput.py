@@ -32,7 +32,7 @@ def load_images(n: int, size: int = 32):
     import torch
 
     from tasks.core.params import default_section
-    from tasks.data.datasets import load_builtin
+    from tasks.data.builtins import load_builtin
     from tasks.data.preprocessing import preprocess
 
     raw = load_builtin("mnist5k")

@@ -126,7 +126,7 @@ def summary_markdown(summary: dict) -> str:
 
 def publish_source_choice(ctx: StageContext) -> None:
     """transfer.source: auto: the ranking as artifact ``source-ranking``, the choice as a tag."""
-    from tasks.transferability.sources import ranking_markdown
+    from tasks.transferability.tables import ranking_markdown
 
     report = read_json(ctx.layout.pretrain_report)
     target = f"{ctx.layout.target_data} (train split)"

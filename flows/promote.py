@@ -8,6 +8,7 @@ champion moved while the gate was scoring, the gate runs again against the new c
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from prefect import flow, task
@@ -17,8 +18,10 @@ from prefect.cache_policies import NO_CACHE
 from tasks.core import versioning
 from tasks.core.context import read_json
 from tasks.core.params import Params
-from tasks.registry import publishing as registry
+from tasks.registry import aliases
 from tasks.registry.gate import GateResult, decide, gate_markdown, load_test_split, score_version
+from tasks.registry.publishing import tag_version, version_exists
+from tasks.registry.retries import with_retries
 
 CAS_ATTEMPTS = 3
 
@@ -42,7 +45,7 @@ def evaluate_gate(
     split = load_test_split(project_dir / "data" / "target", _target_hash(project_dir))
 
     def score(version: str):
-        return registry.with_retries(
+        return with_retries(
             lambda: score_version(f"models:/{name}/{version}", split),
             f"scoring {name} version {version}",
             rules.retries,
@@ -51,6 +54,87 @@ def evaluate_gate(
 
     champion_correct = None if champion is None else score(champion)
     return decide(score(candidate), champion_correct, rules)
+
+
+def _retry(params: Params):
+    """``with_retries`` with the ``promote`` section's tries and first delay."""
+    return functools.partial(
+        with_retries, retries=params.promote.retries, delay=params.promote.retry_delay
+    )
+
+
+def _outcome(name: str, candidate: str, champion: str | None) -> dict:
+    """What the gate reports when nothing moved; a promotion updates it."""
+    return {
+        "model": name,
+        "candidate": candidate,
+        "champion_before": champion,
+        "champion_after": champion,
+        "promoted": False,
+        "forced": False,
+        "gate": None,
+        "reason": "",
+    }
+
+
+def _promote(
+    project_dir: Path,
+    params: Params,
+    move: tuple[str, str, str | None],
+    result: GateResult,
+    how: tuple[str, str, bool],
+) -> None:
+    """Compare-and-set ``@champion``: ``move`` is (model, candidate, champion seen by the
+    gate), ``how`` is (action, reason, forced); ``ChampionMoved`` if it moved meanwhile."""
+    (name, candidate, champion), (action, why, forced) = move, how
+    aliases.move_champion(
+        project_dir,
+        name,
+        candidate,
+        expected_from=champion,
+        action=action,
+        reason=why,
+        gate={**result.as_dict(), "overridden": forced},
+        champion_alias=params.registry.champion_alias,
+        previous_alias=params.promote.previous_alias,
+        retries=params.promote.retries,
+        delay=params.promote.retry_delay,
+    )
+
+
+def _gate_once(
+    project_dir: Path,
+    params: Params,
+    name: str,
+    candidate: str,
+    request: tuple[str | None, bool, bool],
+) -> dict:
+    """One attempt: read ``@champion``, score both, then keep or promote by compare-and-set.
+    ``request`` is (reason, force, manual) as ``gate_and_promote`` got them."""
+    (reason, force, manual), retry = request, _retry(params)
+    champion_alias = params.registry.champion_alias
+    champion = retry(lambda: aliases.alias_version(name, champion_alias), "reading @champion")
+    outcome = _outcome(name, candidate, champion)
+    if champion == candidate:
+        return {**outcome, "reason": f"version {candidate} is already @{champion_alias}"}
+    result = evaluate_gate(project_dir, params, name, candidate, champion)
+    tags = {**result.tags(), "gate.champion_version": champion or "none"}
+    retry(lambda: tag_version(name, candidate, tags), "tagging the gate")
+    outcome.update(gate=result.as_dict(), reason=result.reason)
+    if not result.promote and not force:
+        if manual:
+            raise PromotionRefused(
+                f"the gate refused {name} version {candidate}: {result.reason} "
+                "(use --force to override; the override is recorded)"
+            )
+        return outcome
+    forced = force and not result.promote
+    action = "force-promote" if forced else ("manual-promote" if manual else "gate-promote")
+    why = reason or result.reason
+    if forced:
+        why = f"{why} [gate overridden: {result.reason}]"
+    _promote(project_dir, params, (name, candidate, champion), result, (action, why, forced))
+    return {**outcome, "champion_after": candidate, "promoted": True, "forced": forced}
 
 
 def gate_and_promote(
@@ -63,65 +147,16 @@ def gate_and_promote(
     manual: bool = False,
 ) -> dict:
     """Run the gate and, if it passes (or ``force``), move ``@champion`` by compare-and-set."""
-    r, rules = params.registry, params.promote
-    retry = {"retries": rules.retries, "delay": rules.retry_delay}
-    if not registry.with_retries(
-        lambda: registry.version_exists(name, candidate), "reading the candidate", **retry
-    ):
+    exists = _retry(params)(lambda: version_exists(name, candidate), "reading the candidate")
+    if not exists:
         raise ValueError(f"{name} has no version {candidate}")
     for _ in range(CAS_ATTEMPTS):
-        champion = registry.with_retries(
-            lambda: registry.alias_version(name, r.champion_alias), "reading @champion", **retry
-        )
-        outcome = {
-            "model": name,
-            "candidate": candidate,
-            "champion_before": champion,
-            "champion_after": champion,
-            "promoted": False,
-            "forced": False,
-            "gate": None,
-            "reason": "",
-        }
-        if champion == candidate:
-            outcome["reason"] = f"version {candidate} is already @{r.champion_alias}"
-            return outcome
-        result = evaluate_gate(project_dir, params, name, candidate, champion)
-        tags = {**result.tags(), "gate.champion_version": champion or "none"}
-        registry.with_retries(
-            lambda t=tags: registry.tag_version(name, candidate, t), "tagging the gate", **retry
-        )
-        outcome["gate"] = result.as_dict()
-        outcome["reason"] = result.reason
-        if not result.promote and not force:
-            if manual:
-                raise PromotionRefused(
-                    f"the gate refused {name} version {candidate}: {result.reason} "
-                    "(use --force to override; the override is recorded)"
-                )
-            return outcome
-        forced = force and not result.promote
-        action = "force-promote" if forced else ("manual-promote" if manual else "gate-promote")
-        why = reason or result.reason
-        if forced:
-            why = f"{why} [gate overridden: {result.reason}]"
         try:
-            registry.move_champion(
-                project_dir,
-                name,
-                candidate,
-                expected_from=champion,
-                action=action,
-                reason=why,
-                gate={**result.as_dict(), "overridden": forced},
-                champion_alias=r.champion_alias,
-                previous_alias=rules.previous_alias,
-                **retry,
-            )
-        except registry.ChampionMoved:
+            return _gate_once(project_dir, params, name, candidate, (reason, force, manual))
+        except aliases.ChampionMoved:
             continue  # someone else promoted meanwhile: compare against the new champion
-        return {**outcome, "champion_after": candidate, "promoted": True, "forced": forced}
-    raise registry.ChampionMoved(f"@{r.champion_alias} of {name} kept moving; gate gave up")
+    alias = params.registry.champion_alias
+    raise aliases.ChampionMoved(f"@{alias} of {name} kept moving; gate gave up")
 
 
 @task(cache_policy=NO_CACHE)

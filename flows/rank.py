@@ -16,7 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from tasks.core import tracking
 from tasks.core.context import WORK_DIR, StageContext, open_context
 from tasks.core.params import CandidateParams, Params
-from tasks.transferability import sources
+from tasks.transferability import ranking
+from tasks.transferability.tables import ranking_markdown
 
 RANK_TARGET = Path(WORK_DIR) / "rank" / "target"
 
@@ -36,10 +37,10 @@ def prepare_target(ctx: StageContext) -> Path:
 def rank_task(ctx: StageContext, candidates: list[CandidateParams], target: Path) -> list[dict]:
     """Load or pretrain each candidate and score it; logged to the MLflow run ``rank``."""
     score = ctx.params.rank.score
-    rows = sources.rank_candidates(ctx, tuple(candidates), target)  # no run for a failure
+    rows = ranking.rank_candidates(ctx, tuple(candidates), target)  # no run for a failure
     with tracking.child_run("rank", ctx.experiment_id, None):
-        markdown = sources.ranking_markdown(rows, score, _describe(ctx.params))
-        sources.log_ranking(rows, score, markdown)
+        markdown = ranking_markdown(rows, score, _describe(ctx.params))
+        ranking.log_ranking(rows, score, markdown)
     return rows
 
 
@@ -57,6 +58,6 @@ def rank_sources(
     ctx = open_context(Path(project_dir).resolve(), params)
     target = prepare_target(ctx)
     rows = rank_task(ctx, candidates, target)
-    markdown = sources.ranking_markdown(rows, params.rank.score, _describe(params))
+    markdown = ranking_markdown(rows, params.rank.score, _describe(params))
     create_markdown_artifact(markdown, key="source-ranking")
     return rows

@@ -34,7 +34,7 @@ def train_checkpoint(target: Path, out: Path, epochs: int) -> Path:
     import torch
 
     from tasks.core.params import default_section
-    from tasks.data.datasets import load_tensors
+    from tasks.data.loading import load_tensors
     from tasks.modeling.models import ModelCard, create_model, save_checkpoint
     from tasks.modeling.training import fit
 

@@ -65,7 +65,7 @@ def rollback(
     reason
         why (recorded with the move; default: rollback)
     """
-    from tasks.registry.publishing import rollback_champion
+    from tasks.registry.aliases import rollback_champion
 
     project, params = open_registry(project, options)
     event = rollback_champion(

@@ -178,7 +178,8 @@ def rank(
     import json
 
     from tasks.core.params import CandidateParams, with_overrides
-    from tasks.transferability.sources import check_candidate, ranking_text
+    from tasks.transferability.sources import check_candidate
+    from tasks.transferability.tables import ranking_text
 
     resolved = options.resolve(project)
     if score:

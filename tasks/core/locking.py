@@ -1,10 +1,11 @@
 """One pipeline run per project at a time: an OS file lock around the whole run.
 
 Two ``tlp run`` in one project would otherwise race on the same SQLite files (MLflow, the
-ephemeral Prefect API) and on ``dvc.lock``. The lock is ``flock(2)`` on
-``.tlp/run.lock``: the kernel drops it when the holding process ends, however it ends, so a
-crashed run never leaves a stale lock behind. Whoever comes second either waits (``wait``
-seconds) or stops at once with a message naming the holder.
+ephemeral Prefect API) and on ``dvc.lock``. The lock is ``filelock.FileLock`` on
+``.tlp/run.lock`` (``flock(2)`` underneath): the kernel drops it when the holding process
+ends, however it ends, so a crashed run never leaves a stale lock behind. The holder writes
+who it is into the file it locked; whoever comes second either waits (``wait`` seconds) or
+stops at once with a message naming the holder.
 
 The lock is re-entrant inside one process (the CLI takes it before Prefect starts, the flow
 takes it again so that runs started by a Prefect worker are covered too).
@@ -12,23 +13,23 @@ takes it again so that runs started by a Prefect worker are covered too).
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import inspect
 import json
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
+
+from filelock import FileLock, Timeout
 
 LOCK_FILE = ".tlp/run.lock"
 POLL_SECONDS = 0.5
 
-_held: dict[Path, tuple[IO[str], int]] = {}  # lock path -> (open file, depth) in this process
+_held: dict[Path, FileLock] = {}  # lock path -> the lock this process holds
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,53 +59,52 @@ def _describe(holder: dict[str, Any]) -> str:
     )
 
 
-def _try_lock(handle: IO[str]) -> bool:
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+def _holder_writer(what: str) -> Callable[[int], None]:
+    """Write who holds the lock into the locked file, once it is ours (filelock's hook)."""
+
+    def write(fd: int) -> None:
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({**holder, "what": what}).encode(), 0)
+
+    return write
+
+
+def _busy(path: Path, wait: float) -> RunLockBusy:
+    hint = "wait for it to finish, or pass --wait SECONDS to queue behind it"
+    waited = f" after waiting {wait:.0f} s" if wait > 0 else ""
+    return RunLockBusy(
+        f"{path.parent.parent}: another pipeline run holds the project lock {path}"
+        f"{waited} ({_describe(read_holder(path))}); {hint}"
+    )
 
 
 @contextmanager
 def run_lock(project_dir: Path, wait: float = 0.0, what: str = "tlp run") -> Iterator[Path]:
     """Hold the project's run lock; wait up to ``wait`` seconds for it, else RunLockBusy."""
     path = lock_path(project_dir)
-    if path in _held:  # re-entry from the same process
-        handle, depth = _held[path]
-        _held[path] = (handle, depth + 1)
-        try:
-            yield path
-        finally:
-            handle, depth = _held[path]
-            _held[path] = (handle, depth - 1)
+    if path in _held:  # re-entry from the same process (any thread): the outer hold covers it
+        yield path
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
-    deadline = time.monotonic() + max(wait, 0.0)
-    while not _try_lock(handle):
-        if time.monotonic() >= deadline:
-            handle.close()
-            hint = "wait for it to finish, or pass --wait SECONDS to queue behind it"
-            waited = f" after waiting {wait:.0f} s" if wait > 0 else ""
-            raise RunLockBusy(
-                f"{path.parent.parent}: another pipeline run holds the project lock {path}"
-                f"{waited} ({_describe(read_holder(path))}); {hint}"
-            )
-        time.sleep(POLL_SECONDS)
-    handle.seek(0)
-    handle.truncate()
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": started, "what": what}
-    handle.write(json.dumps(holder))
-    handle.flush()
-    _held[path] = (handle, 1)
+    lock = FileLock(
+        path,
+        thread_local=False,  # the CLI's thread takes it, a flow may re-enter from another
+        poll_interval=POLL_SECONDS,
+        preserve_lock_file=True,  # the holder's description stays readable in the file
+        on_acquired=_holder_writer(what),
+    )
+    try:
+        lock.acquire(timeout=max(wait, 0.0))  # 0: one attempt
+    except Timeout:
+        raise _busy(path, wait) from None
+    _held[path] = lock
     try:
         yield path
     finally:
         del _held[path]
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        handle.close()
+        lock.release()
 
 
 def holds_run_lock(fn: F) -> F:

@@ -122,7 +122,7 @@ def plot_confusion(confusion: list[list[int]], classes: tuple[str, ...], title: 
 
 def _source_probe_split(ctx):
     """Source train subset and test split, preprocessed the way the source model was trained."""
-    from tasks.data.datasets import load_source_tensors
+    from tasks.data.loading import load_source_tensors
 
     p, layout = ctx.params, ctx.layout
     x_tr, y_tr, _ = load_source_tensors(layout.source_data, "train", p)

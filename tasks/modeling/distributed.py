@@ -115,7 +115,7 @@ def pretrain_distributed(project_dir: Path, out_dir: Path) -> dict[str, Any] | N
     """Pretrain the project's source model on every torchrun rank; rank 0 saves and reports."""
     from tasks.core.context import Layout, write_json
     from tasks.core.params import load_resolved
-    from tasks.data.datasets import load_source_tensors
+    from tasks.data.loading import load_source_tensors
     from tasks.modeling.models import ModelCard, create_model, resolve_device, save_checkpoint
     from tasks.modeling.training import accuracy
 

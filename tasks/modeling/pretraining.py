@@ -4,7 +4,7 @@ The model starts from random weights, or from a local timm checkpoint file
 (``pretrain.checkpoint_file``; timm adapts ``in_chans`` and ``num_classes``), and is then
 trained on the source with the same loop as fine-tuning, resumable after a crash.
 With ``transfer.source: auto`` the stage instead ranks ``rank.candidates`` on the target
-and keeps the top one (``tasks.transferability.sources.select_source``).
+and keeps the top one (``tasks.transferability.selection.select_source``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 
 from tasks.core import tracking
 from tasks.core.context import WORK_DIR, StageContext, write_json
-from tasks.data.datasets import MANIFEST, load_source_tensors
+from tasks.data.loading import load_source_tensors
+from tasks.data.manifest import MANIFEST
 from tasks.modeling.models import (
     ModelCard,
     create_from_file,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from tasks.core import tracking
 from tasks.core.context import WORK_DIR, StageContext
-from tasks.data.datasets import load_source_tensors
+from tasks.data.loading import load_source_tensors
 from tasks.modeling.models import (
     create_model,
     freeze_stages,

@@ -120,7 +120,7 @@ class TestSplit:
 
 
 def load_test_split(target_dir: Path, data_hash: str = "unknown") -> TestSplit:
-    from tasks.data.datasets import read_manifest
+    from tasks.data.manifest import read_manifest
 
     manifest = read_manifest(target_dir)
     test = manifest[manifest["split"] == "test"]

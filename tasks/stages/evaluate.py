@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from tasks.core import tracking
 from tasks.core.context import StageContext, write_json
-from tasks.data.datasets import load_tensors, read_classes
+from tasks.data.loading import load_tensors
+from tasks.data.manifest import read_classes
 from tasks.evaluation.metrics import (
     evaluate_candidate,
     forgetting,

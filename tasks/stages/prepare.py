@@ -6,7 +6,9 @@ from pathlib import Path
 
 from tasks.core import tracking
 from tasks.core.context import StageContext
-from tasks.data.datasets import describe_spec, folder_fingerprint, prepare_dataset, read_info
+from tasks.data.datasets import prepare_dataset
+from tasks.data.folders import folder_fingerprint
+from tasks.data.manifest import describe_spec, read_info
 
 
 def run(ctx: StageContext) -> dict:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from tasks.core.context import StageContext
 from tasks.modeling.pretraining import train_source
-from tasks.transferability.sources import select_source
-from tasks.transferability.sources import still_valid as auto_choice_valid
+from tasks.transferability.selection import select_source
+from tasks.transferability.selection import still_valid as auto_choice_valid
 
 
 def run(ctx: StageContext) -> dict:

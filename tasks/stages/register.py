@@ -9,12 +9,12 @@ import mlflow
 
 from tasks.core import tracking
 from tasks.core.context import StageContext, read_json, write_json
+from tasks.registry.aliases import mark_newest
 from tasks.registry.publishing import (
     first_test_image,
     lineage_files,
     lineage_tags,
     log_model,
-    mark_newest,
     tag_version,
     version_aliases,
     version_exists,

@@ -9,7 +9,7 @@ import torch
 
 from tasks.core import tracking
 from tasks.core.context import StageContext, write_json
-from tasks.data.datasets import load_tensors
+from tasks.data.loading import load_tensors
 from tasks.modeling.models import ModelCard, save_checkpoint
 from tasks.modeling.strategies import STRATEGIES, Job, history_summary
 

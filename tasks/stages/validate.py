@@ -6,15 +6,13 @@ import mlflow
 
 from tasks.core import tracking
 from tasks.core.context import StageContext, write_json
-from tasks.data.datasets import read_info
-from tasks.data.expectations import (
-    checks_for,
+from tasks.data.expectations import checks_for, raise_on_failure, validate_manifests
+from tasks.data.manifest import read_info
+from tasks.data.validation_report import (
     domain_shift,
     plot_domain_shift,
     publish_markdown,
-    raise_on_failure,
     summary_markdown,
-    validate_manifests,
 )
 
 

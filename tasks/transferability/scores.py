@@ -13,7 +13,8 @@ estimated from one forward pass over the target's train split, without fine-tuni
   Learning"); optionally with Ledoit-Wolf shrinkage of cov(f) (Ibrahim et al. 2022), which
   keeps it meaningful when there are fewer images than feature dimensions.
 
-Higher is better for every score. Pure numpy: inputs are arrays, outputs floats.
+Higher is better for every score. Inputs are arrays, outputs floats; the shrinkage is
+scikit-learn's ``ledoit_wolf`` and the softmax scipy's, imported when a score needs them.
 """
 
 from __future__ import annotations
@@ -135,19 +136,6 @@ def nce(source_labels: np.ndarray, labels: np.ndarray) -> float:
     return float((joint[nonzero] * np.log((joint / pz)[nonzero])).sum())
 
 
-def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ledoit-Wolf (2004) shrunk covariance of centred rows ``x`` (N, D), maximum-likelihood
-    scaling (1/N), shrunk toward mu I with the estimated optimal intensity; (cov, intensity)."""
-    n, d = x.shape
-    emp = x.T @ x / n
-    mu = np.trace(emp) / d
-    delta = ((emp - mu * np.eye(d)) ** 2).sum() / d
-    sq = x**2
-    beta = ((sq.T @ sq).sum() / n - (emp**2).sum()) / (d * n)
-    shrinkage = 0.0 if delta == 0 else min(beta, delta) / delta
-    return (1.0 - shrinkage) * emp + shrinkage * mu * np.eye(d), float(shrinkage)
-
-
 def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: bool = False) -> float:
     """H-score (Bao et al. 2019): tr(cov(f)^-1 cov(E[f | y])), the between-class covariance
     of the features measured in units of their total covariance (pseudo-inverse when
@@ -159,7 +147,9 @@ def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: bool = False) -
     codes, k = _labels(labels)
     centred = f - f.mean(0)
     if shrinkage:
-        cov_f, intensity = ledoit_wolf(centred)
+        from sklearn.covariance import ledoit_wolf  # Ledoit & Wolf 2004, shrunk toward mu I
+
+        cov_f, intensity = ledoit_wolf(centred, assume_centered=True)
     else:
         cov_f, intensity = centred.T @ centred / len(f), 0.0
     class_means = np.zeros((k, f.shape[1]))
@@ -169,13 +159,6 @@ def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: bool = False) -
     # cov(E[f|y]) = sum_y p(y) mu_y mu_y' (means of centred features), p(y) = count / N
     cov_g = (1.0 - intensity) * (class_means * (counts / len(f))[:, None]).T @ class_means
     return float(np.trace(np.linalg.pinv(cov_f, hermitian=True) @ cov_g))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def compute_scores(
@@ -189,6 +172,8 @@ def compute_scores(
         "nce": None,
     }
     if logits is not None:
-        out["leep"] = leep(softmax(logits), labels)
+        from scipy.special import softmax
+
+        out["leep"] = leep(softmax(np.asarray(logits, dtype=np.float64), axis=1), labels)
         out["nce"] = nce(np.asarray(logits).argmax(1), labels)
     return {name: out[name] for name in SCORES}

@@ -6,28 +6,27 @@ checkpoint file (``arch`` from the candidate or ``model.arch``), a registered mo
 this project pretrains itself with ``--set``-style overrides (cached in ``.tlp/sources/``,
 keyed on everything that shapes it). Every candidate is scored with the same preprocessing
 the transfer stage will use (``preprocess``), so the ranking is about the model, not about
-how its inputs were made. ``transfer.source: auto`` (stage pretrain) copies the top-ranked
-candidate to ``models/source``.
+how its inputs were made. Scoring and ranking them is ``ranking``; the pretrain stage's
+automatic choice is ``selection``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tasks.core.context import WORK_DIR, StageContext, read_json, write_json
+from tasks.core.context import WORK_DIR, StageContext
 from tasks.core.params import CandidateParams, Params, with_overrides
 from tasks.modeling.models import CARD, WEIGHTS, ModelCard
-from tasks.transferability import scores as ranking
+
+# flows/cli.py and flows/pipeline.py import the tables from here
 
 SOURCES_DIR = "sources"  # under WORK_DIR
 
@@ -263,183 +262,3 @@ def load_source(ctx: StageContext, spec: CandidateParams) -> Source:
     if path.is_dir():
         return _load_folder(spec, path, params, "checkpoint")
     return _load_timm_file(spec, path, params)
-
-
-# ---- scoring and ranking ----------------------------------------------------------------
-
-
-def score_source(
-    source: Source, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
-) -> dict:
-    """Every score of one source on (inputs, labels), and the seconds it took (forward
-    pass included)."""
-    from tasks.modeling.training import features_and_logits, map_batches
-
-    started = time.perf_counter()
-    width = source.model.num_features
-
-    def both(model, x):
-        feats, logits = features_and_logits(model, x)
-        return torch.cat([feats, logits], 1) if source.has_head else feats
-
-    from threadpoolctl import threadpool_limits
-
-    out = map_batches(source.model, both, inputs, batch_size).numpy()
-    logits = out[:, width:] if source.has_head else None
-    # one BLAS thread: these matrices are small, and on a busy machine more threads only
-    # spin (17.8 s against 0.39 s for N=100, D=512 measured on 2 shared cores)
-    with threadpool_limits(1):
-        scores = ranking.compute_scores(out[:, :width], labels.numpy(), logits)
-    return {
-        "candidate": source.name,
-        "origin": source.origin,
-        "location": source.location,
-        "arch": source.card.arch,
-        "source_classes": source.card.num_classes or None,
-        **scores,
-        "seconds": round(time.perf_counter() - started, 4),
-        "note": "" if source.has_head else "no source classifier: LEEP and NCE not computed",
-    }
-
-
-def rank_rows(rows: list[dict], score: str) -> list[dict]:
-    """Sort best first by ``score`` (a missing score ranks last) and number the rows."""
-
-    def key(row):
-        value = row.get(score)
-        return (value is None or math.isnan(value), -(value or 0.0))
-
-    ranked = sorted(rows, key=key)
-    for position, row in enumerate(ranked, 1):
-        row["rank"] = position if ranked[position - 1].get(score) is not None else None
-    return ranked
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def ranking_markdown(rows: list[dict], score: str, target: str) -> str:
-    head = (
-        f"## Source ranking\n\nTarget: {target}. Ranked by **{score}** (higher is better for "
-        "every score; LEEP and NCE need the source's classifier).\n\n"
-        "| rank | candidate | origin | arch | logme | leep | nce | h_score | seconds | note |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
-    )
-    lines = [
-        f"| {r['rank'] or '-'} | {r['candidate']} | {r['origin']} | {r['arch']} | "
-        + " | ".join(_fmt(r[s]) for s in ranking.SCORES)
-        + f" | {r['seconds']:.2f} | {r['note']} |"
-        for r in rows
-    ]
-    return head + "\n".join(lines) + "\n"
-
-
-def ranking_text(rows: list[dict], score: str) -> str:
-    width = max([len("candidate"), *(len(r["candidate"]) for r in rows)])
-    header = f"{'rank':>4}  {'candidate':<{width}}  " + "  ".join(
-        f"{s + ('*' if s == score else ''):>9}" for s in ranking.SCORES
-    )
-    lines = [header]
-    for r in rows:
-        cells = "  ".join(f"{_fmt(r[s]):>9}" for s in ranking.SCORES)
-        note = f"  ({r['note']})" if r["note"] else ""
-        lines.append(f"{r['rank'] or '-':>4}  {r['candidate']:<{width}}  {cells}{note}")
-    return "\n".join(lines) + f"\n* ranked by {score}"
-
-
-def target_split(ctx: StageContext, target_dir: Path):
-    from tasks.data.datasets import load_tensors
-
-    inputs, labels, _ = load_tensors(target_dir, "train", ctx.params.preprocess)
-    return inputs, labels
-
-
-def rank_candidates(
-    ctx: StageContext, specs: tuple[CandidateParams, ...], target_dir: Path
-) -> list[dict]:
-    """Load (or pretrain) every candidate, score it on the target train split, rank."""
-    if not specs:
-        raise SourceError("no candidates: pass them on the command line or set rank.candidates")
-    for spec in specs:  # every cheap check before any candidate is pretrained or loaded
-        check_candidate(spec, ctx.params, ctx.project_dir)
-    inputs, labels = target_split(ctx, target_dir)
-    rows = []
-    for spec in specs:
-        source = load_source(ctx, spec)
-        rows.append(score_source(source, inputs, labels, ctx.params.rank.batch_size))
-    return rank_rows(rows, ctx.params.rank.score)
-
-
-def log_ranking(rows: list[dict], score: str, markdown: str, choice: str | None = None) -> None:
-    """Scores as metrics ``<candidate>.<score>`` and the table as artifacts of the active run."""
-    import mlflow
-
-    from tasks.core import tracking
-
-    metrics = {
-        f"{slug(r['candidate'])}.{s}": r[s]
-        for r in rows
-        for s in ranking.SCORES
-        if r[s] is not None
-    }
-    metrics.update({f"{slug(r['candidate'])}.seconds": r["seconds"] for r in rows})
-    tracking.log_metrics(metrics)
-    tracking.log_params({"rank_score": score, "candidates": [r["candidate"] for r in rows]})
-    mlflow.log_text(markdown, "ranking.md")
-    mlflow.log_dict(rows, "ranking.json")
-    if choice is not None:
-        mlflow.set_tag("source_choice", choice)
-
-
-# ---- transfer.source: auto (stage pretrain) --------------------------------------------
-
-
-def target_fingerprint(target_dir: Path) -> str:
-    from tasks.data.datasets import MANIFEST
-
-    return hashlib.sha256((target_dir / MANIFEST).read_bytes()).hexdigest()[:16]
-
-
-def select_source(ctx: StageContext) -> dict:
-    """Rank ``rank.candidates`` on the target and copy the top one to ``models/source``."""
-    from tasks.core import tracking
-    from tasks.modeling.models import save_checkpoint
-
-    p, layout = ctx.params, ctx.layout
-    # pretraining a candidate opens runs of its own under the parent: rank first, then log
-    rows = rank_candidates(ctx, p.rank.candidates, layout.target_data)
-    top = rows[0]
-    if top.get(p.rank.score) is None:
-        raise SourceError(f"rank.score {p.rank.score}: no candidate could be scored by it")
-    with tracking.child_run("pretrain/rank", ctx.experiment_id, ctx.parent_run_id):
-        markdown = ranking_markdown(rows, p.rank.score, f"{layout.target_data} (train split)")
-        log_ranking(rows, p.rank.score, markdown, choice=top["candidate"])
-    spec = next(s for s in p.rank.candidates if s.name == top["candidate"])
-    chosen = load_source(ctx, spec)  # already built or downloaded: a reload, no training
-    if layout.source_model.exists():
-        shutil.rmtree(layout.source_model)
-    card = chosen.card.model_copy(update={"strategy": "source"})
-    save_checkpoint(chosen.model, card, layout.source_model)
-    result = {
-        "source": "auto",
-        "chosen": top["candidate"],
-        "score": p.rank.score,
-        "target_fingerprint": target_fingerprint(layout.target_data),
-        "ranking": rows,
-    }
-    write_json(layout.pretrain_report, result)
-    return result
-
-
-def still_valid(ctx: StageContext) -> bool:
-    """An auto-chosen source is stale when the target it was ranked on changed (DVC does not
-    see that: data/target is not a dependency of pretrain, so the default pipeline does not
-    retrain its source when only the target changes)."""
-    if ctx.params.transfer.source != "auto":
-        return True
-    try:
-        report = read_json(ctx.layout.pretrain_report)
-    except (OSError, ValueError):
-        return False
-    return report.get("target_fingerprint") == target_fingerprint(ctx.layout.target_data)

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from flows import cli
-from tasks.data.datasets import SPLITS
+from tasks.data.manifest import SPLITS
 
 pytestmark = pytest.mark.integration
 MODEL = "tlp-byo-guard"

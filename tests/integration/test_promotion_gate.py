@@ -12,8 +12,7 @@ from mlflow import MlflowClient
 
 from flows.cli import main
 from flows.promote import PromotionRefused, gate_and_promote
-from tasks.registry import audit
-from tasks.registry import publishing as registry
+from tasks.registry import aliases, audit
 from tests.conftest import ROOT
 from tests.registry_support import MODEL, gate_params, open_store, register
 
@@ -36,7 +35,7 @@ def store(gate_candidates, tmp_path_factory):
 
 
 def champion() -> str | None:
-    return registry.alias_version(MODEL, "champion")
+    return aliases.alias_version(MODEL, "champion")
 
 
 def tags(version: str) -> dict:
@@ -57,7 +56,7 @@ def test_2_better_model_is_promoted_with_its_evidence_recorded(store):
     project, _ = store
     outcome = gate_and_promote(project, gate_params(), MODEL, "2")
     assert outcome["promoted"] and not outcome["forced"] and champion() == "2"
-    assert registry.alias_version(MODEL, "previous_champion") == "1"
+    assert aliases.alias_version(MODEL, "previous_champion") == "1"
     t = tags("2")
     assert t["gate.decision"] == "promote" and float(t["gate.p_value"]) < 1e-6
     assert float(t["gate.candidate_accuracy"]) > 0.5 > float(t["gate.champion_accuracy"])
@@ -94,7 +93,7 @@ def test_5_forced_promotion_is_recorded(store, capsys, monkeypatch):
     assert main(args) == 1  # the gate refuses without --force
     assert "gate refused" in capsys.readouterr().err and champion() == "2"
     assert main([*args, "--force"]) == 0
-    assert champion() == "4" and registry.alias_version(MODEL, "previous_champion") == "2"
+    assert champion() == "4" and aliases.alias_version(MODEL, "previous_champion") == "2"
     move = [e for e in audit.read_events(project, MODEL) if e["alias"] == "champion"][-1]
     assert move["action"] == "force-promote" and move["actor"] == "alice"
     assert move["gate"]["overridden"] is True and move["gate"]["promote"] is False
@@ -108,14 +107,14 @@ def test_6_rollback_returns_to_the_previous_champion(store, monkeypatch):
     args = ["-C", str(project), "rollback", MODEL, "--reason", "v4 misbehaves"]
     assert main([*args, "--set", f"storage.tracking_uri={uri}"]) == 0
     assert champion() == "2"
-    assert registry.alias_version(MODEL, "previous_champion") == "1"  # who v2 replaced
+    assert aliases.alias_version(MODEL, "previous_champion") == "1"  # who v2 replaced
     move = [e for e in audit.read_events(project, MODEL) if e["alias"] == "champion"][-1]
     assert (move["action"], move["from_version"], move["to_version"]) == ("rollback", "4", "2")
 
 
 def test_7_two_gates_finishing_at_once_never_both_win(store):
     project, _ = store
-    registry.move_champion(project, MODEL, "1", "2", "manual-promote", "reset to weak")
+    aliases.move_champion(project, MODEL, "1", "2", "manual-promote", "reset to weak")
     results, errors = {}, []
     barrier = threading.Barrier(2)
 
@@ -142,15 +141,15 @@ def test_8_compare_and_set_refuses_a_stale_expectation(store):
     project, _ = store
     current = champion()
     other = "1" if current != "1" else "2"
-    with pytest.raises(registry.ChampionMoved):
-        registry.move_champion(project, MODEL, other, expected_from="4", action="x", reason="y")
+    with pytest.raises(aliases.ChampionMoved):
+        aliases.move_champion(project, MODEL, other, expected_from="4", action="x", reason="y")
     assert champion() == current
 
 
 def test_9_challenger_only_moves_forward(store):
     project, _ = store
-    assert registry.mark_newest(project, MODEL, "challenger", "3").to_version == "3"
-    assert registry.mark_newest(project, MODEL, "challenger", "2") is None  # a late, older one
-    assert registry.alias_version(MODEL, "challenger") == "3"
+    assert aliases.mark_newest(project, MODEL, "challenger", "3").to_version == "3"
+    assert aliases.mark_newest(project, MODEL, "challenger", "2") is None  # a late, older one
+    assert aliases.alias_version(MODEL, "challenger") == "3"
     last = audit.read_events(project, MODEL)[-1]
     assert (last["alias"], last["from_version"], last["to_version"]) == ("challenger", None, "3")

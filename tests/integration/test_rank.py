@@ -22,7 +22,7 @@ def random_label(gate_candidates, tmp_path_factory):
     import torch
 
     from tasks.core.params import default_section
-    from tasks.data.datasets import load_tensors
+    from tasks.data.loading import load_tensors
     from tasks.modeling.models import ModelCard, create_model, save_checkpoint
     from tasks.modeling.training import fit
 

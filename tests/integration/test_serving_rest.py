@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.registry import publishing as registry
+from tasks.registry import aliases
 from tests.registry_support import (
     MODEL,
     free_port,
@@ -43,7 +43,7 @@ def test_served_champion_answers_rest_predictions(gate_candidates, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     exp = open_store(uri, project)
     version = register(gate_candidates.strong, project, exp)
-    registry.move_champion(tmp_path, MODEL, version, None, "manual-promote", "serve test")
+    aliases.move_champion(tmp_path, MODEL, version, None, "manual-promote", "serve test")
     target = project / "data" / "target"
     test = pd.read_parquet(target / "manifest.parquet").query("split == 'test'").head(20)
     images = np.stack([read_image(target / p, 1) for p in test.path])

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from flows.promote import gate_and_promote
-from tasks.registry import publishing as registry
+from tasks.registry import aliases, publishing
+from tasks.registry.retries import RegistryUnavailable
 from tests.registry_support import (
     MODEL,
     free_port,
@@ -50,31 +51,31 @@ def test_server_killed_mid_registration_leaves_the_champion(gate_candidates, tmp
     try:
         exp = open_store(uri, project)
         first = register(gate_candidates.weak, project, exp)
-        registry.move_champion(project, MODEL, first, None, "manual-promote", "baseline")
+        aliases.move_champion(project, MODEL, first, None, "manual-promote", "baseline")
         candidate = register(gate_candidates.strong, project, exp)  # logged and registered
     finally:
         stop_process(server)  # the tracking server dies before the gate moves the alias
 
     params = gate_params(retries=2, retry_delay=0.2)
     started = time.monotonic()
-    with pytest.raises(registry.RegistryUnavailable, match="unreachable after 3 attempt"):
+    with pytest.raises(RegistryUnavailable, match="unreachable after 3 attempt"):
         gate_and_promote(project, params, MODEL, candidate)
-    with pytest.raises(registry.RegistryUnavailable, match="@champion"):
-        registry.move_champion(
+    with pytest.raises(RegistryUnavailable, match="@champion"):
+        aliases.move_champion(
             project, MODEL, candidate, first, "gate-promote", "x", retries=1, delay=0.1
         )
     assert time.monotonic() - started < 60  # bounded: retries, then a clear failure
 
     server = start_server(tmp_path, port, "server-2.log")
     try:
-        assert registry.alias_version(MODEL, "champion") == first
-        assert "champion" not in registry.version_aliases(MODEL, candidate)
+        assert aliases.alias_version(MODEL, "champion") == first
+        assert "champion" not in publishing.version_aliases(MODEL, candidate)
         # once the server is back, the same promotion goes through
         downloads = tmp_path / "downloads"
         downloads.mkdir()
         monkeypatch.setattr(tempfile, "tempdir", str(downloads))
         assert gate_and_promote(project, params, MODEL, candidate)["promoted"]
         assert list(downloads.iterdir()) == []  # the two models it scored were removed after
-        assert registry.alias_version(MODEL, "champion") == candidate
+        assert aliases.alias_version(MODEL, "champion") == candidate
     finally:
         stop_process(server)

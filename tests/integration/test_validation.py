@@ -7,10 +7,10 @@ from tasks.data.datasets import prepare_dataset
 from tasks.data.expectations import (
     ManifestCheck,
     ValidationFailed,
-    domain_shift,
     raise_on_failure,
     validate_manifests,
 )
+from tasks.data.validation_report import domain_shift
 
 pytestmark = pytest.mark.integration
 CLASSES = tuple("0123456789")

@@ -3,15 +3,11 @@ import pytest
 from PIL import Image
 
 from tasks.core.params import default_section
-from tasks.data.datasets import (
-    MANIFEST_COLUMNS,
-    DataError,
-    assign_splits,
-    load_builtin,
-    load_split,
-    prepare_dataset,
-    subsample,
-)
+from tasks.data.builtins import load_builtin
+from tasks.data.datasets import prepare_dataset
+from tasks.data.loading import load_split
+from tasks.data.manifest import MANIFEST_COLUMNS, DataError
+from tasks.data.splits import assign_splits, subsample
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +26,15 @@ def test_builtin_recipes_are_real_data(digits):
 def test_unknown_builtin_is_named():
     with pytest.raises(DataError, match="unknown built-in dataset 'cifar'"):
         load_builtin("cifar")
+
+
+def test_params_declare_exactly_the_builtin_recipes():
+    """params checks ``builtin`` names without importing the data layer: the list it checks
+    against must be the recipes that exist, no more and no fewer."""
+    from tasks.core.params import BUILTIN_DATASETS
+    from tasks.data.builtins import BUILTINS
+
+    assert sorted(BUILTINS) == sorted(BUILTIN_DATASETS)
 
 
 def _spec(**kw):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.data.datasets import folder_fingerprint
+from tasks.data.folders import folder_fingerprint
 from tasks.data.ingest import inspect_image, name_problem, scan_image_folder
 
 

@@ -133,16 +133,6 @@ def test_h_score_matches_the_direct_formula():
     assert 0 < expected < 2  # at most K - 1 = 2 (between-class share of the variance)
 
 
-def test_ledoit_wolf_matches_scikit_learn():
-    from sklearn.covariance import ledoit_wolf
-
-    x = np.random.default_rng(2).normal(size=(15, 40))
-    x -= x.mean(0)
-    expected, intensity = ledoit_wolf(x, assume_centered=True)
-    ours, ours_intensity = ranking.ledoit_wolf(x)
-    assert np.allclose(ours, expected) and ours_intensity == pytest.approx(intensity)
-
-
 def test_regularised_h_score_matches_scikit_learn_and_is_not_degenerate():
     from sklearn.covariance import LedoitWolf
 
@@ -169,7 +159,8 @@ def test_compute_scores_without_a_head_leaves_leep_and_nce_out():
 
 
 def test_rows_rank_best_first_and_unscored_last():
-    from tasks.transferability.sources import rank_rows, ranking_text, slug
+    from tasks.transferability.sources import slug
+    from tasks.transferability.tables import rank_rows, ranking_text
 
     rows = [
         {"candidate": "a", "logme": 0.1, "leep": None, "nce": None, "h_score": 1.0, "note": "x"},

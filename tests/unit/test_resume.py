@@ -16,7 +16,7 @@ SCRIPT = """
 import json, os, signal, sys
 from pathlib import Path
 import torch
-from tasks.data.datasets import load_builtin
+from tasks.data.builtins import load_builtin
 from tasks.modeling.models import create_model
 from tasks.core.params import default_section
 from tasks.data.preprocessing import preprocess

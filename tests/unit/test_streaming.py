@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tasks.core.params import default_section
-from tasks.data.datasets import ImageFiles, load_tensors, prepare_dataset, stream_tensors
+from tasks.data.datasets import prepare_dataset
+from tasks.data.loading import ImageFiles, load_tensors, stream_tensors
 from tasks.modeling.models import create_model
 from tasks.modeling.training import accuracy, fit
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tasks.core.params import default_section
-from tasks.data.datasets import load_builtin
+from tasks.data.builtins import load_builtin
 from tasks.data.preprocessing import preprocess
 from tasks.modeling.models import ModelCard, create_model, load_checkpoint, save_checkpoint
 from tasks.modeling.training import accuracy, create_optimizer, fit, predict_logits, random_shift

@@ -7,7 +7,7 @@ from pydantic import Field, model_validator
 
 from tasks.core.params.section import Section
 
-# the built-in datasets; their recipes are tasks.data.datasets.BUILTINS (a test keeps both equal)
+# the built-in datasets; their recipes are tasks.data.builtins.BUILTINS (a test keeps both equal)
 BUILTIN_DATASETS = ("mnist5k", "uci-digits", "mnist-m")
 
 

@@ -515,7 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     args = _parser().parse_args(argv)
+    from tasks.core.logs import configure_logging
     from tasks.core.params import ParamsError
+
+    configure_logging()  # before Prefect is imported
 
     try:
         return COMMANDS[args.command](args)

@@ -18,6 +18,7 @@ import torch
 from tasks.core import tracking
 from tasks.core.context import WORK_DIR, StageContext, write_json
 from tasks.data.datasets import MANIFEST, load_source_tensors
+from tasks.modeling.batches import accuracy
 from tasks.modeling.models import (
     ModelCard,
     create_from_file,
@@ -25,7 +26,7 @@ from tasks.modeling.models import (
     resolve_device,
     save_checkpoint,
 )
-from tasks.modeling.training import accuracy, fit
+from tasks.modeling.training import fit
 
 
 def _initial_model(ctx: StageContext, num_classes: int):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import mlflow
 
 from tasks.core import tracking
@@ -16,6 +18,8 @@ from tasks.data.expectations import (
     summary_markdown,
     validate_manifests,
 )
+
+log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict:
@@ -54,4 +58,13 @@ def run(ctx: StageContext) -> dict:
         write_json(layout.validation_report, summary)
         publish_markdown(summary_markdown(summary, docs / "index.html"))
     raise_on_failure(reports)
+    for name in ("source", "target"):
+        s = summary[name]
+        log.info(
+            "validate: %s: %d images, %d expectations passed%s",
+            name,
+            s["rows"],
+            s["expectations"],
+            f" (warned: {', '.join(s['warned'])})" if s["warned"] else "",
+        )
     return summary

@@ -5,8 +5,9 @@ import torch
 
 from tasks.core.params import DatasetParams, PreprocessParams, TrainParams
 from tasks.data.datasets import ImageFiles, load_tensors, prepare_dataset, stream_tensors
+from tasks.modeling.batches import accuracy
 from tasks.modeling.models import create_model
-from tasks.modeling.training import accuracy, fit
+from tasks.modeling.training import fit
 
 PRE = PreprocessParams(image_size=16, channels=1)
 

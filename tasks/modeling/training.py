@@ -190,6 +190,16 @@ def _setup(model, objective, cfg: TrainParams, lr, layer_decay, device, images: 
     return modules, optimizer, scheduler, steps
 
 
+def _resume(state_dir: Path, modules, optimizer, scheduler, gen, history: History, steps: int):
+    """Continue after the last complete epoch saved in ``state_dir`` (none: from the start);
+    returns (the first epoch to run, the best weights so far or None)."""
+    start, best = load_state(state_dir, modules, optimizer, gen, history)
+    if start:  # the schedule is a pure function of the step count
+        scheduler.step(start)
+        scheduler.step_update(num_updates=start * steps)
+    return start, best
+
+
 def _report(bar, label: str | None, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
     """One line per epoch: to the log (the Prefect run page, a console that is not a
     terminal) and, on a terminal, to the bar. The metrics are already on the host."""
@@ -244,19 +254,12 @@ def fit(
     )
     history, start, best = History(), 0, None
     if state_dir is not None:
-        start, best = load_state(state_dir, modules, optimizer, gen, history)
-        if start:  # the schedule is a pure function of the step count
-            scheduler.step(start)
-            scheduler.step_update(num_updates=start * steps)
+        start, best = _resume(state_dir, modules, optimizer, scheduler, gen, history, steps)
     early = patience is not None and val is not None and len(val[1]) > 0
     ctx = StepContext(gen, 0.0, device, cfg.augment_shift, cfg.epochs * steps)
     # disable=None: a bar only on a terminal; elsewhere the log lines of _report
-    bar = tqdm(
-        range(start, cfg.epochs),
-        desc=progress,
-        unit="epoch",
-        disable=True if progress is None else None,
-    )
+    off = True if progress is None else None
+    bar = tqdm(range(start, cfg.epochs), desc=progress, unit="epoch", disable=off)
     for epoch in bar:
         if early and _patience_spent(history, patience):
             history.stopped_early = True

@@ -207,16 +207,10 @@ def _report(bar, label: str | None, epoch: int, epochs: int, metrics: dict[str, 
         return
     val = metrics.get("val_accuracy")
     shown = "" if val is None or math.isnan(val) else f", val accuracy {val:.4f}"
-    bar.set_postfix_str(f"loss {metrics['train_loss']:.3f}{shown}", refresh=False)
-    log.info(
-        "%s: epoch %d/%d, loss %.4f%s",
-        label,
-        epoch + 1,
-        epochs,
-        metrics["train_loss"],
-        shown,
-        extra=EPOCH_RECORD,
-    )
+    short = "" if val is None or math.isnan(val) else f", val acc {val:.3f}"  # fits the bar
+    bar.set_postfix_str(f"loss {metrics['train_loss']:.3f}{short}", refresh=False)
+    line = f"{label}: epoch {epoch + 1}/{epochs}, loss {metrics['train_loss']:.4f}{shown}"
+    log.info("%s", line, extra=EPOCH_RECORD)
 
 
 def fit(

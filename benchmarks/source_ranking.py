@@ -122,8 +122,8 @@ def fine_tune(ctx, ckpt: Path, seed: int) -> tuple[float, float]:
     """The pipeline's transfer stage (``full``) from ``ckpt``; (test accuracy, seconds)."""
     from tasks.core.params import with_overrides
     from tasks.data.loading import load_tensors
+    from tasks.modeling.batches import accuracy
     from tasks.modeling.models import load_checkpoint
-    from tasks.modeling.training import accuracy
     from tasks.stages import transfer
 
     ctx.params = with_overrides(ctx.params, [f"base.seed={seed}"], "bench")

@@ -7,6 +7,7 @@ the DVC remote only after every stage succeeded, so a failed run leaves the remo
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -22,9 +23,12 @@ from flows.promote import promote_model
 from tasks.core import tracking, uptodate, versioning
 from tasks.core.context import StageContext, open_context, read_json, write_json
 from tasks.core.locking import holds_run_lock
+from tasks.core.logs import forward_to_prefect
 from tasks.core.params import PARAMS_FILE, resolve_params, write_resolved
 from tasks.registry import publishing as registry
 from tasks.stages import STAGES, get_stage
+
+log = logging.getLogger(__name__)
 
 
 @task(cache_policy=NO_CACHE)
@@ -138,21 +142,10 @@ def publish_source_choice(ctx: StageContext) -> None:
     tracking.set_tags({"source_choice": report["chosen"]}, run_id=ctx.parent_run_id)
 
 
-@flow(name="transfer_pipeline")
-@holds_run_lock  # one run per project at a time (tasks/core/locking.py); lock_wait is for it
-def transfer_pipeline(
-    profile: str = "default",
-    overrides: list[str] | None = None,
-    project_dir: str = ".",
-    lock_wait: float = 0.0,
-) -> dict:
-    """prepare -> validate -> pretrain -> transfer -> evaluate -> register, DVC-versioned."""
-    started = time.perf_counter()
-    before_flow = _process_age()
-    clock = PhaseClock()
-    project = Path(project_dir).resolve()
+def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClock):
+    """Params resolved and saved, the DVC remote set, the MLflow parent run started."""
     with clock("setup"):
-        params = resolve_params(project / PARAMS_FILE, profile, list(overrides or []))
+        params = resolve_params(project / PARAMS_FILE, profile, overrides)
         write_resolved(params, project)
         ctx = open_context(project, params, flow_run=_flow_run_info())
         versioning.ensure_remote(
@@ -167,25 +160,53 @@ def transfer_pipeline(
                 "prefect_flow_run_id": ctx.flow_run["id"],
             },
         )
+    return ctx
+
+
+def _run_stages(ctx: StageContext, clock: PhaseClock):
+    """Each stage DVC does not report up to date, as a Prefect task, committed to dvc.lock.
+    Returns seconds per stage (all of it, and the stage's own work) and the skipped stages."""
+    project = ctx.project_dir
     timings, compute, skipped = {}, {}, []
+    for stage in STAGES:
+        t0 = time.perf_counter()
+        with clock("dvc_status"):
+            up_to_date = versioning.is_up_to_date(project, stage.name)
+            up_to_date = up_to_date and stage.still_valid(ctx)
+        if up_to_date:
+            skipped.append(stage.name)
+            log.info("%s: up to date, skipped", stage.name)
+        else:
+            with clock("prefect_task"):
+                seconds = run_stage.with_options(name=stage.name)(stage.name, ctx)
+            clock.seconds["prefect_task"] -= seconds  # the stage's own work is not overhead
+            compute[stage.name] = round(seconds, 3)
+            with clock("dvc_commit"):
+                versioning.commit_stage(project, stage.name)
+        timings[stage.name] = round(time.perf_counter() - t0, 3)
+    return timings, compute, skipped
+
+
+@flow(name="transfer_pipeline")
+@holds_run_lock  # one run per project at a time (tasks/core/locking.py); lock_wait is for it
+def transfer_pipeline(
+    profile: str = "default",
+    overrides: list[str] | None = None,
+    project_dir: str = ".",
+    lock_wait: float = 0.0,
+) -> dict:
+    """prepare -> validate -> pretrain -> transfer -> evaluate -> register, DVC-versioned."""
+    forward_to_prefect()  # the stages' progress on this flow run's page
+    started = time.perf_counter()
+    before_flow = _process_age()
+    clock = PhaseClock()
+    project = Path(project_dir).resolve()
+    ctx = _open_run(project, profile, list(overrides or []), clock)
+    params = ctx.params
     try:
         with clock("setup"):
             tracking.log_run_artifact(ctx.parent_run_id, project / "params.resolved.yaml")
-        for stage in STAGES:
-            t0 = time.perf_counter()
-            with clock("dvc_status"):
-                up_to_date = versioning.is_up_to_date(project, stage.name)
-                up_to_date = up_to_date and stage.still_valid(ctx)
-            if up_to_date:
-                skipped.append(stage.name)
-            else:
-                with clock("prefect_task"):
-                    seconds = run_stage.with_options(name=stage.name)(stage.name, ctx)
-                clock.seconds["prefect_task"] -= seconds  # the stage's own work is not overhead
-                compute[stage.name] = round(seconds, 3)
-                with clock("dvc_commit"):
-                    versioning.commit_stage(project, stage.name)
-            timings[stage.name] = round(time.perf_counter() - t0, 3)
+        timings, compute, skipped = _run_stages(ctx, clock)
         if params.transfer.source == "auto":
             with clock("report"):
                 publish_source_choice(ctx)
@@ -193,6 +214,7 @@ def transfer_pipeline(
             versioning.push(project)
         with clock("promotion_gate"):
             promotion = promote_model(project_dir=str(project))  # moves @champion, or not
+        log.info("promotion gate: %s", promotion["reason"])
         wall = time.perf_counter() - started
         summary = build_summary(ctx, timings, skipped, wall, compute, clock.rounded())
         summary["promotion"] = promotion
@@ -201,6 +223,7 @@ def transfer_pipeline(
         tracking.finish_parent_run(ctx.parent_run_id, summary)
         create_markdown_artifact(summary_markdown(summary), key="transfer-pipeline-summary")
         uptodate.record(project, params, summary)  # the next `tlp run` may skip the flow
+        log.info("pipeline: finished in %.1f s", wall)
         return summary
     except BaseException:
         tracking.end_run(ctx.parent_run_id, failed=True)

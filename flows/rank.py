@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.core import tracking
 from tasks.core.context import WORK_DIR, StageContext, open_context
+from tasks.core.logs import forward_to_prefect
 from tasks.core.params import CandidateParams, Params
 from tasks.transferability import ranking
 from tasks.transferability.tables import ranking_markdown
@@ -55,6 +56,7 @@ def rank_sources(
     params: Params, candidates: list[CandidateParams], project_dir: str = "."
 ) -> list[dict]:
     """Rank ``candidates`` for the target of ``params``; publish the table as an artifact."""
+    forward_to_prefect()
     ctx = open_context(Path(project_dir).resolve(), params)
     target = prepare_target(ctx)
     rows = rank_task(ctx, candidates, target)

@@ -76,6 +76,9 @@ def _launch(
 
         app.help_print([], console=Console(stderr=True))
         return 2
+    from tasks.core.logs import configure_logging
+
+    configure_logging(verbose)  # once, before the command imports Prefect
     extra = {"project": project_dir} if "project" in ignored else {}
     return run_command(
         chain[0],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from filelock import FileLock, Timeout
 LOCK_FILE = ".tlp/run.lock"
 POLL_SECONDS = 0.5
 
+log = logging.getLogger(__name__)
 _held: dict[Path, FileLock] = {}  # lock path -> the lock this process holds
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -96,9 +98,15 @@ def run_lock(project_dir: Path, wait: float = 0.0, what: str = "tlp run") -> Ite
         on_acquired=_holder_writer(what),
     )
     try:
-        lock.acquire(timeout=max(wait, 0.0))  # 0: one attempt
+        lock.acquire(timeout=0)  # one attempt first: a queued command says it is waiting
     except Timeout:
-        raise _busy(path, wait) from None
+        if wait <= 0:
+            raise _busy(path, wait) from None
+        log.info("waiting up to %.0f s for the run lock (%s)", wait, _describe(read_holder(path)))
+        try:
+            lock.acquire(timeout=wait)
+        except Timeout:
+            raise _busy(path, wait) from None
     _held[path] = lock
     try:
         yield path

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
+
+# MLflow 3's UI opens an experiment by this tag: without it, an experiment with no runs yet
+# (and sometimes one with runs) opens in the GenAI view (Traces, Judges, Prompts)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 
 def resolve_tracking_uri(uri: str, project_dir: Path) -> str:
@@ -29,11 +36,15 @@ def configure(uri: str, project_dir: Path, experiment: str) -> str:
     client = MlflowClient()
     found = client.get_experiment_by_name(experiment)
     if found is not None:
+        if EXPERIMENT_KIND_TAG not in found.tags:  # made before the tag; a set kind is kept
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return found.experiment_id
     artifacts = None  # a server decides where artifacts go; a local store keeps them in the project
     if tracking_uri.startswith("sqlite:"):
         artifacts = (project_dir / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(experiment, artifact_location=artifacts)
+    return client.create_experiment(
+        experiment, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+    )
 
 
 def start_parent_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
@@ -107,3 +118,49 @@ def finish_parent_run(run_id: str, summary: dict) -> None:
     client.log_batch(run_id, metrics=metrics, tags=tags)
     client.log_dict(run_id, summary, "summary.json")
     client.set_terminated(run_id, status="FINISHED")
+
+
+class _LogStream:
+    """A text stream whose lines become INFO records of ``logger``."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                self.logger.info(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+# what MLflow warns about ImageClassifier.predict's list[Any] hint, deliberate: arrays of any
+# image shape and file paths must pass uncoerced (tasks/registry/serving.py)
+_HINT_WARNINGS = ("Any type hint is inferred as AnyType", "Decorate your function with")
+
+
+@contextmanager
+def quiet_model_logging() -> Iterator[None]:
+    """Around logging and registering the pyfunc: what MLflow prints to the console there
+    ("Successfully registered model", "Created version") becomes INFO records of MLflow's
+    logger, shown at ``MLFLOW_LOGGING_LEVEL=INFO``, and the two warnings about the type hint
+    are dropped. Not by a warnings filter: ``log_model`` sets its own ("once" for every
+    UserWarning) in front of any filter of its caller, so the display is what is narrowed."""
+    from mlflow.utils import logging_utils
+
+    printed_to = logging_utils.MLFLOW_LOGGING_STREAM  # eprint reads this global at each call
+    logging_utils.MLFLOW_LOGGING_STREAM = _LogStream(logging.getLogger("mlflow.tracking"))
+    show = warnings.showwarning
+
+    def show_others(message, category, filename, lineno, file=None, line=None):
+        if not any(known in str(message) for known in _HINT_WARNINGS):
+            show(message, category, filename, lineno, file, line)
+
+    try:
+        with warnings.catch_warnings():  # restores showwarning on the way out
+            warnings.showwarning = show_others
+            yield
+    finally:
+        logging_utils.MLFLOW_LOGGING_STREAM = printed_to

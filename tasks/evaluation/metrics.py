@@ -87,8 +87,8 @@ def select_best(scores: dict[str, float], order: list[str]) -> str:
 
 
 def evaluate_candidate(ckpt_dir, splits: dict, ece_bins: int) -> tuple[dict, list]:
+    from tasks.modeling.batches import predict_logits
     from tasks.modeling.models import load_checkpoint
-    from tasks.modeling.training import predict_logits
 
     model, card = load_checkpoint(ckpt_dir)
     result, confusion = {}, []

@@ -96,7 +96,8 @@ def fit_ddp(
     model.to(device)
     ddp = TimmDDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
     if rank != 0:
-        kwargs["on_epoch"] = None  # one rank reports
+        kwargs["on_epoch"] = None  # one rank reports (metrics, log lines, bar)
+        kwargs["progress"] = None
     return fit(ddp, shard(train, rank, size, seed), cfg, seed=seed, device=device, **kwargs)
 
 
@@ -116,8 +117,8 @@ def pretrain_distributed(project_dir: Path, out_dir: Path) -> dict[str, Any] | N
     from tasks.core.context import Layout, write_json
     from tasks.core.params import load_resolved
     from tasks.data.loading import load_source_tensors
+    from tasks.modeling.batches import accuracy
     from tasks.modeling.models import ModelCard, create_model, resolve_device, save_checkpoint
-    from tasks.modeling.training import accuracy
 
     p = load_resolved(project_dir)
     layout = Layout(project_dir)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.modeling.training import features_and_logits, map_batches
+from tasks.modeling.batches import features_and_logits, map_batches
 
 
 def tensor_hash(tensor: torch.Tensor) -> str:

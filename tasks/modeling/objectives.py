@@ -14,7 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tasks.modeling.training import Objective, StepContext, features_and_logits
+from tasks.modeling.batches import features_and_logits
+from tasks.modeling.training import Objective, StepContext
 
 
 class _GradReverse(torch.autograd.Function):

@@ -19,6 +19,7 @@ from tasks.core import tracking
 from tasks.core.context import WORK_DIR, StageContext, write_json
 from tasks.data.loading import load_source_tensors
 from tasks.data.manifest import MANIFEST
+from tasks.modeling.batches import accuracy
 from tasks.modeling.models import (
     ModelCard,
     create_from_file,
@@ -26,7 +27,7 @@ from tasks.modeling.models import (
     resolve_device,
     save_checkpoint,
 )
-from tasks.modeling.training import accuracy, fit
+from tasks.modeling.training import fit
 
 
 def _initial_model(ctx: StageContext, num_classes: int):

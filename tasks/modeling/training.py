@@ -7,17 +7,17 @@ group's ``lr_scale``. What a strategy adds to the plain cross-entropy (a domain
 discriminator, an MMD term, a penalty toward the source weights, a second head) is an
 ``Objective``: its extra modules are optimised and checkpointed with the model.
 
-Resumable: with ``state_dir`` set, every epoch ends with a checkpoint (safetensors weights, a
-``torch.load(weights_only=True)``-safe file for optimiser and RNG state, and JSON history);
-a rerun after a crash continues from the last complete epoch and, on CPU, ends with exactly
-the metrics of an uninterrupted run. The directory is removed once training finishes.
+Resumable: with ``state_dir`` set, every epoch ends with a checkpoint
+(``tasks.modeling.resume``); a rerun after a crash continues from the last complete epoch
+and, on CPU, ends with exactly the metrics of an uninterrupted run. The directory is
+removed once training finishes. Each epoch's loss and val accuracy, read once per epoch
+anyway, go to the log (a line per epoch) and, on a terminal, to a tqdm bar.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +27,19 @@ import torch
 import torch.nn.functional as F
 
 from tasks.core.params import TrainParams
+from tasks.modeling.batches import (
+    accuracy,
+    epoch_batches,
+    random_shift,
+    steps_per_epoch,
+)
+from tasks.modeling.resume import load_state, save_state
 
+log = logging.getLogger(__name__)
 EpochCallback = Callable[[int, dict[str, float]], None]
-LATEST = "latest.json"
+# marks a per-epoch record: on a terminal the bar shows it (tasks/core/logs.py). A literal, so
+# that the console's code is not a dependency of the training stages in dvc.yaml
+EPOCH_RECORD = {"tlp_progress": True}
 
 
 @dataclass
@@ -48,53 +58,6 @@ class History:
 def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def random_shift(batch: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to ``max_shift`` pixels (edge padding), vectorised."""
-    if max_shift <= 0:
-        return batch
-    n, _, h, w = batch.shape
-    padded = F.pad(batch, (max_shift,) * 4, mode="replicate")
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
-    idx_n = torch.arange(n)[:, None, None, None]
-    idx_c = torch.arange(batch.shape[1])[None, :, None, None]
-    return padded[idx_n, idx_c, rows, cols]
-
-
-def features_and_logits(model: torch.nn.Module, x: torch.Tensor):
-    """Pooled pre-logit features and logits of a timm model in one forward pass."""
-    pooled = model.forward_head(model.forward_features(x), pre_logits=True)
-    return pooled, model.get_classifier()(pooled)
-
-
-@torch.no_grad()
-def map_batches(
-    model: torch.nn.Module, fn, inputs: torch.Tensor, batch_size: int = 512
-) -> torch.Tensor:
-    """``fn(model, batch)`` over ``inputs`` in eval mode, batched, results back on the CPU."""
-    model.eval()
-    device = next(model.parameters()).device
-    outs = [
-        fn(model, inputs[i : i + batch_size].to(device)).float().cpu()
-        for i in range(0, len(inputs), batch_size)
-    ]
-    return torch.cat(outs) if outs else torch.empty(0)
-
-
-def predict_logits(
-    model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512
-) -> torch.Tensor:
-    return map_batches(model, lambda m, x: m(x), inputs, batch_size)
-
-
-def accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
-    if len(labels) == 0:
-        return math.nan
-    return (predict_logits(model, inputs).argmax(1) == labels).float().mean().item()
 
 
 class Objective:
@@ -164,75 +127,6 @@ def _trainable(model: torch.nn.Module, extra: torch.nn.Module | None) -> torch.n
     return torch.nn.ModuleDict({"model": model, **({"extra": extra} if extra else {})})
 
 
-def _save_state(state_dir: Path, epoch: int, modules, optimizer, gen, history, best) -> None:
-    """Write epoch ``epoch``'s checkpoint to its own folder, then point ``latest.json`` at it."""
-    from safetensors.torch import save_file
-
-    folder = state_dir / f"epoch-{epoch:04d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in modules.state_dict().items()}
-    save_file(tensors, str(folder / "weights.safetensors"))
-    if best is not None:
-        save_file(best, str(folder / "best.safetensors"))
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "gen": gen.get_state(),
-            "torch": torch.get_rng_state(),
-        },
-        folder / "state.pt",
-    )
-    meta = {
-        "epoch": epoch,
-        "folder": folder.name,
-        "epochs": history.epochs,
-        "best_epoch": history.best_epoch,
-        "has_best": best is not None,
-    }
-    tmp = state_dir / (LATEST + ".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, state_dir / LATEST)  # atomic: a kill leaves the previous epoch in place
-    for old in state_dir.glob("epoch-*"):
-        if old.name != folder.name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_state(state_dir: Path, modules, optimizer, gen, history) -> tuple[int, dict | None]:
-    """Restore the last complete epoch; returns (epochs done, best weights or None)."""
-    from safetensors.torch import load_file
-
-    latest = state_dir / LATEST
-    if not latest.is_file():
-        return 0, None
-    meta = json.loads(latest.read_text())
-    folder = state_dir / meta["folder"]
-    modules.load_state_dict(load_file(str(folder / "weights.safetensors")))
-    state = torch.load(folder / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    gen.set_state(state["gen"])
-    torch.set_rng_state(state["torch"])
-    history.epochs = meta["epochs"]
-    history.best_epoch = meta["best_epoch"]
-    best = load_file(str(folder / "best.safetensors")) if meta["has_best"] else None
-    return meta["epoch"] + 1, best
-
-
-def steps_per_epoch(cfg: TrainParams, images: int) -> int:
-    """One pass over the images, or more steps when ``cfg.epochs`` passes would be fewer than
-    ``cfg.min_steps``: with one label per class a pass is a single step."""
-    return max(math.ceil(images / cfg.batch_size), math.ceil(cfg.min_steps / cfg.epochs))
-
-
-def epoch_batches(images: int, steps: int, batch_size: int, gen: torch.Generator):
-    """Index batches of one epoch: a seeded permutation cut into ``batch_size`` slices, and
-    further permutations after it when the epoch takes more steps than one pass gives."""
-    size = min(batch_size, images)
-    one_pass = math.ceil(images / size)
-    passes = 1 if steps <= one_pass else math.ceil(steps * size / images)
-    order = torch.cat([torch.randperm(images, generator=gen) for _ in range(passes)])
-    return [order[i * size : (i + 1) * size] for i in range(steps)]
-
-
 def _train_epoch(model, objective, optimizer, scheduler, train, cfg, ctx, epoch, steps) -> dict:
     inputs, labels = train
     model.train()
@@ -272,6 +166,51 @@ def _train_epoch(model, objective, optimizer, scheduler, train, cfg, ctx, epoch,
     }
 
 
+def _setup(model, objective, cfg: TrainParams, lr, layer_decay, device, images: int):
+    """Modules on the device, timm's optimiser and per-step scheduler, steps per epoch."""
+    from timm.scheduler import create_scheduler_v2
+
+    extra = objective.extra_modules()
+    modules = _trainable(model, extra).to(device)
+    if device.type == "cuda":
+        modules.to(memory_format=torch.channels_last)
+    wd = None if objective.weight_decay_groups() else 0.0
+    optimizer = create_optimizer(model, cfg, lr or cfg.lr, layer_decay, extra, weight_decay=wd)
+    steps = steps_per_epoch(cfg, images)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.scheduler,
+        num_epochs=cfg.epochs,
+        warmup_epochs=cfg.warmup_epochs,
+        step_on_epochs=False,
+        updates_per_epoch=steps,
+    )
+    return modules, optimizer, scheduler, steps
+
+
+def _resume(state_dir: Path, modules, optimizer, scheduler, gen, history: History, steps: int):
+    """Continue after the last complete epoch saved in ``state_dir`` (none: from the start);
+    returns (the first epoch to run, the best weights so far or None)."""
+    start, best = load_state(state_dir, modules, optimizer, gen, history)
+    if start:  # the schedule is a pure function of the step count
+        scheduler.step(start)
+        scheduler.step_update(num_updates=start * steps)
+    return start, best
+
+
+def _report(bar, label: str | None, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+    """One line per epoch: to the log (the Prefect run page, a console that is not a
+    terminal) and, on a terminal, to the bar. The metrics are already on the host."""
+    if label is None:
+        return
+    val = metrics.get("val_accuracy")
+    shown = "" if val is None or math.isnan(val) else f", val accuracy {val:.4f}"
+    short = "" if val is None or math.isnan(val) else f", val acc {val:.3f}"  # fits the bar
+    bar.set_postfix_str(f"loss {metrics['train_loss']:.3f}{short}", refresh=False)
+    line = f"{label}: epoch {epoch + 1}/{epochs}, loss {metrics['train_loss']:.4f}{shown}"
+    log.info("%s", line, extra=EPOCH_RECORD)
+
+
 def fit(
     model: torch.nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -292,42 +231,27 @@ def fit(
 
     With ``patience`` and a non-empty ``val``, training stops after ``patience`` epochs
     without a better validation accuracy and the best epoch's weights are restored;
-    otherwise it runs ``cfg.epochs`` epochs of ``steps_per_epoch`` steps.
+    otherwise it runs ``cfg.epochs`` epochs of ``steps_per_epoch`` steps. ``progress`` names
+    the run in the per-epoch log lines and the bar; without it training is silent.
     """
-    from timm.scheduler import create_scheduler_v2
     from tqdm.auto import tqdm
 
-    inputs, labels = train
-    if len(labels) == 0:
+    if len(train[1]) == 0:
         raise ValueError("training set is empty")
     objective = objective or Objective()
     gen = seed_everything(seed)
     device = device or torch.device("cpu")
-    extra = objective.extra_modules()
-    modules = _trainable(model, extra).to(device)
-    if device.type == "cuda":
-        modules.to(memory_format=torch.channels_last)
-    wd = None if objective.weight_decay_groups() else 0.0
-    optimizer = create_optimizer(model, cfg, lr or cfg.lr, layer_decay, extra, weight_decay=wd)
-    steps = steps_per_epoch(cfg, len(labels))
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched=cfg.scheduler,
-        num_epochs=cfg.epochs,
-        warmup_epochs=cfg.warmup_epochs,
-        step_on_epochs=False,
-        updates_per_epoch=steps,
+    modules, optimizer, scheduler, steps = _setup(
+        model, objective, cfg, lr, layer_decay, device, len(train[1])
     )
-    history = History()
-    start, best = (0, None)
+    history, start, best = History(), 0, None
     if state_dir is not None:
-        start, best = _load_state(state_dir, modules, optimizer, gen, history)
-        if start:  # the schedule is a pure function of the step count
-            scheduler.step(start)
-            scheduler.step_update(num_updates=start * steps)
+        start, best = _resume(state_dir, modules, optimizer, scheduler, gen, history, steps)
     early = patience is not None and val is not None and len(val[1]) > 0
     ctx = StepContext(gen, 0.0, device, cfg.augment_shift, cfg.epochs * steps)
-    bar = tqdm(range(start, cfg.epochs), desc=progress or "train", unit="epoch", disable=None)
+    # disable=None: a bar only on a terminal; elsewhere the log lines of _report
+    off = True if progress is None else None
+    bar = tqdm(range(start, cfg.epochs), desc=progress, unit="epoch", disable=off)
     for epoch in bar:
         if early and _patience_spent(history, patience):
             history.stopped_early = True
@@ -341,9 +265,9 @@ def fit(
         if early and _improved(history, metrics["val_accuracy"]):
             history.best_epoch = epoch
             best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}")
+        _report(bar, progress, epoch, cfg.epochs, metrics)
         if state_dir is not None:
-            _save_state(state_dir, epoch, modules, optimizer, gen, history, best)
+            save_state(state_dir, epoch, modules, optimizer, gen, history, best)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     if early and best is not None:

@@ -12,8 +12,11 @@ scratch MLflow store, so the registry is untouched) and compares the metrics.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
+import tempfile
+from collections import deque
 from pathlib import Path
 
 import yaml
@@ -21,6 +24,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tasks.registry.publishing import LINEAGE_FILES
+
+log = logging.getLogger(__name__)
 
 RERUN_STAGES = ("validate", "pretrain", "transfer", "evaluate")
 FETCHED = ("data/source", "data/target")
@@ -188,8 +193,12 @@ def _close(a: object, b: object, tol: float = 1e-9) -> bool:
 
 
 RERUN_SCRIPT = """
-import json, sys
+import json, logging, sys
 from pathlib import Path
+progress = logging.StreamHandler(sys.stderr)
+progress.setFormatter(logging.Formatter("%(message)s"))
+logging.getLogger("tasks").addHandler(progress)
+logging.getLogger("tasks").setLevel(logging.INFO)
 import tasks
 from tasks.core import versioning
 from tasks.core.context import open_context
@@ -216,15 +225,26 @@ def rerun(workdir: Path) -> dict:
     from tasks.core import versioning
     from tasks.core.context import read_json
 
-    out = subprocess.run(
-        [sys.executable, "-c", RERUN_SCRIPT, *RERUN_STAGES],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0:
-        raise LineageError(f"rerun in {workdir} failed: {out.stderr.strip()[-1500:]}")
-    code = json.loads(out.stdout.strip().splitlines()[-1])["code"]
+    with tempfile.TemporaryFile(mode="w+") as stdout:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RERUN_SCRIPT, *RERUN_STAGES],
+            cwd=workdir,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        tail: deque[str] = deque(maxlen=30)
+        for line in proc.stderr:  # the stages' progress, passed on as it comes: never silent
+            tail.append(line.rstrip())
+            if line.strip():
+                log.info("reproduce: %s", line.rstrip())
+        proc.wait()
+        stdout.seek(0)
+        printed = stdout.read()
+    if proc.returncode != 0:
+        said = "\n".join(tail).strip()[-1500:]
+        raise LineageError(f"rerun in {workdir} failed: {said}")
+    code = json.loads(printed.strip().splitlines()[-1])["code"]
     return {
         "metrics": read_json(workdir / "reports" / "metrics.json"),
         "hashes": versioning.output_hashes(workdir),

@@ -69,7 +69,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
         self.model, self.card = load_checkpoint(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
 
-    def predict(self, context, model_input: list[Any], params=None) -> pd.DataFrame:
+    # No return hint: MLflow cannot read one from a DataFrame and says so at every log_model;
+    # without it the output schema is the same ``any``. The result is a DataFrame.
+    def predict(self, context, model_input: list[Any], params=None):
         import torch
 
         from tasks.data.preprocessing import preprocess

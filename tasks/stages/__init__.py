@@ -8,9 +8,13 @@ Each stage's function is ``run(ctx)`` in the module of its concern, imported onl
 from __future__ import annotations
 
 import importlib
+import logging
+import time
 from dataclasses import dataclass
 
 from tasks.core.context import StageContext
+
+log = logging.getLogger(__name__)
 
 
 class StageFailed(RuntimeError):
@@ -23,10 +27,14 @@ class Stage:
     module: str  # holds ``run(ctx) -> dict`` and, optionally, ``still_valid(ctx) -> bool``
 
     def run(self, ctx: StageContext) -> dict:
+        log.info("%s: started", self.name)
+        started = time.perf_counter()
         try:
-            return importlib.import_module(self.module).run(ctx)
+            result = importlib.import_module(self.module).run(ctx)
         except Exception as exc:
             raise StageFailed(f"stage '{self.name}' failed: {type(exc).__name__}: {exc}") from exc
+        log.info("%s: done in %.1f s", self.name, time.perf_counter() - started)
+        return result
 
     def still_valid(self, ctx: StageContext) -> bool:
         """Checks beyond DVC's (e.g. the registered version still exists) before skipping."""

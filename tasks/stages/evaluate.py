@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from tasks.core import tracking
 from tasks.core.context import StageContext, write_json
 from tasks.data.loading import load_tensors
@@ -14,6 +16,8 @@ from tasks.evaluation.metrics import (
     select_best,
     transfer_gain,
 )
+
+log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict:
@@ -58,4 +62,6 @@ def run(ctx: StageContext) -> dict:
             )
         write_json(layout.metrics, metrics)
         write_json(layout.confusion, confusion)
+    shown = ", ".join(f"{n} {candidates[n]['accuracy']:.4f}" for n in names)
+    log.info("evaluate: test accuracy %s; best %s (on %s)", shown, best, select_on)
     return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from tasks.core import tracking
@@ -9,6 +10,8 @@ from tasks.core.context import StageContext
 from tasks.data.datasets import prepare_dataset
 from tasks.data.folders import folder_fingerprint
 from tasks.data.manifest import describe_spec, read_info
+
+log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict:
@@ -28,6 +31,8 @@ def run(ctx: StageContext) -> dict:
             tracking.log_metrics({f"{role}_{split}_images": n for split, n in counts[role].items()})
             tracking.log_metrics({f"{role}_skipped_files": counts[f"{role}_skipped_files"]})
             tracking.log_params({f"{role}.dataset": describe_spec(spec)})
+            splits = ", ".join(f"{n} {split}" for split, n in sorted(counts[role].items()))
+            log.info("prepare: %s %s: %s images", role, describe_spec(spec), splits)
     return counts
 
 

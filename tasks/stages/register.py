@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import mlflow
 
 from tasks.core import tracking
@@ -19,6 +21,8 @@ from tasks.registry.publishing import (
     version_aliases,
     version_exists,
 )
+
+log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict:
@@ -35,7 +39,8 @@ def run(ctx: StageContext) -> dict:
         tracking.set_tags(tags)
         for path in lineage_files(ctx.project_dir):  # what `tlp reproduce` reruns from
             mlflow.log_artifact(str(path), artifact_path="lineage")
-        info = log_model(layout.candidates / best, r.model_name, first_test_image(layout))
+        with tracking.quiet_model_logging():
+            info = log_model(layout.candidates / best, r.model_name, first_test_image(layout))
     if ctx.parent_run_id:
         tracking.set_tags(tags, run_id=ctx.parent_run_id)
     version = str(info.registered_model_version)
@@ -54,6 +59,8 @@ def run(ctx: StageContext) -> dict:
         "run_id": run_id,
     }
     write_json(layout.registration, registration)
+    aliases = ", ".join(f"@{a}" for a in registration["aliases"]) or "no alias"
+    log.info("register: %s version %s (%s, %s)", r.model_name, version, best, aliases)
     return registration
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 
@@ -12,6 +13,8 @@ from tasks.core.context import StageContext, write_json
 from tasks.data.loading import load_tensors
 from tasks.modeling.models import ModelCard, save_checkpoint
 from tasks.modeling.strategies import STRATEGIES, Job, history_summary
+
+log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict:
@@ -34,8 +37,18 @@ def run(ctx: StageContext) -> dict:
             card = ModelCard(arch=arch, classes=classes, preprocess=p.preprocess, strategy=name)
             save_checkpoint(model.cpu(), card, layout.candidates / name)
             results[name] = history_summary(history, len(y_train))
+            _log_result(name, results[name])
             tracking.log_metrics(
                 {k: float(v) for k, v in results[name].items() if not math.isnan(float(v))}
             )
     write_json(layout.transfer_report, results)
     return results
+
+
+def _log_result(name: str, result: dict) -> None:
+    val = float(result["val_accuracy"])
+    early = ""
+    if result["stopped_early"]:
+        early = f", stopped early (best epoch {result['best_epoch'] + 1})"
+    shown = "" if math.isnan(val) else f", val accuracy {val:.4f}"
+    log.info("transfer/%s: %d epochs%s%s", name, result["epochs_run"], shown, early)

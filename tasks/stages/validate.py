@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import mlflow
 
 from tasks.core import tracking
@@ -14,6 +16,8 @@ from tasks.data.validation_report import (
     publish_markdown,
     summary_markdown,
 )
+
+log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict:
@@ -52,4 +56,13 @@ def run(ctx: StageContext) -> dict:
         write_json(layout.validation_report, summary)
         publish_markdown(summary_markdown(summary, docs / "index.html"))
     raise_on_failure(reports)
+    for name in ("source", "target"):
+        s = summary[name]
+        log.info(
+            "validate: %s: %d images, %d expectations passed%s",
+            name,
+            s["rows"],
+            s["expectations"],
+            f" (warned: {', '.join(s['warned'])})" if s["warned"] else "",
+        )
     return summary

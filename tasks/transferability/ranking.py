@@ -20,7 +20,7 @@ def score_source(
 ) -> dict:
     """Every score of one source on (inputs, labels), and the seconds it took (forward
     pass included)."""
-    from tasks.modeling.training import features_and_logits, map_batches
+    from tasks.modeling.batches import features_and_logits, map_batches
 
     started = time.perf_counter()
     width = source.model.num_features

@@ -40,6 +40,42 @@ def test_first_run_registers_a_champion(pipeline_run):
         assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] > 0
 
 
+def _flow_run_log(flow_run_id: str) -> list[str]:
+    """The messages of a flow run's log, as its page in the Prefect UI lists them, once the
+    run's last line has arrived (Prefect sends logs in batches, every few seconds)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    wanted = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            messages: list[str] = []
+            while page := client.read_logs(log_filter=wanted, limit=200, offset=len(messages)):
+                messages += [entry.message for entry in page]
+            if any(m.startswith("pipeline: finished") for m in messages):
+                return messages
+            if time.monotonic() > deadline:
+                return messages
+            time.sleep(1)
+
+
+def test_flow_run_page_shows_each_stage_and_every_epoch(pipeline_run):
+    _, first, second, _ = pipeline_run
+    messages = _flow_run_log(first["prefect_flow_run_id"])
+    for stage in STAGE_NAMES:
+        assert f"{stage}: started" in messages
+        assert any(m.startswith(f"{stage}: done in ") for m in messages), stage
+    epochs = [m for m in messages if m.startswith("pretrain: epoch ")]
+    assert len(epochs) == 2 and "loss" in epochs[0] and "val accuracy" in epochs[0]
+    assert any(m.startswith("transfer/full: epoch 1/") for m in messages)
+    assert any(m.startswith("evaluate: test accuracy ") for m in messages)
+    assert any(m.startswith("pipeline: finished") for m in messages)
+    assert "pretrain: up to date, skipped" in _flow_run_log(second["prefect_flow_run_id"])
+
+
 def test_registered_version_carries_lineage(pipeline_run):
     import mlflow
     from mlflow import MlflowClient

@@ -20,7 +20,8 @@ from tasks.data.builtins import load_builtin
 from tasks.modeling.models import create_model
 from tasks.core.params import default_section
 from tasks.data.preprocessing import preprocess
-from tasks.modeling.training import fit, predict_logits
+from tasks.modeling.batches import predict_logits
+from tasks.modeling.training import fit
 
 state_dir, kill_at, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 torch.set_num_threads(1)

@@ -6,8 +6,9 @@ import torch
 from tasks.core.params import default_section
 from tasks.data.datasets import prepare_dataset
 from tasks.data.loading import ImageFiles, load_tensors, stream_tensors
+from tasks.modeling.batches import accuracy
 from tasks.modeling.models import create_model
-from tasks.modeling.training import accuracy, fit
+from tasks.modeling.training import fit
 
 PRE = default_section("preprocess", image_size=16, channels=1)
 

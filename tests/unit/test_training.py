@@ -4,8 +4,9 @@ import torch
 from tasks.core.params import default_section
 from tasks.data.builtins import load_builtin
 from tasks.data.preprocessing import preprocess
+from tasks.modeling.batches import accuracy, predict_logits, random_shift
 from tasks.modeling.models import ModelCard, create_model, load_checkpoint, save_checkpoint
-from tasks.modeling.training import accuracy, create_optimizer, fit, predict_logits, random_shift
+from tasks.modeling.training import create_optimizer, fit
 
 PRE = default_section("preprocess", image_size=16, channels=1)
 # the training loop's knobs: params.yaml's pretrain section (min_steps 0), shrunk
@@ -25,13 +26,29 @@ def _model():
     return create_model("resnet10t", 10, 1)
 
 
-def test_loss_falls_and_history_is_recorded(digits):
+def test_loss_falls_and_history_is_recorded(digits, caplog):
     seen = []
-    history = fit(_model(), digits, CFG, seed=0, val=digits, on_epoch=lambda e, m: seen.append(e))
+    caplog.set_level("INFO", logger="tasks")
+    history = fit(
+        _model(),
+        digits,
+        CFG,
+        seed=0,
+        val=digits,
+        on_epoch=lambda e, m: seen.append(e),
+        progress="pretrain",
+    )
     losses = [e["train_loss"] for e in history.epochs]
     assert seen == [0, 1, 2, 3]
     assert losses[-1] < 0.5 * losses[0]
     assert {"train_loss", "train_accuracy", "lr", "val_accuracy"} <= history.final.keys()
+    # one log line per epoch, with the loss and val accuracy of that epoch
+    lines = [r.getMessage() for r in caplog.records if r.name == "tasks.modeling.training"]
+    assert lines == [
+        f"pretrain: epoch {i + 1}/4, loss {e['train_loss']:.4f}, "
+        f"val accuracy {e['val_accuracy']:.4f}"
+        for i, e in enumerate(history.epochs)
+    ]
 
 
 def test_seeded_init_is_reproducible():
@@ -41,14 +58,16 @@ def test_seeded_init_is_reproducible():
     assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters(), strict=True))
 
 
-def test_same_seed_same_weights(digits):
+def test_same_seed_same_weights(digits, caplog):
     a, b = _model(), _model()
     b.load_state_dict(a.state_dict())
     cfg = default_section(
         "pretrain", epochs=1, batch_size=64, lr=1e-3, augment_shift=2, warmup_epochs=0
     )
+    caplog.set_level("INFO", logger="tasks")
     fit(a, digits, cfg, seed=3)
     fit(b, digits, cfg, seed=3)
+    assert caplog.records == []  # no progress label (a DDP rank other than 0): silent
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
 
@@ -88,7 +107,7 @@ def test_unknown_architecture_is_named():
 
 
 def test_min_steps_makes_an_epoch_of_a_few_images_take_several_passes(digits):
-    from tasks.modeling.training import epoch_batches, steps_per_epoch
+    from tasks.modeling.batches import epoch_batches, steps_per_epoch
 
     cfg = default_section("pretrain", epochs=3, batch_size=64, min_steps=24, warmup_epochs=0)
     assert steps_per_epoch(cfg, 10) == 8

@@ -2,7 +2,8 @@
 
 dvc.yaml declares the same stages (``cmd: tlp stage NAME``); a test keeps the two in step.
 Stages pass files, never tensors: each reads what upstream stages wrote under ``Layout``.
-Each stage's function is ``run(ctx)`` in the module of its concern, imported only when used.
+Each stage is a thin module of its name here (``run(ctx)``, optionally ``still_valid(ctx)``)
+calling the domain packages below it; it is imported only when it runs.
 """
 
 from __future__ import annotations

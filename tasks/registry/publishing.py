@@ -10,6 +10,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from tasks.core import tracking
 from tasks.core.context import StageContext
 from tasks.registry.retries import is_transient
 from tasks.registry.serving import CHECKPOINT_ARTIFACT
@@ -51,27 +52,30 @@ def log_model(ckpt_dir: Path, registered_model_name: str, example_image: Path | 
     The signature comes from ``ImageClassifier.predict``'s ``list[Any]`` hint: MLflow records
     it without coercing inputs, so arrays of any image shape and file paths pass through;
     the input example is one real uint8 image; the class names go into the model metadata.
+    MLflow's console prints and its two notes about that hint are kept off the terminal
+    (``tracking.quiet_model_logging``), for every caller.
     """
     from tasks.modeling.models import read_card
 
     card = read_card(ckpt_dir)
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(Path(__file__).with_name("_pyfunc_entry.py")),
-        artifacts={CHECKPOINT_ARTIFACT: str(ckpt_dir)},
-        pip_requirements=_pip_requirements(),  # explicit: inferring them costs a subprocess
-        registered_model_name=registered_model_name,
-        input_example=input_example(
-            example_image, card.preprocess.image_size, card.preprocess.channels
-        ),
-        metadata={
-            "classes": list(card.classes),
-            "arch": card.arch,
-            "strategy": card.strategy,
-            "input": "uint8 images HxW or HxWxC (one or a batch), or image file paths",
-            "output": "label, probability, probabilities (in the order of classes)",
-        },
-    )
+    with tracking.quiet_model_logging():
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("_pyfunc_entry.py")),
+            artifacts={CHECKPOINT_ARTIFACT: str(ckpt_dir)},
+            pip_requirements=_pip_requirements(),  # explicit: inferring them costs a subprocess
+            registered_model_name=registered_model_name,
+            input_example=input_example(
+                example_image, card.preprocess.image_size, card.preprocess.channels
+            ),
+            metadata={
+                "classes": list(card.classes),
+                "arch": card.arch,
+                "strategy": card.strategy,
+                "input": "uint8 images HxW or HxWxC (one or a batch), or image file paths",
+                "output": "label, probability, probabilities (in the order of classes)",
+            },
+        )
 
 
 def tag_version(name: str, version: str, tags: dict[str, str]) -> None:

@@ -6,7 +6,6 @@ Loaded from a safetensors checkpoint and its card, so ``mlflow.pyfunc.load_model
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,6 @@ def as_image_list(model_input: Any) -> list:
         return [arr] if single else list(arr)
     items = list(model_input)
     return [x if isinstance(x, (str, Path)) else _as_array(x) for x in items]
-
-
-warnings.filterwarnings(
-    "ignore", message=".*type hints to the `predict` method", category=UserWarning
-)
-# ``list[Any]`` is deliberate (arrays of any image shape, or paths): no nagging about it
-warnings.filterwarnings("ignore", message=".*Any type hint is inferred as AnyType")
-warnings.filterwarnings("ignore", message=".*Decorate your function with `@mlflow.pyfunc")
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):

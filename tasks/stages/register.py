@@ -39,8 +39,7 @@ def run(ctx: StageContext) -> dict:
         tracking.set_tags(tags)
         for path in lineage_files(ctx.project_dir):  # what `tlp reproduce` reruns from
             mlflow.log_artifact(str(path), artifact_path="lineage")
-        with tracking.quiet_model_logging():
-            info = log_model(layout.candidates / best, r.model_name, first_test_image(layout))
+        info = log_model(layout.candidates / best, r.model_name, first_test_image(layout))
     if ctx.parent_run_id:
         tracking.set_tags(tags, run_id=ctx.parent_run_id)
     version = str(info.registered_model_version)

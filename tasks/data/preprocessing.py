@@ -55,12 +55,14 @@ def _match_channels(chw: torch.Tensor, channels: int) -> torch.Tensor:
     return chw.expand(3, -1, -1)
 
 
-def _resize(batch: torch.Tensor, size: int) -> torch.Tensor:
+def _resize(batch: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize to ``size`` x ``size``; bilinear and bicubic are antialiased (as PIL is)."""
     if batch.shape[-2:] == (size, size):
         return batch
-    return F.interpolate(
-        batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-    )
+    if mode == "nearest":
+        return F.interpolate(batch, size=(size, size), mode="nearest-exact")
+    out = F.interpolate(batch, size=(size, size), mode=mode, antialias=True, align_corners=False)
+    return out.clamp_(0.0, 1.0) if mode == "bicubic" else out  # bicubic overshoots
 
 
 def fit_to_frame(chw: torch.Tensor, size: int, threshold: float = 0.2) -> torch.Tensor:
@@ -98,11 +100,15 @@ def preprocess(
 ) -> torch.Tensor:
     """Images (uint8 arrays, float arrays in [0, 1], or file paths) -> normalised NCHW float32.
 
+    ``cfg`` must be complete (params resolution fills nulls from the source model).
+
     ``fit_frame`` first crops each image to its foreground (``fit_to_frame``), and
     ``degrade_to`` then resizes to that resolution: both make a source look like its target
     (a sharp, small-in-frame MNIST digit like a low-resolution, frame-filling UCI digit),
     which is part of what makes transfer work. Only the source uses them.
     """
+    if not cfg.complete:
+        raise ValueError(f"preprocess has unresolved (null) values: {cfg.model_dump()}")
     items = [read_image(x, cfg.channels) if isinstance(x, (str, Path)) else x for x in images]
     tensors = [_match_channels(_to_float_chw(x), cfg.channels) for x in items]
     if fit_frame:
@@ -116,7 +122,7 @@ def preprocess(
     for batch in groups:
         if degrade_to is not None:
             batch = _resize(batch, degrade_to)
-        out.append(_resize(batch, cfg.image_size))
+        out.append(_resize(batch, cfg.image_size, cfg.interpolation))
     batch = torch.cat(out)
     mean = torch.tensor(cfg.mean).view(1, -1, 1, 1)
     std = torch.tensor(cfg.std).view(1, -1, 1, 1)

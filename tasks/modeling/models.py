@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from tasks.core.params import PreprocessParams
 
@@ -23,6 +23,14 @@ class ModelCard(BaseModel):
     classes: tuple[str, ...]
     preprocess: PreprocessParams
     strategy: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_cards(cls, card):
+        """Cards written before ``preprocess.interpolation`` existed resized bilinearly."""
+        if isinstance(card, dict) and isinstance(card.get("preprocess"), dict):
+            card = {**card, "preprocess": {"interpolation": "bilinear", **card["preprocess"]}}
+        return card
 
     @property
     def num_classes(self) -> int:
@@ -56,7 +64,7 @@ def create_from_file(arch: str, file: Path, num_classes: int, in_chans: int) -> 
     import timm
 
     if not Path(file).is_file():
-        raise FileNotFoundError(f"pretrain.checkpoint_file: {file} not found")
+        raise FileNotFoundError(f"pretrain.checkpoint: {file} not found")
     try:
         return timm.create_model(
             arch,
@@ -66,7 +74,7 @@ def create_from_file(arch: str, file: Path, num_classes: int, in_chans: int) -> 
             in_chans=in_chans,
         )
     except RuntimeError as exc:
-        raise ValueError(f"pretrain.checkpoint_file: {file} does not fit {arch}: {exc}") from None
+        raise ValueError(f"pretrain.checkpoint: {file} does not fit {arch}: {exc}") from None
 
 
 def stage_modules(model: torch.nn.Module) -> list[list[str]]:

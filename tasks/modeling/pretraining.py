@@ -1,7 +1,7 @@
 """Stage ``pretrain``: a timm model trained on the source dataset, saved as safetensors + card.
 
 The model starts from random weights, or from a local timm checkpoint file
-(``pretrain.checkpoint_file``; timm adapts ``in_chans`` and ``num_classes``), and is then
+(``pretrain.checkpoint`` with ``train_on_source``; timm adapts ``in_chans`` and ``num_classes``), and is then
 trained on the source with the same loop as fine-tuning, resumable after a crash.
 With ``transfer.source: auto`` the stage instead ranks ``rank.candidates`` on the target
 and keeps the top one (``tasks.transferability.selection.select_source``).
@@ -32,10 +32,10 @@ from tasks.modeling.training import fit
 
 def _initial_model(ctx: StageContext, num_classes: int):
     p = ctx.params
-    if p.pretrain.checkpoint_file is None:
+    if p.pretrain.checkpoint is None:
         return create_model(p.model.arch, num_classes, p.preprocess.channels, seed=p.base.seed)
     torch.manual_seed(p.base.seed)  # the adapted head is freshly initialised: seed it
-    file = ctx.project_dir / p.pretrain.checkpoint_file
+    file = ctx.project_dir / p.pretrain.checkpoint
     return create_from_file(p.model.arch, file, num_classes, p.preprocess.channels)
 
 

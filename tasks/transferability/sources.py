@@ -24,6 +24,7 @@ import torch
 
 from tasks.core.context import WORK_DIR, StageContext
 from tasks.core.params import CandidateParams, Params, with_overrides
+from tasks.core.params.checkpoints import parse_checkpoint
 from tasks.modeling.models import CARD, WEIGHTS, ModelCard
 
 # flows/cli.py and flows/pipeline.py import the tables from here
@@ -146,9 +147,10 @@ def pretrain_candidate(
     from tasks.modeling import pretraining as pretrain
 
     params = candidate_params(ctx.params, spec)
-    if params.pretrain.checkpoint_file is not None:  # relative to the real project
-        file = str((ctx.project_dir / params.pretrain.checkpoint_file).resolve())
-        params = with_overrides(params, [f"pretrain.checkpoint_file={file}"], spec.name)
+    checkpoint = params.pretrain.checkpoint
+    if checkpoint is not None and parse_checkpoint(checkpoint).kind == "file":
+        file = str((ctx.project_dir / checkpoint).resolve())  # relative to the real project
+        params = with_overrides(params, [f"pretrain.checkpoint={file}"], spec.name)
     tag = "shuffled-" if after_prepare else ""
     home = (
         ctx.project_dir / WORK_DIR / SOURCES_DIR / f"{slug(spec.name)}-{tag}{pretrain_key(params)}"

@@ -31,10 +31,10 @@ def test_checkpoint_file_is_loaded_and_adapted(tmp_path):
 def test_missing_or_mismatched_checkpoint_is_named(tmp_path):
     from tasks.modeling.models import create_from_file
 
-    with pytest.raises(FileNotFoundError, match="checkpoint_file"):
+    with pytest.raises(FileNotFoundError, match="pretrain.checkpoint"):
         create_from_file("resnet10t", tmp_path / "nope.safetensors", 10, 1)
     _write_checkpoint(tmp_path / "w.safetensors")
-    with pytest.raises(ValueError, match="checkpoint_file"):
+    with pytest.raises(ValueError, match="pretrain.checkpoint"):
         create_from_file("resnet18", tmp_path / "w.safetensors", 10, 1)
 
 
@@ -51,7 +51,8 @@ def test_pretrain_stage_starts_from_the_file(tmp_path, project_root):
         "smoke",
         [
             f"storage.tracking_uri=sqlite:///{tmp_path}/m.db",
-            "pretrain.checkpoint_file=w.safetensors",
+            "pretrain.checkpoint=w.safetensors",
+            "pretrain.train_on_source=true",
             "pretrain.epochs=1",
             "data.source.limit=200",
         ],

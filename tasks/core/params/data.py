@@ -10,6 +10,12 @@ from tasks.core.params.section import Section
 # the built-in datasets; their recipes are tasks.data.builtins.BUILTINS (a test keeps both equal)
 BUILTIN_DATASETS = ("mnist5k", "uci-digits", "mnist-m")
 
+# How a source is matched to a target that was made a particular way, for
+# ``pretrain.source_fit_frame`` / ``source_resolution: auto``: uci-digits are 8x8 digits cropped
+# to fill their frame, so an MNIST source is cropped to its ink and downsampled to 8 px. Every
+# other target (a user's folder included) gets no such matching.
+SOURCE_MATCHING: dict[str, tuple[bool, int | None]] = {"uci-digits": (True, 8)}
+
 
 class DatasetParams(Section):
     # builtin and path exclude each other (overrides.EXCLUSIVE_KEYS): params.yaml gives one,

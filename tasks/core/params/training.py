@@ -28,22 +28,36 @@ class ModelParams(Section):
     arch: str = Field(min_length=1, description="any timm model name")
 
 
-class PreprocessParams(Section):
-    """How a raw image becomes a model input; saved with every checkpoint."""
+Interpolation = Literal["bilinear", "bicubic", "nearest"]
 
-    image_size: int = Field(ge=8, le=512)
-    channels: Literal[1, 3]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+
+class PreprocessParams(Section):
+    """How a raw image becomes a model input; saved with every checkpoint.
+
+    A null value is taken from the source model's pretrained configuration (timm's
+    ``pretrained_cfg``, or the card of a tlp checkpoint) when params are resolved, so the
+    stages, the checkpoints and the served model only ever see complete values.
+    """
+
+    image_size: int | None = Field(ge=8, le=512)
+    channels: Literal[1, 3] | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    interpolation: Interpolation | None
 
     @model_validator(mode="after")
     def _stats_match_channels(self) -> PreprocessParams:
         for key in ("mean", "std"):
-            if len(getattr(self, key)) != self.channels:
+            values = getattr(self, key)
+            if values is not None and self.channels is not None and len(values) != self.channels:
                 raise ValueError(f"{key} needs {self.channels} value(s), one per channel")
-        if any(s <= 0 for s in self.std):
+        if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError("std values must be > 0")
         return self
+
+    @property
+    def complete(self) -> bool:
+        return None not in (self.image_size, self.channels, self.mean, self.std, self.interpolation)
 
 
 class TrainParams(Section):
@@ -72,17 +86,43 @@ class TrainParams(Section):
 
 
 class PretrainParams(TrainParams):
-    source_resolution: int | None = Field(
-        ge=2, description="downsample source images to this size first (match the target)"
+    source_resolution: int | Literal["auto"] | None = Field(
+        ge=2,
+        description="downsample source images to this size first (match the target); auto: "
+        "what the target dataset declares (uci-digits: 8), else off",
     )
-    source_fit_frame: bool = Field(
+    source_fit_frame: bool | Literal["auto"] = Field(
         description="crop source images to their foreground and scale it to fill the frame "
-        "(size normalisation, as the target's digits were made)",
+        "(size normalisation, as the target's digits were made); auto: what the target "
+        "dataset declares (uci-digits: true), else false",
     )
-    checkpoint_file: str | None = Field(
-        description="start from a local timm checkpoint (pretrained_cfg_overlay file=...); "
-        "in_chans and num_classes are adapted by timm; relative to the project",
+    checkpoint: str | None = Field(
+        description="the source: null = train model.arch from random weights on data.source; "
+        "or a pretrained checkpoint (tasks/core/params/checkpoints.py): a built-in name, a "
+        "local file or checkpoint folder, models:/NAME@ALIAS, or hub:NAME",
     )
+    train_on_source: bool = Field(
+        description="with a checkpoint: false = it is the source as is (nothing is trained); "
+        "true = train it further on data.source (continued, domain-adaptive pretraining)",
+    )
+    allow_download: bool = Field(
+        description="let a hub: checkpoint download weights (off by default; never in tests)"
+    )
+
+    @model_validator(mode="after")
+    def _checkpoint_parses(self) -> PretrainParams:
+        from tasks.core.params.checkpoints import parse_checkpoint
+
+        if self.checkpoint is None:
+            return self
+        spec = parse_checkpoint(self.checkpoint)
+        if spec.kind == "hub" and not self.allow_download:
+            raise ValueError(
+                f"checkpoint {self.checkpoint} downloads weights from the hub; set "
+                "pretrain.allow_download=true to allow the network, or use a built-in or "
+                "local checkpoint"
+            )
+        return self
 
 
 class TransferParams(TrainParams):

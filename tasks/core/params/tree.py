@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.core.params.data import DataParams, ValidationParams
+from tasks.core.params.data import SOURCE_MATCHING, DataParams, ValidationParams
 from tasks.core.params.release import (
     EvaluateParams,
     PromoteParams,
@@ -50,6 +50,26 @@ class Params(Section):
     promote: PromoteParams
     rank: RankParams
     schedule: ScheduleParams
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_source_matching(cls, tree):
+        """``auto`` source matching becomes what the target declares (SOURCE_MATCHING), so
+        the resolved params, the hash and DVC hold the values the stages use."""
+        if not isinstance(tree, dict):
+            return tree
+        pretrain, data = tree.get("pretrain"), tree.get("data")
+        if not isinstance(pretrain, dict) or not isinstance(data, dict):
+            return tree
+        target = data.get("target") if isinstance(data.get("target"), dict) else {}
+        builtin = target.get("builtin") if not target.get("path") else None
+        fit_frame, resolution = SOURCE_MATCHING.get(builtin, (False, None))
+        pretrain = dict(pretrain)
+        if pretrain.get("source_fit_frame") == "auto":
+            pretrain["source_fit_frame"] = fit_frame
+        if pretrain.get("source_resolution") == "auto":
+            pretrain["source_resolution"] = resolution
+        return {**tree, "pretrain": pretrain}
 
     @model_validator(mode="after")
     def _auto_needs_candidates(self) -> Params:

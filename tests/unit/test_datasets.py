@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from tasks.core.params import default_section
-from tasks.data.builtins import load_builtin
+from tasks.data.builtins import BUILTINS, load_builtin
 from tasks.data.datasets import prepare_dataset
 from tasks.data.loading import load_split
 from tasks.data.manifest import MANIFEST_COLUMNS, DataError
@@ -21,6 +21,7 @@ def test_builtin_recipes_are_real_data(digits):
     mnist = load_builtin("mnist5k")
     assert mnist.images.shape == (5000, 28, 28) and mnist.images.dtype == np.uint8
     assert np.bincount(mnist.labels).tolist() == [500] * 10
+    assert tuple(np.bincount(mnist.labels)) == BUILTINS["mnist5k"].class_counts  # declared
 
 
 def test_unknown_builtin_is_named():

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 from tasks.core.params.section import Section
 
 # the built-in datasets; their recipes are tasks.data.builtins.BUILTINS (a test keeps both equal)
-BUILTIN_DATASETS = ("mnist5k", "uci-digits", "mnist-m")
+BUILTIN_DATASETS = ("mnist5k", "uci-digits", "mnist-m", "fashion-mnist")
 
 # How a source is matched to a target that was made a particular way, for
 # ``pretrain.source_fit_frame`` / ``source_resolution: auto``: uci-digits are 8x8 digits cropped

@@ -26,7 +26,7 @@ from tasks.core.locking import holds_run_lock
 from tasks.core.logs import forward_to_prefect
 from tasks.core.params import PARAMS_FILE, resolve_params, write_resolved
 from tasks.registry import publishing as registry
-from tasks.stages import STAGES, get_stage
+from tasks.stages import STAGES, get_stage, preflight
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ def build_summary(
         "best": metrics["best"],
         "candidates": metrics["candidates"],
         "transfer_gain": metrics["transfer_gain"],
+        "negative_transfer": metrics.get("negative_transfer", {}),
+        "selected_on": metrics.get("selected_on"),
         "stage_seconds": timings,
         "stage_compute_seconds": compute or {},
         "orchestration_seconds": phases or {},  # inside the flow, outside the stages' work
@@ -119,12 +121,23 @@ def summary_markdown(summary: dict) -> str:
         f"| {name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['ece']:.4f} |"
         for name, m in summary["candidates"].items()
     )
+    flags = summary.get("negative_transfer", {})
+    negative = [name for name, f in flags.items() if f["negative"]]
+    said = (
+        f"**Negative transfer**: {', '.join(negative)} fell below scratch by more than the "
+        "margin.\n\n"
+        if negative
+        else ""
+    )
     return (
         f"## Transfer pipeline\n\nRegistered **{summary['model_name']}** version "
         f"{summary['version']} ({summary['registered_strategy']}), aliases "
         f"{', '.join(summary['aliases']) or 'none'}.\n\n"
-        "| candidate | test accuracy | macro-F1 | ECE |\n|---|---|---|---|\n" + rows + "\n\n"
-        f"Skipped (up to date): {', '.join(summary['skipped_stages']) or 'none'}.\n"
+        "| candidate | test accuracy | macro-F1 | ECE |\n|---|---|---|---|\n"
+        + rows
+        + "\n\n"
+        + said
+        + f"Skipped (up to date): {', '.join(summary['skipped_stages']) or 'none'}.\n"
     )
 
 
@@ -146,6 +159,7 @@ def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClo
     """Params resolved and saved, the DVC remote set, the MLflow parent run started."""
     with clock("setup"):
         params = resolve_params(project / PARAMS_FILE, profile, overrides)
+        preflight.check(params, project)  # `tlp run` checked already; a deployment run has not
         write_resolved(params, project)
         ctx = open_context(project, params, flow_run=_flow_run_info())
         versioning.ensure_remote(

@@ -1,6 +1,7 @@
 """How a command ends: its exit code, and on failure one line on stderr that names the problem.
 
-Exit codes: 0 ok, 1 run failure, 2 bad params or usage, 3 run lock held, 130 interrupted.
+Exit codes: 0 ok, 1 run failure, 2 bad params or usage (and params the pre-flight check
+refuses: data, splits or strategies that cannot work), 3 run lock held, 130 interrupted.
 The traceback of a failure is appended to ``.tlp/logs/tlp.log`` under the project, so the
 terminal stays readable and nothing is lost; ``--verbose`` prints it instead, and
 ``TLP_DEBUG=1`` re-raises (a debugger or pytest sees the original exception).
@@ -33,7 +34,7 @@ def run_command(
     try:
         code = call()
     except ParamsError as exc:
-        print(f"tlp: params error: {exc}", file=sys.stderr)
+        print(f"tlp: {_heading(name, exc)}: {exc}", file=sys.stderr)
         return 2
     except _lock_busy() as exc:
         print(f"tlp: {name} stopped: {exc}", file=sys.stderr)
@@ -55,6 +56,15 @@ def run_command(
             raise
         return 1
     return 0 if code is None else int(code)
+
+
+def _heading(name: str, exc: Exception) -> str:
+    """A params value that fails validation is a params error; params that validate but
+    cannot work with the data or the strategies (tasks/stages/preflight.py) stop the
+    command before any work."""
+    from tasks.stages.preflight import PreflightError
+
+    return f"{name} stopped before any work" if isinstance(exc, PreflightError) else "params error"
 
 
 def _append_traceback(project: Path, argv: Sequence[str]) -> str:

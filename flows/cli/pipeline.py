@@ -33,9 +33,10 @@ def run(
         run the Prefect flow even when nothing changed (DVC still skips up-to-date stages)
     """
     params = options.resolve(project)  # reject bad params before Prefect or any work starts
+    project = project.resolve()
+    preflight(params, project)  # and data, splits or strategies that cannot work
     from tasks.core.locking import run_lock
 
-    project = project.resolve()
     # held before Prefect starts: two runs never share the ephemeral API's SQLite database
     with run_lock(project, wait=wait):
         if not force_flow and _up_to_date(project, params):
@@ -55,6 +56,14 @@ def run(
             )
     print_summary(summary)
     return 0
+
+
+def preflight(params, project: Path) -> None:
+    """tasks/stages/preflight.py: stop in one line, before any work, when the data, the
+    splits or the strategies cannot work."""
+    from tasks.stages.preflight import check
+
+    check(params, project)
 
 
 def _up_to_date(project: Path, params) -> bool:
@@ -128,6 +137,7 @@ def validate(*, options: ParamsOptions = DEFAULT_PARAMS, project: Project) -> in
 
     resolved = options.resolve(project)
     project = project.resolve()
+    preflight(resolved, project)
     write_resolved(resolved, project)
     ctx = open_context(project, resolved)
     get_stage("prepare").run(ctx)

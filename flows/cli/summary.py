@@ -1,4 +1,10 @@
-"""What ``tlp run`` prints at its end: the run's summary, or why nothing had to run."""
+"""What ``tlp run`` prints at its end: the run's summary, or why nothing had to run.
+
+Negative transfer is said here, not only in reports/metrics.json: a candidate that fell
+below the from-scratch baseline by more than the noise margin is marked on its line, a
+closing line names them all, and when the registered model is the scratch baseline itself
+the summary says that transfer did not help this target.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +25,37 @@ def print_summary(summary: dict) -> None:
     print(f"  wall time           : {summary['wall_seconds']:.1f} s  (reports/summary.json)")
 
 
+def _negative(summary: dict) -> dict[str, dict]:
+    """The candidates flagged as negative transfer (summaries written before the flag was
+    carried have none)."""
+    flags = summary.get("negative_transfer") or {}
+    return {name: f for name, f in flags.items() if f.get("negative")}
+
+
 def _print_accuracies(summary: dict) -> None:
-    """Each candidate's test accuracy and gain over scratch; the registered one marked."""
+    """Each candidate's test accuracy and gain over scratch, the registered one marked, then
+    what negative transfer there was and whether scratch won because transfer did not help."""
+    negative = _negative(summary)
     print("  test accuracy       :")
     for name, m in summary["candidates"].items():
         gain = summary["transfer_gain"].get(name)
         extra = f"  (gain over scratch {gain:+.4f})" if gain is not None else ""
+        flag = "  NEGATIVE TRANSFER" if name in negative else ""
         mark = "  <- registered" if name == summary["registered_strategy"] else ""
-        print(f"    {name:<12} {m['accuracy']:.4f}{extra}{mark}")
+        print(f"    {name:<12} {m['accuracy']:.4f}{extra}{flag}{mark}")
+    if negative:
+        margins = ", ".join(f"{name} {f['threshold']:.4f}" for name, f in negative.items())
+        print(
+            f"  negative transfer   : {', '.join(negative)} fell below scratch by more than "
+            f"the margin ({margins}; evaluate.negative_transfer_margin, null: 2 standard errors)"
+        )
+    others = [name for name in summary["candidates"] if name != "scratch"]
+    if summary["registered_strategy"] == "scratch" and others:
+        on = "validation" if summary.get("selected_on") == "val_accuracy" else "test"
+        print(
+            f"  scratch registered  : no transfer candidate ({', '.join(others)}) beat the "
+            f"from-scratch baseline on {on} accuracy; the source did not help this target"
+        )
 
 
 def print_up_to_date(saved: dict, aliases: list[str], seconds: float) -> None:

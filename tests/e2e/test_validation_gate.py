@@ -1,19 +1,15 @@
 """The validation gate in the real flow: bad target data stops `transfer_pipeline` at validate;
 nothing is trained or registered, the champion alias and the DVC remote stay as they were.
-Data too small to split stops `tlp run` with one line naming the problem, no traceback."""
+(Data too small to split stops `tlp run` before any work: tests/unit/test_preflight.py.)"""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import make_dvc_project
-from tests.integration.test_image_folder import MODEL, make_folder, registry_state, write_image
+from tests.integration.test_image_folder import MODEL, make_folder, registry_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -84,26 +80,3 @@ def test_bad_data_stops_the_flow_at_validate(tmp_path, prefect_harness):
     with get_client(sync_client=True) as client:
         found = client._client.post("/artifacts/filter", json=body).json()
     assert any("Data validation" in a["data"] and "sha256" in a["data"] for a in found)
-
-
-def test_too_few_images_end_the_run_with_one_line_and_no_traceback(tmp_path, prefect_harness):
-    from prefect.settings import PREFECT_API_URL
-
-    project = make_dvc_project(tmp_path)
-    target = tmp_path / "few"
-    for c, name in enumerate(("cat", "dog")):
-        for i in range(3):  # the smoke profile needs 1 test + 5 val + 5 train per class
-            write_image(target / name / f"{i}.png", seed=10 * c + i)
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the session's server
-    env.pop("TLP_VERBOSE", None)
-    argv = [str(Path(sys.executable).parent / "tlp"), "-C", str(project), "run"]
-    argv += ["--profile", "smoke", "--set", f"data.target.path={target}"]
-    argv += ["--set", "data.source.limit=300"]
-    run = subprocess.run(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
-    )
-    assert run.returncode == 1, run.stdout[-3000:]
-    assert "Traceback (most recent call last)" not in run.stdout, run.stdout[-3000:]
-    last = run.stdout.strip().splitlines()[-1]
-    assert last.startswith("tlp: run failed: stage 'prepare' failed: DataError: target"), last
-    assert "class cat has 3 images, too few" in last

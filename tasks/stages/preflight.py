@@ -1,0 +1,221 @@
+"""Pre-flight: what would stop a run later is checked before any work starts.
+
+``tlp run`` (and ``tlp validate``) call ``check`` right after params resolve, before the run
+lock, Prefect or MLflow start; the flow calls it again when it opens a run (deployment runs
+never pass through the CLI). Each problem stops with one line that names the params key,
+the folder or the class, and a fix, often as the ``--set`` that makes it go away:
+
+- data availability: a built-in's files (``fashion-mnist`` needs a Debian package), a folder
+  that exists and has class folders. Bad files are left to ``prepare``, which names every
+  one of them in one message (those a listing shows with those only decoding shows), so a
+  user fixes them in one round; the split budget of such a folder is not checked here;
+- split budget: every class of the source and the target, after ``limit``, can afford its
+  test, val and labelled train images (the arithmetic of ``tasks.data.splits``) and
+  ``validation.min_images_per_class``; the suggested values fit the smallest class;
+- label spaces: folder classes among ``data.<role>.classes``, at least two target classes;
+- strategies: ``source_only`` needs every target class among the source model's classes;
+  ``transfer.source: auto`` candidates pass ``check_candidate``.
+
+Everything here is counting and listing: no image is decoded and no model is loaded (but for
+``transfer.source: auto``, whose candidate checks read checkpoint headers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.core.params import DatasetParams, Params, ParamsError, ValidationParams
+
+SHOWN_CLASSES = 5  # at most this many class names in one message
+
+
+class PreflightError(ParamsError):
+    """A run cannot succeed with these params and data; the message names where and the fix."""
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What a dataset will hold, known without reading an image."""
+
+    role: str  # source | target
+    name: str  # "folder DIR" or "built-in NAME", for messages
+    label_space: tuple[str, ...]  # the classes the model is trained on
+    counts: dict[str, int]  # images per class present, after ``limit``
+    limited: bool  # ``limit`` made the counts smaller
+    bad_files: bool = False  # prepare will refuse the folder and name them; counts unsure
+
+
+def check(params: Params, project_dir: Path) -> None:
+    """Raise PreflightError on the first problem that would stop the run after some work."""
+    project_dir = Path(project_dir)
+    data = params.data
+    inventories = {
+        role: take_inventory(role, spec, project_dir)
+        for role, spec in (("source", data.source), ("target", data.target))
+    }
+    for role, spec in (("source", data.source), ("target", data.target)):
+        check_split_budget(inventories[role], spec, params.validation)
+    check_strategies(params, project_dir, inventories)
+
+
+# ---- what each dataset holds ----------------------------------------------------------
+
+
+def take_inventory(role: str, spec: DatasetParams, project_dir: Path) -> Inventory:
+    """Classes and images per class of a built-in (declared) or a folder (listed)."""
+    from tasks.data.splits import subsample_counts
+
+    bad_files = False
+    if spec.builtin is not None:
+        name, found = _builtin_counts(role, spec.builtin)
+    else:
+        name, found, bad_files = _folder_counts(role, spec, project_dir)
+    kept = subsample_counts(list(found.values()), spec.limit)
+    counts = dict(zip(found, kept, strict=True))
+    label_space = spec.classes or tuple(found)
+    outside = [c for c in found if c not in label_space]
+    if outside:
+        raise PreflightError(
+            f"data.{role}.classes: classes {_names(outside)} of data.{role} ({name}) are not "
+            f"among data.{role}.classes {list(label_space)}; add them to it, or remove them "
+            "from the data"
+        )
+    limited = kept != list(found.values())
+    return Inventory(role, name, label_space, counts, limited, bad_files)
+
+
+def _builtin_counts(role: str, name: str) -> tuple[str, dict[str, int]]:
+    from tasks.data.builtins import get_builtin
+
+    builtin = get_builtin(name)
+    problem = builtin.unavailable()
+    if problem:
+        raise PreflightError(f"data.{role}.builtin {name}: {problem}")
+    return f"built-in {name}", dict(zip(builtin.classes, builtin.class_counts, strict=True))
+
+
+def _folder_counts(
+    role: str, spec: DatasetParams, project_dir: Path
+) -> tuple[str, dict[str, int], bool]:
+    """Images per class folder from a listing (what ``prepare`` will find, before decoding),
+    and whether the listing already shows bad files that ``prepare`` will refuse."""
+    from tasks.data.folders import resolve_dir
+    from tasks.data.ingest import IngestError, scan_image_folder
+
+    root = resolve_dir(spec.path, project_dir)
+    try:
+        scan = scan_image_folder(root)
+    except IngestError as exc:  # no such folder, or no class folders in it
+        raise PreflightError(f"data.{role}.path: {exc}") from None
+    counts = dict.fromkeys(scan.classes, 0)
+    for _, name in scan.files:
+        counts[name] += 1
+    bad_files = bool(scan.fatal) or (bool(scan.bad) and not spec.skip_bad_files)
+    return f"folder {root}", counts, bad_files
+
+
+# ---- splits ---------------------------------------------------------------------------
+
+
+def check_split_budget(inv: Inventory, spec: DatasetParams, bounds: ValidationParams) -> None:
+    """The smallest class affords test + val + labelled train and the validation minimum;
+    otherwise stop with the ``--set`` values that fit it (larger classes then fit too)."""
+    from tasks.data.splits import affords, describe_need, fitting_splits
+
+    if inv.bad_files or not inv.counts:  # prepare names the bad files first
+        return
+    smallest = min(inv.counts, key=inv.counts.__getitem__)  # the first of equals
+    n = inv.counts[smallest]
+    splits_fit = affords(n, spec)
+    least = bounds.min_images_per_class
+    if splits_fit and n >= least:
+        return
+    key = f"data.{inv.role}"
+    if splits_fit:
+        problem = f"fewer than validation.min_images_per_class ({least}) that validate requires"
+    else:
+        problem = f"too few for {describe_need(n, spec)}"
+    changes = fitting_splits(n, spec)
+    larger = f"a larger {key}.limit" if inv.limited else ""
+    if changes is None:
+        fix = "add images to it" + (f" or set {larger}" if larger else "")
+        if spec.builtin is not None:
+            fix = f"set {larger}"
+    else:
+        sets = [f"--set {key}.{k}={v}" for k, v in changes.items()]
+        if n < least:
+            sets.append(f"--set validation.min_images_per_class={n}")
+        fix = "e.g. " + " ".join(sets) + (f" (or {larger})" if larger else "")
+    images = "image" if n == 1 else "images"
+    where = inv.name.removeprefix("folder ")
+    where = f"in {where}" if spec.path is not None else f"of {where}"
+    after = f" after {key}.limit={spec.limit}" if inv.limited else ""
+    raise PreflightError(
+        f"{key}: class {smallest!r} {where} has {n} {images}{after}, {problem}; {fix}"
+    )
+
+
+# ---- strategies -----------------------------------------------------------------------
+
+
+def check_strategies(params: Params, project_dir: Path, inventories: dict[str, Inventory]) -> None:
+    """What makes a requested strategy impossible and is known before any training."""
+    target = inventories["target"]
+    if len(target.label_space) < 2:
+        raise PreflightError(
+            f"data.target ({target.name}) has one class ({_names(target.label_space)}); a "
+            "classifier needs at least two: add a class folder, or list them in data.target.classes"
+        )
+    if params.transfer.source == "auto":
+        _check_candidates(params, project_dir)
+    strategies = params.transfer.strategies
+    if "source_only" in strategies:
+        found = source_classes(params, project_dir, inventories["source"])
+        if found is None:  # chosen at run time, or a checkpoint that does not say
+            return
+        source, what = found
+        missing = [name for name in target.label_space if name not in source]
+        if missing:
+            rest = [s for s in strategies if s != "source_only"] or ["linear_probe"]
+            raise PreflightError(
+                "transfer.strategies: source_only predicts the source model's classes, and "
+                f"data.target ({target.name}) has classes that {what} has not: "
+                f"{_names(missing)}; drop it, e.g. --set transfer.strategies=[{','.join(rest)}]"
+            )
+
+
+def source_classes(
+    params: Params, project_dir: Path, source: Inventory
+) -> tuple[tuple[str, ...], str] | None:
+    """The classes the source model's head predicts, and what they are, or None when that is
+    unknown before the run (``transfer.source: auto``, a checkpoint without a class list)."""
+    from tasks.core.params.checkpoints import parse_checkpoint
+
+    if params.transfer.source == "auto":
+        return None
+    checkpoint = params.pretrain.checkpoint
+    spec = parse_checkpoint(checkpoint) if checkpoint is not None else None
+    if spec is None or params.pretrain.train_on_source:  # trained on data.source's labels
+        return source.label_space, f"data.source ({source.name})"
+    from tasks.modeling.checkpoints import head_classes
+
+    classes = head_classes(spec, params, project_dir)
+    return None if classes is None else (tuple(classes), f"pretrain.checkpoint {spec}")
+
+
+def _check_candidates(params: Params, project_dir: Path) -> None:
+    """``transfer.source: auto``: each rank candidate passes the flow's own cheap check."""
+    from tasks.transferability.sources import SourceError, check_candidate
+
+    for spec in params.rank.candidates:
+        try:
+            check_candidate(spec, params, project_dir)
+        except (SourceError, ParamsError) as exc:
+            raise PreflightError(f"rank.candidates: {exc}") from None
+
+
+def _names(names) -> str:
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:SHOWN_CLASSES])
+    return shown + (f" and {len(names) - SHOWN_CLASSES} more" if len(names) > SHOWN_CLASSES else "")

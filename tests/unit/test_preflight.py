@@ -213,3 +213,15 @@ def test_tlp_run_stops_in_one_line_before_the_lock_or_prefect(twelve, tmp_path):
         "--set data.target.labels_per_class=4"
     ]
     assert sorted(p.name for p in project.iterdir()) == ["params.yaml"]  # no lock, no files
+
+
+def test_auto_source_candidates_are_checked_and_source_only_is_left_to_the_run(tmp_path):
+    """``transfer.source: auto`` picks the source at run time: its candidates get the flow's
+    own cheap check now, and source_only's classes cannot be known yet."""
+    auto = ["transfer.source=auto", "transfer.strategies=[scratch,source_only]"]
+    missing = params(*auto, "rank.candidates=[{name: gone, path: no/such/folder}]")
+    assert stopped(missing, tmp_path) == (
+        f"rank.candidates: candidate 'gone': {tmp_path / 'no/such/folder'} not found"
+    )
+    pets = folder(tmp_path / "pets", 30, ("cat", "dog"))
+    check(params(*auto, f"data.target.path={pets}", "rank.candidates=[{pretrain: []}]"), tmp_path)

@@ -244,12 +244,14 @@ def _fill_preprocess(pre: PreprocessParams, source: SourceConfig) -> PreprocessP
         return PreprocessParams.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"preprocess.{'.'.join(map(str, e['loc'])) or 'values'}: "
-            f"{e['msg'].removeprefix('Value error, ')}"
+            ".".join(["preprocess", *map(str, e["loc"])])
+            + ": "
+            + e["msg"].removeprefix("Value error, ")
             for e in exc.errors()
         )
         raise ParamsError(
-            f"{problems} (values from {source.origin}; set them in params.yaml)"
+            f"{problems} (channels={channels}; the values not set come from {source.origin}: "
+            "set the others to match, or leave them null)"
         ) from None
 
 

@@ -121,15 +121,17 @@ def test_the_digits_default_resolves_without_timm_or_mlflow(project_root):
 
 
 def test_a_bad_source_stops_the_cli_with_one_line(tmp_path, project_root):
-    (tmp_path / "params.yaml").write_text((project_root / "params.yaml").read_text())
+    project, empty = tmp_path / "project", tmp_path / "not-a-checkpoint"
+    empty.mkdir()
+    project.mkdir()
+    (project / "params.yaml").write_text((project_root / "params.yaml").read_text())
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "-C", str(tmp_path), "params"]
-        + ["--set", "pretrain.checkpoint=efficientnet-lite0", "--set", "preprocess.mean=null"]
-        + ["--set", "preprocess.channels=null", "--set", "preprocess.std=[0.2]"],
+        [sys.executable, "-m", "flows.cli", "-C", str(project), "params"]
+        + ["--set", f"pretrain.checkpoint={empty}", "--set", "preprocess.mean=null"],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert "preprocess: std needs 3 value(s)" in done.stderr
-    assert "timm pretrained_cfg of tf_efficientnet_lite0" in done.stderr
+    assert f"pretrain.checkpoint: {empty} is a folder without meta.json" in done.stderr
+    assert not (project / "params.resolved.yaml").exists()

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from tasks.data.manifest import GREY_MODES
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 SHOWN_PROBLEMS = 10  # at most this many named in one error message
 
@@ -185,7 +187,7 @@ def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
                     )
                 img.load()
                 mode, channels = img.mode, len(img.getbands())
-                grey = mode in ("1", "L", "LA", "I", "I;16", "F")
+                grey = mode in GREY_MODES
                 pixels = np.asarray(img.convert("L" if grey else "RGB"))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ValueError(f"image too large, refused as a decompression bomb ({exc})") from None

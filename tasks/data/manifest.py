@@ -37,6 +37,10 @@ MANIFEST_COLUMNS = (
     "bytes",
 )
 
+# PIL modes that hold grey pixels: decoded as "L" when a dataset is built, and counted as
+# grey images (1 channel) in a dataset's ``image_channels``; every other mode is colour
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+
 
 class DataError(ValueError):
     """A dataset cannot be built or read; the message names the dataset and the problem."""
@@ -73,6 +77,14 @@ def read_manifest(dataset_dir: Path) -> pd.DataFrame:
     import pandas as pd
 
     return pd.read_parquet(path)
+
+
+def image_channels(dataset_dir: Path) -> tuple[int, ...]:
+    """The kinds of image a prepared dataset holds, as stored (its manifest's ``mode``):
+    (1,) all grey, (3,) all colour (palette images included), (1, 3) a mix. What a model's
+    card says about converting them (``tasks.data.preprocessing.conversion_note``)."""
+    modes = read_manifest(dataset_dir)["mode"].unique()
+    return tuple(sorted({1 if mode in GREY_MODES else 3 for mode in modes}))
 
 
 def read_info(dataset_dir: Path) -> dict:

@@ -1,9 +1,19 @@
 """Raw image -> model input. One function, used by training, evaluation and the served model,
-so the registered model applies exactly the preprocessing it was trained with."""
+so the registered model applies exactly the preprocessing it was trained with.
+
+Channels are converted on purpose, to what the model takes (``preprocess.channels``): a grey
+image given to an RGB model is repeated into 3 identical channels (the way a grey photo
+looks to an ImageNet backbone), and a colour image given to a grey model becomes its luma
+(ITU-R 601: 0.299 R + 0.587 G + 0.114 B, what PIL's ``convert("L")`` computes). An alpha
+channel is dropped. The conversion comes before resizing, so every interpolation mode sees
+the channels the model will. A model's card says which conversion its data needed
+(``conversion_note``), and the registered version's description says what it takes
+(``describe_input``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +58,42 @@ def _to_float_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def _match_channels(chw: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey repeated into 3 channels, or colour to luma (see the module docstring)."""
     if chw.shape[0] == channels:
         return chw
     if channels == 1:
         return (chw * _LUMA[:, None, None]).sum(0, keepdim=True)
     return chw.expand(3, -1, -1)
+
+
+def conversion_note(data_channels: Iterable[int], channels: int) -> str | None:
+    """What happens to a dataset's images (``data_channels``: the kinds it holds, 1 grey and
+    3 colour) on their way into a model taking ``channels``; None when they already match."""
+    other = set(data_channels) - {channels}
+    if not other:
+        return None
+    some = "some of the images are" if len(set(data_channels)) > 1 else "the images are"
+    if channels == 3:
+        return (
+            f"{some} grey: they are repeated into 3 channels, as the model takes RGB "
+            "(preprocess.channels: 3)"
+        )
+    return (
+        f"{some} in colour: they are converted to grey (luma: 0.299 R + 0.587 G + 0.114 B), "
+        "as the model takes 1 channel (preprocess.channels: 1)"
+    )
+
+
+def describe_input(cfg: PreprocessParams) -> str:
+    """One sentence of what ``preprocess`` does to an image, for people reading a model."""
+    kind = "RGB; grey images are repeated into 3 channels"
+    if cfg.channels == 1:
+        kind = "grey; colour images are converted to their luma"
+    return (
+        f"{cfg.image_size}x{cfg.image_size} pixels ({cfg.interpolation} resizing), "
+        f"{cfg.channels} channel(s) ({kind}), normalised with mean {list(cfg.mean)} "
+        f"and std {list(cfg.std)}"
+    )
 
 
 def _resize(batch: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:

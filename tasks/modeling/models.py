@@ -23,6 +23,10 @@ class ModelCard(BaseModel):
     classes: tuple[str, ...]
     preprocess: PreprocessParams
     strategy: str | None = None
+    # how the training images were converted to preprocess.channels (grey repeated into
+    # RGB, colour to luma), or None when they already had those channels; cards written
+    # before it existed say None (tasks.data.preprocessing.conversion_note)
+    input_conversion: str | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -51,15 +51,17 @@ def log_model(ckpt_dir: Path, registered_model_name: str, example_image: Path | 
 
     The signature comes from ``ImageClassifier.predict``'s ``list[Any]`` hint: MLflow records
     it without coercing inputs, so arrays of any image shape and file paths pass through;
-    the input example is one real uint8 image; the class names go into the model metadata.
-    MLflow's console prints and its two notes about that hint are kept off the terminal
+    the input example is one real uint8 image; the class names, the preprocessing and the
+    channel conversion of the card go into the model metadata, and what the model takes into
+    the registered version's description (``version_description``). MLflow's console prints
+    and its two notes about that hint are kept off the terminal
     (``tracking.quiet_model_logging``), for every caller.
     """
     from tasks.modeling.models import read_card
 
     card = read_card(ckpt_dir)
     with tracking.quiet_model_logging():
-        return mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(__file__).with_name("_pyfunc_entry.py")),
             artifacts={CHECKPOINT_ARTIFACT: str(ckpt_dir)},
@@ -74,8 +76,29 @@ def log_model(ckpt_dir: Path, registered_model_name: str, example_image: Path | 
                 "strategy": card.strategy,
                 "input": "uint8 images HxW or HxWxC (one or a batch), or image file paths",
                 "output": "label, probability, probabilities (in the order of classes)",
+                "preprocess": card.preprocess.model_dump(mode="json"),
+                "input_conversion": card.input_conversion,
             },
         )
+    if info.registered_model_version is not None:
+        MlflowClient().update_model_version(
+            registered_model_name, str(info.registered_model_version), version_description(card)
+        )
+    return info
+
+
+def version_description(card) -> str:
+    """What a registered version takes, said for people: the card's preprocessing, which
+    the served model applies itself, and how its training images were converted."""
+    from tasks.data.preprocessing import describe_input
+
+    described = f"{card.arch} ({card.strategy or 'source'}), {card.num_classes} classes. "
+    described += (
+        f"Takes raw images and preprocesses them itself: {describe_input(card.preprocess)}."
+    )
+    if card.input_conversion:
+        described += f" Training data: {card.input_conversion}."
+    return described
 
 
 def tag_version(name: str, version: str, tags: dict[str, str]) -> None:

@@ -1,5 +1,10 @@
 """The registered model: an MLflow pyfunc that takes raw images and applies its own preprocessing.
 
+That preprocessing is the card's, through the one ``preprocess`` function training used:
+the same size, interpolation, mean and std, and the same channel conversion (a grey image
+sent to an RGB model is repeated into 3 channels, a colour one sent to a grey model becomes
+its luma), so a served prediction equals the one made at training time.
+
 Loaded from a safetensors checkpoint and its card, so ``mlflow.pyfunc.load_model`` and
 ``mlflow models serve`` need nothing of the project beyond this installed package.
 """

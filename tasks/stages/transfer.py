@@ -11,6 +11,8 @@ import torch
 from tasks.core import tracking
 from tasks.core.context import StageContext, write_json
 from tasks.data.loading import load_tensors
+from tasks.data.manifest import image_channels
+from tasks.data.preprocessing import conversion_note
 from tasks.modeling.models import ModelCard, save_checkpoint
 from tasks.modeling.strategies import STRATEGIES, Job, history_summary
 
@@ -22,6 +24,7 @@ def run(ctx: StageContext) -> dict:
     x_train, y_train, classes = load_tensors(layout.target_data, "train", p.preprocess)
     x_val, y_val, _ = load_tensors(layout.target_data, "val", p.preprocess)
     x_pool, _, _ = load_tensors(layout.target_data, "unlabeled", p.preprocess)
+    conversion = conversion_note(image_channels(layout.target_data), p.preprocess.channels)
     if layout.candidates.exists():
         shutil.rmtree(layout.candidates)
     results = {}
@@ -34,7 +37,13 @@ def run(ctx: StageContext) -> dict:
             model, history = STRATEGIES[name](job)
             # the model's own architecture: an auto-chosen source may not be model.arch
             arch = model.pretrained_cfg.get("architecture", p.model.arch)
-            card = ModelCard(arch=arch, classes=classes, preprocess=p.preprocess, strategy=name)
+            card = ModelCard(
+                arch=arch,
+                classes=classes,
+                preprocess=p.preprocess,
+                strategy=name,
+                input_conversion=conversion,
+            )
             save_checkpoint(model.cpu(), card, layout.candidates / name)
             results[name] = history_summary(history, len(y_train))
             _log_result(name, results[name])

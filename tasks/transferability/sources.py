@@ -71,7 +71,7 @@ def check_candidate(spec: CandidateParams, params: Params, project_dir: Path) ->
     """Fail fast on what can be seen without loading weights: missing files, wrong channels,
     overrides that do not validate."""
     if spec.pretrain is not None:
-        candidate_params(params, spec)
+        candidate_params(params, spec, project_dir)
         return
     if spec.path.startswith("models:/"):
         if not re.fullmatch(r"models:/[^/@]+(@[^/@]+|/\d+)", spec.path):
@@ -112,11 +112,11 @@ def _check_card(spec: CandidateParams, ckpt: Path, params: Params) -> ModelCard:
 # ---- pretraining a candidate ------------------------------------------------------------
 
 
-def candidate_params(params: Params, spec: CandidateParams) -> Params:
+def candidate_params(params: Params, spec: CandidateParams, project_dir: Path) -> Params:
     from tasks.core.params import ParamsError
 
     try:
-        return with_overrides(params, spec.pretrain or (), f"candidate {spec.name!r}")
+        return with_overrides(params, spec.pretrain or (), f"candidate {spec.name!r}", project_dir)
     except ParamsError as exc:
         raise SourceError(str(exc)) from None
 
@@ -146,7 +146,7 @@ def pretrain_candidate(
     from tasks.data.datasets import prepare_dataset
     from tasks.modeling import pretraining as pretrain
 
-    params = candidate_params(ctx.params, spec)
+    params = candidate_params(ctx.params, spec, ctx.project_dir)
     checkpoint = params.pretrain.checkpoint
     if checkpoint is not None and parse_checkpoint(checkpoint).kind == "file":
         file = str((ctx.project_dir / checkpoint).resolve())  # relative to the real project

@@ -15,9 +15,11 @@ kept) stays out of the params hash: moving a store retrains nothing.
 
 Modules: ``section`` (base model, error), ``overrides`` (tree edits), ``loading`` (files,
 validation, defaults); the sections by concern in ``data``, ``training``, ``release``,
-``storage``, and the whole tree in ``tree``.
+``storage``, and the whole tree in ``tree``; ``completion`` fills what params leave to the
+source model (``model.arch`` of a checkpoint, null ``preprocess`` values).
 """
 
+from tasks.core.params.completion import complete_params
 from tasks.core.params.data import BUILTIN_DATASETS, DataParams, DatasetParams, ValidationParams
 from tasks.core.params.loading import (
     DEFAULT_PROFILE,
@@ -90,6 +92,7 @@ __all__ = [
     "TrainParams",
     "TransferParams",
     "ValidationParams",
+    "complete_params",
     "default_params",
     "default_section",
     "environment_overrides",

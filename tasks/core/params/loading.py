@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tasks.core.params.completion import complete_params
 from tasks.core.params.overrides import apply_overrides, apply_value, drop_replaced, merge
 from tasks.core.params.section import ParamsError, Section
 from tasks.core.params.storage import MOVED_KEYS, environment_overrides
@@ -75,7 +76,10 @@ def _move_storage_keys(tree: dict[str, Any]) -> None:
 def resolve_params(
     params_file: Path, profile: str = DEFAULT_PROFILE, overrides: list[str] | tuple[str, ...] = ()
 ) -> Params:
-    """Load params.yaml, apply a profile and ``--set`` overrides, validate the result."""
+    """Load params.yaml, apply a profile and ``--set`` overrides, validate the result and
+    fill what it leaves to the source model (``complete_params``: ``model.arch`` of a
+    checkpoint that brings its own, null ``preprocess`` values). A resolved file is complete
+    already, and is read back as written: completing it again could read a moved alias."""
     tree = read_params_file(params_file)
     profiles = tree.pop("profiles", None) or {}
     if params_file.name == RESOLVED_PARAMS_FILE:
@@ -88,14 +92,24 @@ def resolve_params(
     for keys, value in environment_overrides():
         apply_value(tree, keys, value, "environment")
     apply_overrides(tree, overrides, "--set")
-    return validate(tree)
+    params = validate(tree)
+    if params_file.name == RESOLVED_PARAMS_FILE:
+        return params
+    return complete_params(params, params_file.resolve().parent)
 
 
-def with_overrides(params: Params, overrides: list[str] | tuple[str, ...], origin: str) -> Params:
-    """``params`` with ``--set``-style overrides applied, validated again."""
+def with_overrides(
+    params: Params,
+    overrides: list[str] | tuple[str, ...],
+    origin: str,
+    project_dir: Path | None = None,
+) -> Params:
+    """``params`` with ``--set``-style overrides applied, validated and completed again
+    (an override may name another checkpoint, or set a preprocess value back to null);
+    relative checkpoint paths are in ``project_dir`` (default: the working directory)."""
     tree = params.model_dump(mode="json")
     apply_overrides(tree, overrides, f"{origin}:")
-    return validate(tree, f"{origin}: ")
+    return complete_params(validate(tree, f"{origin}: "), project_dir or Path.cwd())
 
 
 def load_resolved(project_dir: Path) -> Params:
@@ -128,7 +142,7 @@ def default_params() -> Params:
     """The tool's own params.yaml, default profile, no environment: the defaults."""
     tree = read_params_file(TOOL_PARAMS_FILE)
     tree.pop("profiles", None)
-    return validate(tree, f"{TOOL_PARAMS_FILE}: ")
+    return complete_params(validate(tree, f"{TOOL_PARAMS_FILE}: "), TOOL_PARAMS_FILE.parent)
 
 
 def default_section(section: str, **values: Any) -> Section:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 
 import torch
 
@@ -34,7 +35,9 @@ def run(ctx: StageContext) -> dict:
         )
         with tracking.child_run(f"transfer/{name}", ctx.experiment_id, ctx.parent_run_id):
             tracking.log_params({"strategy": name, **p.transfer.model_dump(mode="json")})
+            started = time.perf_counter()
             model, history = STRATEGIES[name](job)
+            seconds = time.perf_counter() - started
             # the model's own architecture: an auto-chosen source may not be model.arch
             arch = model.pretrained_cfg.get("architecture", p.model.arch)
             card = ModelCard(
@@ -45,7 +48,7 @@ def run(ctx: StageContext) -> dict:
                 input_conversion=conversion,
             )
             save_checkpoint(model.cpu(), card, layout.candidates / name)
-            results[name] = history_summary(history, len(y_train))
+            results[name] = {**history_summary(history, len(y_train)), "seconds": seconds}
             _log_result(name, results[name])
             tracking.log_metrics(
                 {k: float(v) for k, v in results[name].items() if not math.isnan(float(v))}

@@ -119,13 +119,23 @@ def _scratch(job: Job):
 
 
 def _source_only(job: Job):
+    """The source model as it is. A target whose classes are a subset of the source's (by
+    name) keeps the matching rows of the source head, in the target's order."""
+    from tasks.modeling.features import set_head
+
     model, card = load_checkpoint(job.ctx.layout.source_model)
-    if card.classes != job.classes:
+    if card.classes == job.classes:
+        return model, History()
+    missing = [c for c in job.classes if c not in card.classes]
+    if missing:
         raise ValueError(
-            "transfer.strategies: source_only needs the source and target to share classes "
-            f"(source {card.classes}, target {job.classes})"
+            "transfer.strategies: source_only needs every target class among the source "
+            f"model's classes; missing: {', '.join(missing)}"
         )
-    return model, History()
+    rows = [card.classes.index(c) for c in job.classes]
+    head = model.get_classifier()
+    set_head(model, head.weight.detach()[rows].clone(), head.bias.detach()[rows].clone())
+    return model.eval(), History()
 
 
 def _linear_probe(job: Job):

@@ -95,3 +95,28 @@ def test_all_strategies_in_one_run_share_the_test_split(source_project):
     assert math.isclose(
         metrics["forgetting"]["candidates"]["source_only"]["forgetting"], 0.0, abs_tol=1e-9
     )
+
+
+def test_source_only_keeps_the_head_rows_of_a_subset_of_the_source_classes(tmp_path):
+    """A target with some of the source's classes, in another order, gets those head rows;
+    a class the source never saw is refused by name."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tasks.core.params import default_section
+    from tasks.modeling.models import ModelCard, create_model, save_checkpoint
+    from tasks.modeling.strategies import STRATEGIES
+
+    source = create_model("resnet10t", 3, 1, seed=0)
+    card = ModelCard(
+        arch="resnet10t", classes=("a", "b", "c"), preprocess=default_section("preprocess")
+    )
+    save_checkpoint(source, card, tmp_path / "source")
+    ctx = SimpleNamespace(layout=SimpleNamespace(source_model=tmp_path / "source"))
+    model, _ = STRATEGIES["source_only"](SimpleNamespace(ctx=ctx, classes=("c", "a")))
+    head = model.get_classifier()
+    assert torch.equal(head.weight, source.get_classifier().weight[[2, 0]])
+    assert torch.equal(head.bias, source.get_classifier().bias[[2, 0]])
+    with pytest.raises(ValueError, match="missing: d"):
+        STRATEGIES["source_only"](SimpleNamespace(ctx=ctx, classes=("a", "d")))

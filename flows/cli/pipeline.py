@@ -43,6 +43,7 @@ def run(
         from flows import prefect_api
 
         api = prefect_api.start_early()  # a subprocess: it starts during the imports below
+        _check_checkpoint(project, params, api)
         from flows.pipeline import transfer_pipeline
 
         open_stores_early(project, params)
@@ -55,6 +56,19 @@ def run(
             )
     print_summary(summary)
     return 0
+
+
+def _check_checkpoint(project: Path, params, api) -> None:
+    """A missing, unreadable or wrong-architecture ``pretrain.checkpoint`` stops the run here,
+    before Prefect, MLflow or any stage (one line, exit 2); its imports overlap the API start."""
+    from tasks.modeling.checkpoints import check_checkpoint
+
+    try:
+        check_checkpoint(params, project)
+    except BaseException:
+        if api is not None:
+            api.stop()
+        raise
 
 
 def _up_to_date(project: Path, params) -> bool:

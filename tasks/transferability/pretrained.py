@@ -6,6 +6,7 @@ is still the one the params name (DVC sees the params string, not the file behin
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -60,9 +61,8 @@ def fetch_registered(uri: str, dst: Path) -> tuple[Path, str]:
 
 
 def registry_dir(project_dir: Path, uri: str) -> Path:
-    from tasks.transferability.sources import slug
-
-    return project_dir / WORK_DIR / REGISTRY_DIR / slug(uri)
+    """Where a registered checkpoint is downloaded: one folder per URI, in file-name letters."""
+    return project_dir / WORK_DIR / REGISTRY_DIR / re.sub(r"[^A-Za-z0-9_-]+", "_", uri).strip("_")
 
 
 def load_checkpoint_source(ctx: StageContext) -> Pretrained:

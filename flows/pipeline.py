@@ -25,6 +25,7 @@ from tasks.core.context import StageContext, open_context, read_json, write_json
 from tasks.core.locking import holds_run_lock
 from tasks.core.logs import forward_to_prefect
 from tasks.core.params import PARAMS_FILE, resolve_params, write_resolved
+from tasks.modeling.checkpoints import check_checkpoint
 from tasks.registry import publishing as registry
 from tasks.stages import STAGES, get_stage, preflight
 
@@ -160,6 +161,7 @@ def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClo
     with clock("setup"):
         params = resolve_params(project / PARAMS_FILE, profile, overrides)
         preflight.check(params, project)  # `tlp run` checked already; a deployment run has not
+        check_checkpoint(params, project)  # a bad pretrain.checkpoint: before any stage runs
         write_resolved(params, project)
         ctx = open_context(project, params, flow_run=_flow_run_info())
         versioning.ensure_remote(

@@ -1,11 +1,19 @@
 """Shared fixtures: the real params.yaml shrunk to the smoke profile, and a real temp project
-(git + DVC) holding copies of the files DVC tracks, so tests run the code users run."""
+(git + DVC) holding copies of the files DVC tracks, so tests run the code users run.
+
+Every test runs offline: the Hugging Face libraries are told so (``HF_HUB_OFFLINE``, inherited
+by every subprocess), and a socket guard in this process refuses connections to anything but
+loopback, so a download (hub weights, a dataset URL) fails the test instead of passing
+quietly on a machine that has a network. Servers the tests start listen on 127.0.0.1."""
 
 from __future__ import annotations
 
 import atexit
+import errno
+import ipaddress
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +31,42 @@ for key, value in {
     "GIT_PYTHON_REFRESH": "quiet",
 }.items():
     os.environ.setdefault(key, value)
+for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ[key] = "1"
+
+
+def _is_local(address) -> bool:
+    """Loopback (or the unspecified address, which Linux connects to loopback)."""
+    host = address[0] if isinstance(address, tuple) else address
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(str(host).split("%")[0])
+    except ValueError:  # a name other than localhost: it would need the network to resolve
+        return False
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _guard_sockets() -> None:
+    """Refuse IP connections to anything but loopback, for every test in this process."""
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    ip_families = (socket.AF_INET, socket.AF_INET6)
+
+    def connect(self, address):
+        if self.family in ip_families and not _is_local(address):
+            raise OSError(errno.ENETUNREACH, f"tests run offline: connection to {address} refused")
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        if self.family in ip_families and not _is_local(address):
+            return errno.ENETUNREACH
+        return real_connect_ex(self, address)
+
+    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+
+
+_guard_sockets()
 # tlp (for `dvc repro`) and dvc must be found next to the interpreter running the tests
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 

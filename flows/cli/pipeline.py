@@ -39,11 +39,15 @@ def run(
 
     # held before Prefect starts: two runs never share the ephemeral API's SQLite database
     with run_lock(project, wait=wait):
-        if not force_flow and _up_to_date(project, params):
+        why = None if force_flow else _changed(project, params)
+        if why == "":
             return 0
         from flows import prefect_api
 
         api = prefect_api.start_early()  # a subprocess: it starts during the imports below
+        _check_checkpoint(project, params, api)
+        if why:
+            print(f"tlp run: running the flow ({why})", file=sys.stderr)
         from flows.pipeline import transfer_pipeline
 
         open_stores_early(project, params)
@@ -66,8 +70,22 @@ def preflight(params, project: Path) -> None:
     check(params, project)
 
 
-def _up_to_date(project: Path, params) -> bool:
-    """The shortcut of tasks/core/uptodate.py: print the earlier result when nothing changed."""
+def _check_checkpoint(project: Path, params, api) -> None:
+    """A missing, unreadable or wrong-architecture ``pretrain.checkpoint`` stops the run here,
+    before Prefect, MLflow or any stage (one line, exit 2); its imports overlap the API start."""
+    from tasks.modeling.checkpoints import check_checkpoint
+
+    try:
+        check_checkpoint(params, project)
+    except BaseException:
+        if api is not None:
+            api.stop()
+        raise
+
+
+def _changed(project: Path, params) -> str:
+    """The shortcut of tasks/core/uptodate.py: print the earlier result and return "" when
+    nothing changed, else return why the flow runs."""
     import time
 
     from tasks.core import uptodate
@@ -75,11 +93,10 @@ def _up_to_date(project: Path, params) -> bool:
     started = time.perf_counter()
     saved, why = uptodate.check(project, params)
     if saved is None:
-        print(f"tlp run: running the flow ({why})", file=sys.stderr)
-        return False
+        return why
     aliases = uptodate.aliases(params, project, saved["summary"]["version"])
     print_up_to_date(saved, aliases, time.perf_counter() - started)
-    return True
+    return ""
 
 
 def open_stores_early(project: Path, params) -> None:

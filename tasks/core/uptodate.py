@@ -16,6 +16,8 @@ The fingerprint covers, conservatively:
   reports), as (path, size, mtime) of each file below it: the same signal DVC's own state
   database trusts before it re-hashes a file;
 * a dataset given as ``path:`` outside the project, the same way;
+* the file behind ``pretrain.checkpoint`` (the same way), a built-in checkpoint's package
+  version, or a registered checkpoint's versions and aliases: the params hold only its name;
 * the tool's own code (``tasks/``, ``flows/``);
 * the local DVC remote's files (a push would send something);
 * the registered model's versions and aliases, read straight from the MLflow SQLite store.
@@ -101,6 +103,30 @@ def _registry_state(tracking_uri: str, model_name: str) -> list:
     return [[list(v) for v in versions], [list(a) for a in aliases]]
 
 
+def checkpoint_signature(params: Params, project_dir: Path, digest: Any) -> None:
+    """What ``pretrain.checkpoint`` names now: its file, its package, its registered versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tasks.core.params.checkpoints import BUILTIN_CHECKPOINTS, parse_checkpoint
+
+    if params.pretrain.checkpoint is None:
+        return
+    spec = parse_checkpoint(params.pretrain.checkpoint)
+    digest.update(f"## checkpoint {spec}\n".encode())
+    if spec.kind == "file":
+        tree_signature((project_dir / Path(spec.value).expanduser()).resolve(), digest)
+    elif spec.kind == "builtin":
+        package = BUILTIN_CHECKPOINTS[spec.value].package.split("==")[0]
+        try:
+            digest.update(version(package).encode())
+        except PackageNotFoundError:
+            digest.update(b"missing")
+    elif spec.kind == "registry":
+        name = spec.value.removeprefix("models:/").split("@")[0].rsplit("/", 1)[0]
+        state = _registry_state(_tracking_uri(params, project_dir), name)
+        digest.update(json.dumps(state).encode())
+
+
 def _tracking_uri(params: Params, project_dir: Path) -> str:
     prefix = "sqlite:///"
     uri = params.storage.tracking_uri
@@ -126,6 +152,7 @@ def fingerprint(project_dir: Path, params: Params) -> str:
         if spec.path is not None:
             root = Path(spec.path).expanduser()
             tree_signature(root if root.is_absolute() else project_dir / root, digest)
+    checkpoint_signature(params, project_dir, digest)
     for name in TOOL_DIRS:
         tree_signature(TOOL_ROOT / name, digest)
     remote = params.storage.dvc_remote

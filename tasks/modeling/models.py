@@ -58,29 +58,6 @@ def create_model(
         raise ValueError(f"model.arch: {exc}") from None
 
 
-def create_from_file(arch: str, file: Path, num_classes: int, in_chans: int) -> torch.nn.Module:
-    """A timm model initialised from a local checkpoint file (safetensors or a torch state dict).
-
-    timm's own loader does the adapting: ``in_chans`` different from the file's is handled by
-    summing or repeating the first conv's filters, and a ``num_classes`` different from the
-    file's head gives a freshly initialised classifier. Nothing is downloaded.
-    """
-    import timm
-
-    if not Path(file).is_file():
-        raise FileNotFoundError(f"pretrain.checkpoint: {file} not found")
-    try:
-        return timm.create_model(
-            arch,
-            pretrained=True,
-            pretrained_cfg_overlay={"file": str(file)},
-            num_classes=num_classes,
-            in_chans=in_chans,
-        )
-    except RuntimeError as exc:
-        raise ValueError(f"pretrain.checkpoint: {file} does not fit {arch}: {exc}") from None
-
-
 def stage_modules(model: torch.nn.Module) -> list[list[str]]:
     """Module names per coarse layer group (stem first), from the model's timm group_matcher."""
     from timm.models import group_modules

@@ -1,15 +1,17 @@
-"""Stage ``pretrain``: a timm model trained on the source dataset, saved as safetensors + card.
+"""Stage ``pretrain``'s work: the source model under ``models/source`` (safetensors + card).
 
-The model starts from random weights, or from a local timm checkpoint file
-(``pretrain.checkpoint`` with ``train_on_source``; timm adapts ``in_chans`` and ``num_classes``), and is then
-trained on the source with the same loop as fine-tuning, resumable after a crash.
-With ``transfer.source: auto`` the stage instead ranks ``rank.candidates`` on the target
-and keeps the top one (``tasks.transferability.selection.select_source``).
+Trained on the labelled source from random weights (``train_source``), or a pretrained
+checkpoint (``pretrain.checkpoint``, loaded and verified by ``tasks.modeling.checkpoints``):
+taken as it is, nothing trained (``adopt_checkpoint``), or with ``train_on_source`` trained
+further on the source from it, with the same loop as fine-tuning, resumable after a crash.
+With ``transfer.source: auto`` the stage instead ranks ``rank.candidates`` on the target and
+keeps the top one (``tasks.transferability.selection.select_source``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from pathlib import Path
 
@@ -20,23 +22,46 @@ from tasks.core.context import WORK_DIR, StageContext, write_json
 from tasks.data.loading import load_source_tensors
 from tasks.data.manifest import MANIFEST
 from tasks.modeling.batches import accuracy
-from tasks.modeling.models import (
-    ModelCard,
-    create_from_file,
-    create_model,
-    resolve_device,
-    save_checkpoint,
-)
+from tasks.modeling.checkpoints import Pretrained, record_tags
+from tasks.modeling.models import ModelCard, create_model, resolve_device, save_checkpoint
 from tasks.modeling.training import fit
 
 
-def _initial_model(ctx: StageContext, num_classes: int):
+def _initial_model(ctx: StageContext, classes: tuple[str, ...], start: Pretrained | None):
+    """Random weights, or the checkpoint with a fresh head for the source's classes (seeded)
+    unless its head already predicts them."""
     p = ctx.params
-    if p.pretrain.checkpoint is None:
-        return create_model(p.model.arch, num_classes, p.preprocess.channels, seed=p.base.seed)
-    torch.manual_seed(p.base.seed)  # the adapted head is freshly initialised: seed it
-    file = ctx.project_dir / p.pretrain.checkpoint
-    return create_from_file(p.model.arch, file, num_classes, p.preprocess.channels)
+    if start is None:
+        return create_model(p.model.arch, len(classes), p.preprocess.channels, seed=p.base.seed)
+    if start.classes != classes:
+        torch.manual_seed(p.base.seed)
+        start.model.reset_classifier(len(classes))
+    return start.model
+
+
+def _log_checkpoint(record: dict) -> None:
+    """The checkpoint on the active run: params to compare runs by, tags for lineage."""
+    tracking.log_params({f"checkpoint_{k}": v for k, v in record.items() if k != "file"})
+    tracking.set_tags(record_tags(record))
+
+
+def adopt_checkpoint(ctx: StageContext, start: Pretrained) -> dict:
+    """A pretrained checkpoint as the source, nothing trained: saved to ``models/source`` (a
+    DVC output, so the weights are versioned) with its head's classes and the run's
+    preprocessing, and its verification record in ``reports/pretrain.json``."""
+    p, layout = ctx.params, ctx.layout
+    with tracking.child_run("pretrain", ctx.experiment_id, ctx.parent_run_id):
+        tracking.log_params({"arch": start.arch, "train_on_source": False})
+        _log_checkpoint(start.record)
+    if layout.source_model.exists():
+        shutil.rmtree(layout.source_model)
+    card = ModelCard(
+        arch=start.arch, classes=start.classes, preprocess=p.preprocess, strategy="source"
+    )
+    save_checkpoint(start.model.cpu(), card, layout.source_model)
+    result = {"source": "checkpoint", "trained": False, "checkpoint": start.record}
+    write_json(layout.pretrain_report, result)
+    return result
 
 
 def _state_dir(ctx: StageContext) -> Path:
@@ -46,16 +71,20 @@ def _state_dir(ctx: StageContext) -> Path:
     return ctx.project_dir / WORK_DIR / "resume" / f"pretrain-{key[:16]}"
 
 
-def train_source(ctx: StageContext) -> dict:
-    """Pretrain ``model.arch`` on ``data/source`` into ``models/source``."""
+def train_source(ctx: StageContext, start: Pretrained | None = None) -> dict:
+    """Pretrain ``model.arch`` on ``data/source`` into ``models/source``, from random weights
+    or from the checkpoint ``start`` (``pretrain.train_on_source``)."""
     p, layout = ctx.params, ctx.layout
     # streamed from the PNG files batch by batch: memory does not grow with the source
     x_train, y_train, classes = load_source_tensors(layout.source_data, "train", p, stream=True)
     x_test, y_test, _ = load_source_tensors(layout.source_data, "test", p, stream=True)
     device = resolve_device(p.base.device)
-    model = _initial_model(ctx, len(classes))
+    model = _initial_model(ctx, classes, start)
+    arch = start.arch if start else p.model.arch
     with tracking.child_run("pretrain", ctx.experiment_id, ctx.parent_run_id):
-        tracking.log_params({"arch": p.model.arch, **p.pretrain.model_dump(mode="json")})
+        tracking.log_params({"arch": arch, **p.pretrain.model_dump(mode="json")})
+        if start:
+            _log_checkpoint(start.record)
         started = time.perf_counter()
         history = fit(
             model,
@@ -71,15 +100,20 @@ def train_source(ctx: StageContext) -> dict:
         seconds = time.perf_counter() - started
         model.cpu()
         result = {
+            "source": "checkpoint" if start else "dataset",
+            "trained": True,
             "source_test_accuracy": accuracy(model, x_test, y_test),
             "train_images": len(y_train),
             "epochs": p.pretrain.epochs,
             "final_train_loss": history.final["train_loss"],
         }
+        numbers = {k: v for k, v in result.items() if type(v) in (int, float)}
         tracking.log_metrics(
-            {**result, "images_per_second": len(y_train) * p.pretrain.epochs / seconds}
+            {**numbers, "images_per_second": len(y_train) * p.pretrain.epochs / seconds}
         )
-    card = ModelCard(arch=p.model.arch, classes=classes, preprocess=p.preprocess, strategy="source")
+    if start:
+        result["checkpoint"] = start.record
+    card = ModelCard(arch=arch, classes=classes, preprocess=p.preprocess, strategy="source")
     save_checkpoint(model, card, layout.source_model)
     write_json(layout.pretrain_report, result)
     return result

@@ -2,7 +2,8 @@
 ``tlp reproduce``.
 
 The register stage tags each version with the git commit, params hash, DVC hashes of every
-dataset and checkpoint, the MLflow runs and the Prefect flow run, and logs the exact
+dataset and checkpoint, the pretrained checkpoint the source came from (``source.*``: spec,
+kind, location, sha256), the MLflow runs and the Prefect flow run, and logs the exact
 ``params.resolved.yaml``, ``dvc.lock`` and ``reports/metrics.json`` under ``lineage/``.
 Reproducing clones the commit into a clean work dir, restores that params file and lock,
 pulls the datasets from the DVC remote by hash, reruns every training stage on them (into a
@@ -101,6 +102,7 @@ def lineage(ref: str, scratch: Path) -> dict:
         "prefect_flow_run_url": tags.get("prefect_flow_run_url"),
         "model_source": mv.source,
         "gate": {k[len("gate.") :]: v for k, v in sorted(tags.items()) if k.startswith("gate.")},
+        "source": {k[len("source.") :]: v for k, v in tags.items() if k.startswith("source.")},
         "params": params,
         "files": files,
     }
@@ -126,6 +128,7 @@ def format_lineage(info: dict) -> str:
         "  DVC hashes        :",
         *[f"    {path:<20} {digest}" for path, digest in info["dvc"].items()],
     ]
+    lines += _source_lines(info.get("source") or {})
     if info["gate"]:
         lines.append(
             f"  promotion gate    : {info['gate'].get('decision')}  ({info['gate'].get('reason')})"
@@ -137,6 +140,18 @@ def format_lineage(info: dict) -> str:
     if info["missing"]:
         lines.append(f"  INCOMPLETE: missing {', '.join(info['missing'])}")
     return "\n".join(lines)
+
+
+def _source_lines(source: dict) -> list[str]:
+    """The pretrained checkpoint the source model came from, when it came from one."""
+    if "checkpoint" not in source:
+        return []
+    return [
+        f"  source checkpoint : {source['checkpoint']}  ({source.get('checkpoint_kind')}, "
+        f"{source.get('checkpoint_arch')})",
+        f"    location        : {source.get('checkpoint_location')}",
+        f"    sha256          : {source.get('checkpoint_sha256')}",
+    ]
 
 
 def _git(cwd: Path, *args: str) -> str:

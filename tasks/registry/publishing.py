@@ -121,8 +121,22 @@ def version_exists(name: str, version: str) -> bool:
         return False
 
 
+def source_tags(ctx: StageContext) -> dict[str, str]:
+    """The pretrained checkpoint the source model came from (``source.checkpoint``,
+    ``source.checkpoint_sha256``, ...), as the pretrain stage recorded it; none without one."""
+    from tasks.core.context import read_json
+    from tasks.modeling.checkpoints import record_tags
+
+    try:
+        record = read_json(ctx.layout.pretrain_report).get("checkpoint")
+    except (OSError, ValueError):
+        return {}
+    return record_tags(record) if record else {}
+
+
 def lineage_tags(ctx: StageContext) -> dict[str, str]:
-    """Git commit, params hash, DVC hashes of data and checkpoints, Prefect and MLflow runs."""
+    """Git commit, params hash, DVC hashes of data and checkpoints, Prefect and MLflow runs,
+    and the pretrained checkpoint the source came from."""
     from tasks.core import versioning
 
     commit, dirty = versioning.git_revision(ctx.project_dir)
@@ -137,7 +151,7 @@ def lineage_tags(ctx: StageContext) -> dict[str, str]:
     for path, digest in versioning.output_hashes(ctx.project_dir).items():
         if path.startswith(("data/", "models/")):
             tags[f"dvc.{path}"] = digest
-    return tags
+    return {**tags, **source_tags(ctx)}
 
 
 def first_test_image(layout) -> Path | None:

@@ -1,6 +1,8 @@
 """Stage ``pretrain``: the source model under ``models/source``.
 
-Trained on the labelled source (``tasks.modeling.pretraining``), or, with
+Trained on the labelled source (``tasks.modeling.pretraining``); or a pretrained checkpoint
+(``pretrain.checkpoint``), verified and taken as it is, or trained further on the source
+with ``pretrain.train_on_source`` (``tasks.transferability.pretrained``); or, with
 ``transfer.source: auto``, the best of ``rank.candidates`` ranked on the target
 (``tasks.transferability.sources``).
 """
@@ -10,7 +12,8 @@ from __future__ import annotations
 import logging
 
 from tasks.core.context import StageContext
-from tasks.modeling.pretraining import train_source
+from tasks.transferability.pretrained import make_source
+from tasks.transferability.pretrained import still_valid as checkpoint_valid
 from tasks.transferability.selection import select_source
 from tasks.transferability.selection import still_valid as auto_choice_valid
 
@@ -22,10 +25,21 @@ def run(ctx: StageContext) -> dict:
         result = select_source(ctx)
         log.info("pretrain: source chosen by ranking: %s", result["chosen"])
         return result
-    result = train_source(ctx)
-    log.info("pretrain: source test accuracy %.4f", result["source_test_accuracy"])
+    result = make_source(ctx)
+    record = result.get("checkpoint")
+    if record:
+        log.info(
+            "pretrain: source checkpoint %s (%s, sha256 %s)",
+            record["spec"],
+            record["arch"],
+            record["sha256"][:12],
+        )
+    if result["trained"]:
+        log.info("pretrain: source test accuracy %.4f", result["source_test_accuracy"])
+    else:
+        log.info("pretrain: nothing trained (pretrain.train_on_source is false)")
     return result
 
 
 def still_valid(ctx: StageContext) -> bool:
-    return auto_choice_valid(ctx)
+    return auto_choice_valid(ctx) and checkpoint_valid(ctx)

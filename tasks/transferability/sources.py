@@ -1,13 +1,16 @@
 """Candidate sources: resolve, load, score on the labelled target train split, rank, choose.
 
-A candidate is a checkpoint folder (``model.safetensors`` + ``meta.json``), a local timm
-checkpoint file (``arch`` from the candidate or ``model.arch``), a registered model
-(``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``: its checkpoint artifact), or a source
-this project pretrains itself with ``--set``-style overrides (cached in ``.tlp/sources/``,
-keyed on everything that shapes it). Every candidate is scored with the same preprocessing
-the transfer stage will use (``preprocess``), so the ranking is about the model, not about
-how its inputs were made. Scoring and ranking them is ``ranking``; the pretrain stage's
-automatic choice is ``selection``.
+A candidate's ``path:`` is anything ``pretrain.checkpoint`` takes, loaded by the same code
+(``tasks.modeling.checkpoints``): a checkpoint folder (``model.safetensors`` + ``meta.json``),
+a local timm checkpoint file (``arch`` from the candidate or ``model.arch``), a built-in
+pretrained model (``efficientnet-lite0``), a registered model (``models:/NAME@ALIAS`` or
+``models:/NAME/VERSION``: its checkpoint artifact), a timm hub name (``hub:NAME``, with
+``pretrain.allow_download``); or the candidate is a source this project pretrains itself with
+``--set``-style overrides (cached in ``.tlp/sources/``, keyed on everything that shapes it).
+Every candidate is scored with the same preprocessing the transfer stage will use
+(``preprocess``), so the ranking is about the model, not about how its inputs were made.
+Scoring and ranking them is ``ranking``; the pretrain stage's automatic choice is
+``selection``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,9 @@ import torch
 
 from tasks.core.context import WORK_DIR, StageContext
 from tasks.core.params import CandidateParams, Params, with_overrides
-from tasks.core.params.checkpoints import parse_checkpoint
+from tasks.core.params.checkpoints import CheckpointSpec, parse_checkpoint
+from tasks.modeling import checkpoints
+from tasks.modeling.checkpoints import CheckpointError
 from tasks.modeling.models import CARD, WEIGHTS, ModelCard
 
 # flows/cli.py and flows/pipeline.py import the tables from here
@@ -41,10 +45,11 @@ class Source:
     """A loaded candidate: the model (eval mode) and what its head predicts, if it has one."""
 
     name: str
-    origin: str  # checkpoint | timm-file | registry | pretrain
+    origin: str  # checkpoint | timm-file | builtin | hub | registry | pretrain
     location: str
     model: torch.nn.Module
     card: ModelCard  # for a timm file: classes are the head's indices ("0", "1", ...)
+    record: dict | None = None  # the checkpoint's verification record (not for ``pretrain:``)
 
     @property
     def has_head(self) -> bool:
@@ -67,27 +72,43 @@ def local_path(spec: CandidateParams, project_dir: Path) -> Path:
     return (project_dir / Path(spec.path).expanduser()).resolve()
 
 
+ORIGINS = {"builtin": "builtin", "hub": "hub", "file": "timm-file", "registry": "registry"}
+
+
+def checkpoint_spec(spec: CandidateParams) -> CheckpointSpec:
+    """What a ``path:`` candidate names, in ``pretrain.checkpoint``'s grammar."""
+    try:
+        return parse_checkpoint(spec.path)
+    except ValueError as exc:
+        raise _fail(spec, str(exc)) from None
+
+
 def check_candidate(spec: CandidateParams, params: Params, project_dir: Path) -> None:
-    """Fail fast on what can be seen without loading weights: missing files, wrong channels,
-    overrides that do not validate."""
+    """Fail fast on what can be seen without loading weights: missing files, wrong channels
+    or architecture, overrides that do not validate, a hub name without allow_download."""
     if spec.pretrain is not None:
         candidate_params(params, spec, project_dir)
         return
-    if spec.path.startswith("models:/"):
-        if not re.fullmatch(r"models:/[^/@]+(@[^/@]+|/\d+)", spec.path):
-            raise _fail(spec, f"{spec.path}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    cspec = checkpoint_spec(spec)
+    if cspec.kind == "registry":
         return
-    path = local_path(spec, project_dir)
-    if not path.exists():
-        raise _fail(spec, f"{path} not found")
-    if path.is_dir():
-        _check_card(spec, path, params)
-    else:
-        arch = spec.arch or params.model.arch
-        try:
-            _head_size(arch, path)
-        except Exception as exc:  # whatever the file is, it is not a usable checkpoint
-            raise _fail(spec, f"{path} is not a readable timm checkpoint file ({exc})") from None
+    if cspec.kind == "hub":
+        if not params.pretrain.allow_download:
+            raise _fail(
+                spec,
+                f"{spec.path} downloads weights from the hub; set pretrain.allow_download=true "
+                "to allow the network",
+            )
+        return
+    if cspec.kind == "file" and local_path(spec, project_dir).is_dir():
+        _check_card(spec, local_path(spec, project_dir), params)
+        return
+    try:
+        located = checkpoints.locate(cspec, spec.arch or params.model.arch, project_dir)
+        fix = "give the candidate's arch:" if cspec.kind == "file" else "it is damaged"
+        checkpoints.verify(checkpoints.read_shapes(located), located.arch, located.file, fix)
+    except CheckpointError as exc:
+        raise _fail(spec, str(exc)) from None
 
 
 def _check_card(spec: CandidateParams, ckpt: Path, params: Params) -> ModelCard:
@@ -144,7 +165,7 @@ def pretrain_candidate(
     returns its checkpoint folder. ``after_prepare(data_dir)`` may edit the prepared source
     data first (the benchmark's random-label control)."""
     from tasks.data.datasets import prepare_dataset
-    from tasks.modeling import pretraining as pretrain
+    from tasks.transferability.pretrained import make_source
 
     params = candidate_params(ctx.params, spec, ctx.project_dir)
     checkpoint = params.pretrain.checkpoint
@@ -159,6 +180,9 @@ def pretrain_candidate(
     if (sub.layout.source_model / CARD).is_file():
         return sub.layout.source_model
     p = params.data
+    if checkpoint is not None and not params.pretrain.train_on_source:
+        make_source(sub)  # a checkpoint as it is: no source data needed
+        return sub.layout.source_model
     prepare_dataset(
         p.source,
         p.split_seed,
@@ -169,98 +193,53 @@ def pretrain_candidate(
     )
     if after_prepare is not None:
         after_prepare(sub.layout.source_data)
-    pretrain.train_source(sub)
+    make_source(sub)
     return sub.layout.source_model
 
 
 # ---- loading ----------------------------------------------------------------------------
 
 
-def _head_size(arch: str, file: Path) -> int:
-    """Rows of the classifier in a timm checkpoint file; 0 when it holds no classifier."""
-    import timm
-
-    classifier = timm.create_model(arch, pretrained=False).pretrained_cfg.get("classifier", "fc")
-    if file.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(file), "pt") as fh:
-            key = f"{classifier}.weight"
-            return fh.get_slice(key).get_shape()[0] if key in set(fh.keys()) else 0
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    for nested in ("state_dict", "model"):
-        if isinstance(state, dict) and nested in state:
-            state = state[nested]
-    weight = state.get(f"{classifier}.weight") if isinstance(state, dict) else None
-    return int(weight.shape[0]) if weight is not None else 0
-
-
-def _load_timm_file(spec: CandidateParams, file: Path, params: Params) -> Source:
-    import timm
-
-    arch = spec.arch or params.model.arch
-    try:
-        n = _head_size(arch, file)
-        model = timm.create_model(
-            arch,
-            pretrained=True,
-            pretrained_cfg_overlay={"file": str(file), "num_classes": n},
-            num_classes=n,
-            in_chans=params.preprocess.channels,
-        )
-    except Exception as exc:  # timm raises RuntimeError, the readers their own errors
-        raise _fail(spec, f"{file} does not load as a timm {arch} checkpoint: {exc}") from None
-    card = ModelCard(
-        arch=arch, classes=tuple(str(i) for i in range(n)), preprocess=params.preprocess
-    )
-    return Source(spec.name, "timm-file", str(file), model.eval(), card)
-
-
-def _load_folder(spec: CandidateParams, ckpt: Path, params: Params, origin: str) -> Source:
-    from safetensors.torch import load_model
-
-    from tasks.modeling.models import create_model
-
+def _load_folder(spec: CandidateParams, ckpt: Path, params: Params, origin: str, location=None):
+    """A checkpoint folder (its own card: arch, classes, preprocessing) as a source."""
     card = _check_card(spec, ckpt, params)
-    model = create_model(card.arch, card.num_classes, card.preprocess.channels)
+    kind = CheckpointSpec("registry", spec.path) if origin == "registry" else None
     try:
-        load_model(model, str(ckpt / WEIGHTS))
-    except (RuntimeError, OSError) as exc:
-        raise _fail(
-            spec,
-            f"{ckpt / WEIGHTS} does not fit its card ({card.arch}, "
-            f"{card.num_classes} classes): {exc}",
-        ) from None
-    return Source(spec.name, origin, str(ckpt), model.eval(), card)
-
-
-def _download_registered(spec: CandidateParams, dst: Path) -> Path:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec.path, dst_path=str(dst)))
-    except MlflowException as exc:
-        raise _fail(spec, f"{spec.path}: {exc.message}") from None
-    cards = sorted(local.rglob(CARD))
-    if not cards:
-        raise _fail(spec, f"{spec.path} holds no checkpoint ({CARD}); not a tlp model?")
-    return cards[0].parent
+        loaded = checkpoints.load(
+            kind or CheckpointSpec("file", str(ckpt)),
+            card.arch,
+            card.preprocess.channels,
+            ckpt.parent,  # unused: the folder's path is absolute
+            folder=ckpt,
+            location=location,
+        )
+    except CheckpointError as exc:
+        raise _fail(spec, str(exc)) from None
+    return Source(spec.name, origin, location or str(ckpt), loaded.model, card, loaded.record)
 
 
 def load_source(ctx: StageContext, spec: CandidateParams) -> Source:
     """Load one candidate, pretraining it first when it is a ``pretrain:`` candidate."""
+    from tasks.transferability.pretrained import fetch_registered, registry_dir
+
     params = ctx.params
     check_candidate(spec, params, ctx.project_dir)
     if spec.pretrain is not None:
         return _load_folder(spec, pretrain_candidate(ctx, spec), params, "pretrain")
-    if spec.path.startswith("models:/"):
-        dst = ctx.project_dir / WORK_DIR / SOURCES_DIR / "registry" / slug(spec.path)
-        return _load_folder(spec, _download_registered(spec, dst), params, "registry")
-    path = local_path(spec, ctx.project_dir)
-    if path.is_dir():
-        return _load_folder(spec, path, params, "checkpoint")
-    return _load_timm_file(spec, path, params)
+    cspec = checkpoint_spec(spec)
+    if cspec.kind == "registry":
+        try:
+            folder, location = fetch_registered(spec.path, registry_dir(ctx.project_dir, spec.path))
+        except CheckpointError as exc:
+            raise _fail(spec, str(exc)) from None
+        return _load_folder(spec, folder, params, "registry", location)
+    if cspec.kind == "file" and local_path(spec, ctx.project_dir).is_dir():
+        return _load_folder(spec, local_path(spec, ctx.project_dir), params, "checkpoint")
+    arch = spec.arch or params.model.arch
+    try:
+        loaded = checkpoints.load(cspec, arch, params.preprocess.channels, ctx.project_dir)
+    except CheckpointError as exc:
+        raise _fail(spec, str(exc)) from None
+    card = ModelCard(arch=loaded.arch, classes=loaded.classes, preprocess=params.preprocess)
+    location = loaded.record["location"]
+    return Source(spec.name, ORIGINS[cspec.kind], location, loaded.model, card, loaded.record)

@@ -183,3 +183,17 @@ def test_tlp_run_prints_the_earlier_result(project):
     assert "skipped (up to date): prepare, validate, pretrain, transfer, evaluate, register" in (
         out.stdout
     )
+
+
+def test_the_file_behind_a_checkpoint_source_is_seen(project):
+    """The params hold only the checkpoint's name: a new file under it must rerun the flow."""
+    project_dir, _ = project
+    (project_dir / "w.safetensors").write_bytes(b"weights")
+    params = resolve_params(
+        project_dir / "params.yaml", overrides=["pretrain.checkpoint=w.safetensors"]
+    )
+    write_resolved(params, project_dir)
+    uptodate.record(project_dir, params, SUMMARY)
+    assert not _changed(project_dir, params)
+    (project_dir / "w.safetensors").write_bytes(b"other weights")
+    assert _changed(project_dir, params)

@@ -221,7 +221,8 @@ def test_auto_source_candidates_are_checked_and_source_only_is_left_to_the_run(t
     auto = ["transfer.source=auto", "transfer.strategies=[scratch,source_only]"]
     missing = params(*auto, "rank.candidates=[{name: gone, path: no/such/folder}]")
     assert stopped(missing, tmp_path) == (
-        f"rank.candidates: candidate 'gone': {tmp_path / 'no/such/folder'} not found"
+        f"rank.candidates: candidate 'gone': {tmp_path / 'no/such/folder'} not found "
+        "(a .safetensors/.pth file or checkpoint folder)"
     )
     pets = folder(tmp_path / "pets", 30, ("cat", "dog"))
     check(params(*auto, f"data.target.path={pets}", "rank.candidates=[{pretrain: []}]"), tmp_path)

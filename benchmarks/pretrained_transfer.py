@@ -124,12 +124,27 @@ def run_source(source: str, labels: int, seed: int, strategies: list[str], args)
     }
 
 
+def _earlier_runs(args) -> list[dict]:
+    """Cells of an earlier results file that this invocation's grid does not cover."""
+    path = args.out / "pretrained_transfer.json"
+    if not path.is_file():
+        return []
+    rerun = {(labels, seed) for labels in args.labels for seed in args.seeds}
+    runs = json.loads(path.read_text())["runs"]
+    return [r for r in runs if (r["labels_per_class"], r["seed"]) not in rerun]
+
+
 def run_cell(labels: int, seed: int, args) -> dict:
     """Every source at one (labels, seed); control candidates are named ``source/strategy``."""
     candidates, seconds = {}, {}
-    for source in args.sources:
+    sources = [
+        s
+        for s in args.sources
+        if s == "imagenet" or args.control_labels is None or labels in args.control_labels
+    ]
+    for source in sources:
         strategies = args.strategies if source == "imagenet" else args.control_strategies
-        if source != "imagenet" and "imagenet" not in args.sources:
+        if source != "imagenet" and "imagenet" not in sources:
             strategies = ["scratch", *strategies]  # scratch comes with the first source
         done = run_source(source, labels, seed, strategies, args)
         seconds[f"{source}/pretrain"] = done["pretrain_seconds"]
@@ -241,12 +256,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--work", type=Path, default=ROOT / ".tlp" / "bench-pretrained", help="git-ignored"
     )
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="keep the cells of the existing results JSON that this grid does not rerun",
+    )
+    parser.add_argument(
+        "--control-labels",
+        nargs="+",
+        type=int,
+        default=None,
+        help="run the control sources only at these labels per class (default: all)",
+    )
     args = parser.parse_args(argv)
     args.out, args.work = args.out.resolve(), args.work.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    runs: list[dict] = []
+    runs = _earlier_runs(args) if args.add else []
     for seed in args.seeds:
         for labels in args.labels:
             runs.append(run_cell(labels, seed, args))

@@ -59,7 +59,7 @@ def _source_overrides(source: str, seed: int, args) -> list[str]:
     if source == "imagenet":
         return ["pretrain.checkpoint=efficientnet-lite0"]
     if source == "random":
-        return [f"pretrain.checkpoint={_random_checkpoint(args.work, seed)}"]
+        return [f"pretrain.checkpoint={_random_checkpoint(args.work, seed)}", f"model.arch={ARCH}"]
     return [  # mnist: the pretrain stage trains the same architecture on digits
         "pretrain.checkpoint=null",
         f"model.arch={ARCH}",
@@ -157,6 +157,7 @@ def run_cell(labels: int, seed: int, args) -> dict:
         "labels_per_class": labels,
         "seed": seed,
         "test_images": test_images,
+        "overrides": args.set,
         "candidates": candidates,
         "seconds": seconds,
     }

@@ -215,6 +215,7 @@ def _write(args, runs: list[dict], seconds: float, partial: bool) -> dict:
     summary = summarise(runs)
     seeds = sorted({r["seed"] for r in runs})
     result = {
+        "command": "python " + " ".join(["benchmarks/pretrained_transfer.py", *sys.argv[1:]]),
         "grid": {
             "labels_per_class": sorted({r["labels_per_class"] for r in runs}),
             "seeds": seeds,

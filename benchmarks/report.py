@@ -302,12 +302,38 @@ def startup_section(r: dict, out: Path) -> tuple[list[str], dict]:
     return lines, {"startup_help_seconds": med["tlp --help"]}
 
 
+def pretrained_section(r: dict, out: Path) -> tuple[list[str], dict]:
+    from benchmarks.transfer_strategies import markdown
+
+    g = r["grid"]
+    seconds = r.get("seconds_per_candidate", {})
+    lines = [
+        "## A pretrained backbone: ImageNet EfficientNet-Lite0 to Fashion-MNIST",
+        "",
+        f"`{r['command']}` (the last invocation; cells of earlier ones kept with `--add`, "
+        "each run records its own overrides)",
+        "",
+        f"Profile {g['profile']}; sources {', '.join(g['sources'])}; test images per cell "
+        f"{g['test_images']}. Control sources' candidates are named `source/strategy`.",
+        "",
+        markdown(r["summary"], sorted({run["seed"] for run in r["runs"]})),
+        "Training seconds per candidate (mean over the cells run), by labels per class:",
+        "",
+        *(f"- {labels}: {by_name}" for labels, by_name in sorted(seconds.items())),
+        "",
+        "![pretrained transfer](pretrained_transfer.png)",
+        "",
+    ]
+    return lines, {}
+
+
 SECTIONS = {
     "startup": startup_section,
     "training_throughput": throughput_section,
     "orchestration": orchestration_section,
     "scaling": scaling_section,
     "data_efficiency": data_efficiency_section,
+    "pretrained_transfer": pretrained_section,
 }
 
 

@@ -31,6 +31,12 @@ QUICK = {
         *("--strategies", "scratch", "linear_probe", "full"),
         *("--pretrain-epochs", "2", "--transfer-epochs", "5", "--set", "base.threads=1"),
     ],
+    "pretrained_transfer": [
+        *("--labels", "10", "--seeds", "0", "--sources", "imagenet", "random"),
+        *("--strategies", "scratch", "linear_probe", "full"),
+        *("--control-strategies", "linear_probe"),
+        *("--set", "transfer.epochs=5", "--set", "transfer.min_steps=40"),
+    ],
 }
 FULL = {
     "startup": ["--rounds", "15"],
@@ -38,6 +44,7 @@ FULL = {
     "orchestration": ["--profiles", "smoke", "default"],
     "scaling": ["--factors", "1", "2", "4", "--base-images", "5000", "--epochs", "2"],
     "data_efficiency": [],  # every strategy, labels 1 2 5 10 20 all, seeds 0 1 2, params.yaml
+    "pretrained_transfer": [],  # 6 candidates + 2 control sources, labels 1 5 10 50, 3 seeds
 }
 
 

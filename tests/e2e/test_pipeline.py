@@ -185,6 +185,8 @@ def test_dvc_repro_without_prefect_reproduces_the_outputs(pipeline_run):
 
 
 def test_first_run_was_promoted_by_the_gate(pipeline_run):
+    from datetime import UTC, datetime
+
     import httpx
     from mlflow import MlflowClient
     from prefect.settings import PREFECT_API_URL
@@ -201,9 +203,13 @@ def test_first_run_was_promoted_by_the_gate(pipeline_run):
     body = {"artifacts": {"key": {"any_": ["promotion-gate"]}}, "sort": "CREATED_DESC"}
     answer = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
     answer.raise_for_status()
-    # this module's two runs only: other tests' flows share the session's Prefect API
-    runs = {first["prefect_flow_run_id"], second["prefect_flow_run_id"]}
-    texts = [a["data"] for a in answer.json() if a["flow_run_id"] in runs]  # newest first
+    # this module's two runs only: earlier tests' flows share the session's Prefect API (the
+    # gate is a subflow, so its artifacts are not the pipeline's flow run's): those created
+    # since the first run's MLflow parent run started
+    started_ms = MlflowClient().get_run(first["mlflow_run_id"]).info.start_time
+    since = datetime.fromtimestamp(started_ms / 1000, tz=UTC)
+    answers = [a for a in answer.json() if datetime.fromisoformat(a["created"]) >= since]
+    texts = [a["data"] for a in answers]  # newest first: the second run, then the first
     assert len(texts) == 2 and "already @champion" in texts[0]
     assert f"version {first['version']} PROMOTED" in texts[1]
     assert "McNemar" in texts[1] or "no champion yet" in texts[1]

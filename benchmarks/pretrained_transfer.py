@@ -34,7 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.transfer_strategies import markdown, summarise  # noqa: E402
+from benchmarks.transfer_strategies import (  # noqa: E402
+    candidate_result,
+    markdown,
+    summarise,
+)
 
 SOURCES = ("imagenet", "random", "mnist")
 ARCH = "tf_efficientnet_lite0"
@@ -110,14 +114,7 @@ def run_source(source: str, labels: int, seed: int, strategies: list[str], args)
     return {
         "pretrain_seconds": pretrain_seconds,
         "candidates": {
-            name: {
-                "accuracy": m["accuracy"],
-                "macro_f1": m["macro_f1"],
-                "ece": m["ece"],
-                "epochs_run": trained[name]["epochs_run"],
-                "seconds": trained[name].get("seconds"),
-                "forgetting": None,
-            }
+            name: {**candidate_result(m, trained[name]), "seconds": trained[name].get("seconds")}
             for name, m in metrics["candidates"].items()
         },
         "test_images": next(iter(metrics["candidates"].values())).get("n"),

@@ -62,6 +62,17 @@ def _params(experiment: str, labels: int, seed: int, args, project: Path):
     return resolve_params(ROOT / "params.yaml", args.profile, overrides)
 
 
+def candidate_result(metrics: dict, trained: dict, forgetting: float | None = None) -> dict:
+    """One candidate's row of a benchmark run: its test metrics and how it trained."""
+    return {
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "ece": metrics["ece"],
+        "epochs_run": trained["epochs_run"],
+        "forgetting": forgetting,
+    }
+
+
 def run_one(experiment: str, labels: int, seed: int, args, source_cache: dict) -> dict:
     """prepare -> pretrain (once per experiment and seed) -> transfer -> evaluate."""
     from tasks.core.context import open_context
@@ -98,13 +109,11 @@ def run_one(experiment: str, labels: int, seed: int, args, source_cache: dict) -
         "source_test_accuracy": source_cache[key][0]["source_test_accuracy"],
         "source_probe_accuracy": forgetting.get("source_model_probe_accuracy"),
         "candidates": {
-            name: {
-                "accuracy": m["accuracy"],
-                "macro_f1": m["macro_f1"],
-                "ece": m["ece"],
-                "epochs_run": trained[name]["epochs_run"],
-                "forgetting": forgetting.get("candidates", {}).get(name, {}).get("forgetting"),
-            }
+            name: candidate_result(
+                m,
+                trained[name],
+                forgetting.get("candidates", {}).get(name, {}).get("forgetting"),
+            )
             for name, m in metrics["candidates"].items()
         },
         "seconds": timings,

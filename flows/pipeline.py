@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows import outcome
 from flows.promote import promote_model
 from tasks.core import tracking, uptodate, versioning
 from tasks.core.context import StageContext, open_context, read_json, write_json
@@ -104,6 +105,8 @@ def build_summary(
         "model_uri": registration["model_uri"],
         "aliases": registry.version_aliases(registration["model_name"], registration["version"]),
         "registered_strategy": registration["strategy"],
+        "champion_alias": p.registry.champion_alias,
+        "challenger_alias": p.registry.challenger_alias,
         "best": metrics["best"],
         "candidates": metrics["candidates"],
         "transfer_gain": metrics["transfer_gain"],
@@ -118,8 +121,16 @@ def build_summary(
 
 
 def summary_markdown(summary: dict) -> str:
+    """The Prefect artifact: what the terminal summary says (flows/outcome.py), as markdown."""
+    aliases = summary["aliases"]
+    test_n, val_n = outcome.split_sizes(summary)
+    sizes = f"test: {test_n or '?'} images, validation: {val_n or '?'} images"
+
+    def val(m: dict) -> str:
+        return "n/a" if m.get("val_accuracy") is None else f"{m['val_accuracy']:.4f}"
+
     rows = "\n".join(
-        f"| {name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['ece']:.4f} |"
+        f"| {name} | {m['accuracy']:.4f} | {val(m)} | {m['macro_f1']:.4f} | {m['ece']:.4f} |"
         for name, m in summary["candidates"].items()
     )
     flags = summary.get("negative_transfer", {})
@@ -130,13 +141,20 @@ def summary_markdown(summary: dict) -> str:
         if negative
         else ""
     )
+    tie = outcome.tie_line(summary)
+    gate = outcome.gate_line(summary)
+    champion, _ = outcome.alias_names(summary)
+    label, code = outcome.load_line(summary, aliases)
     return (
         f"## Transfer pipeline\n\nRegistered **{summary['model_name']}** version "
         f"{summary['version']} ({summary['registered_strategy']}), aliases "
-        f"{', '.join(summary['aliases']) or 'none'}.\n\n"
-        "| candidate | test accuracy | macro-F1 | ECE |\n|---|---|---|---|\n"
-        + rows
-        + "\n\n"
+        f"{', '.join(aliases) or 'none'}.\n\n"
+        + (f"**Promotion gate**: {gate}\n\n" if gate else "")
+        + f"**@{champion}**: {outcome.champion_line(summary, aliases)}.\n\n"
+        + f"{label[0].upper()}{label[1:]}: `{code}`\n\n"
+        + f"| candidate | test accuracy | validation accuracy | macro-F1 | ECE |\n"
+        f"|---|---|---|---|---|\n{rows}\n\n({sizes})\n\n"
+        + (f"**Tie**: {tie}.\n\n" if tie else "")
         + said
         + f"Skipped (up to date): {', '.join(summary['skipped_stages']) or 'none'}.\n"
     )

@@ -3,8 +3,9 @@ Prefect or MLflow are imported and before a Prefect API server is started.
 
 After every successful flow run, ``record`` writes ``.tlp/uptodate.json``: a fingerprint of
 everything that decides whether the flow would do any work, and what the run produced (model
-version, Prefect flow run, MLflow run, accuracies). ``check`` recomputes the fingerprint; only
-when it is identical does ``tlp run`` print that nothing changed instead of running the flow.
+version, the promotion gate's outcome, Prefect flow run, MLflow run, accuracies). ``check``
+recomputes the fingerprint; only when it is identical does ``tlp run`` print that nothing
+changed instead of running the flow.
 
 The fingerprint covers, conservatively:
 
@@ -170,12 +171,18 @@ def record(project_dir: Path, params: Params, summary: dict) -> Path | None:
         value = fingerprint(project_dir, params)
     except (CannotCheck, OSError):  # never fail a finished run over it: no shortcut next time
         value = None
-    keep = (
+    keep = (  # what the shortcut's message says: the same as the run's own summary
         "model_name",
         "version",
         "registered_strategy",
+        "champion_alias",
+        "challenger_alias",
+        "promotion",
+        "best",
+        "selected_on",
         "candidates",
         "transfer_gain",
+        "negative_transfer",
         "tracking_uri",
         "ui_command",
         "mlflow_run_id",

@@ -103,6 +103,7 @@ def evaluate_candidate(ckpt_dir, splits: dict, ece_bins: int) -> tuple[dict, lis
             result.update(m)
         else:
             result["val_accuracy"] = m["accuracy"]
+            result["val_n"] = m["n"]  # the summary says how many images chose the winner
     return result, confusion
 
 

@@ -18,6 +18,7 @@ from tasks.evaluation.metrics import (
 )
 
 log = logging.getLogger(__name__)
+COUNTS = ("n", "val_n")  # split sizes: in reports/metrics.json, not MLflow metrics
 
 
 def run(ctx: StageContext) -> dict:
@@ -32,7 +33,7 @@ def run(ctx: StageContext) -> dict:
                 layout.candidates / name, splits, p.evaluate.ece_bins
             )
             tracking.log_metrics(
-                {f"{name}_test_{k}": v for k, v in candidates[name].items() if k != "n"}
+                {f"{name}_test_{k}": v for k, v in candidates[name].items() if k not in COUNTS}
             )
         has_val = p.evaluate.select_on == "val" and len(splits["val"][1]) > 0
         select_on = "val_accuracy" if has_val else "accuracy"

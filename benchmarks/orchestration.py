@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TLP = Path(sys.executable).parent / "tlp"
-PROJECT_FILES = ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore")
+PROJECT_FILES = ("params.yaml", "dvc.yaml", ".dvcignore")
 
 
 def make_project(base: Path) -> Path:
@@ -43,8 +43,7 @@ def make_project(base: Path) -> Path:
     project.mkdir(parents=True)
     for name in PROJECT_FILES:
         shutil.copy2(ROOT / name, project / name)
-    ignore = (project / ".gitignore").read_text().splitlines()
-    (project / ".gitignore").write_text("\n".join(x for x in ignore if x != "/dvc.lock") + "\n")
+    shutil.copy2(ROOT / "experiment.gitignore", project / ".gitignore")  # an experiment repo's
     shutil.copytree(ROOT / "tasks", project / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
     subprocess.run([*git, "init", "-q"], cwd=project, check=True)

@@ -110,14 +110,13 @@ def _git(cwd: Path, *args: str) -> None:
 
 
 def make_dvc_project(base: Path) -> Path:
-    """A fresh git + DVC repo holding the project's params, dvc.yaml and stage code."""
+    """A fresh git + DVC repo holding the project's params, dvc.yaml and stage code, with the
+    .gitignore of an experiment repository (experiment.gitignore), not the tool's own."""
     project = base / "project"
     project.mkdir()
-    for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore"):
+    for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy2(ROOT / name, project / name)
-    # an experiment repository commits dvc.lock (the tool's own repository ignores it)
-    ignore = (project / ".gitignore").read_text().splitlines()
-    (project / ".gitignore").write_text("\n".join(x for x in ignore if x != "/dvc.lock") + "\n")
+    shutil.copy2(ROOT / "experiment.gitignore", project / ".gitignore")
     shutil.copytree(ROOT / "tasks", project / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     _git(project, "init", "-q")
     subprocess.run(

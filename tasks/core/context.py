@@ -34,6 +34,8 @@ PATHS = {
     "transfer_report": "reports/transfer.json",
     "metrics": "reports/metrics.json",
     "confusion": "reports/confusion.json",
+    "scores": "reports/scores",  # one row per candidate for `dvc metrics show`
+    "plots": "reports/plots",  # records for the plots: of dvc.yaml
     "registration": "reports/registration.json",
     "summary": "reports/summary.json",
 }

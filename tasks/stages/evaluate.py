@@ -16,6 +16,7 @@ from tasks.evaluation.metrics import (
     select_best,
     transfer_gain,
 )
+from tasks.evaluation.views import write_views
 
 log = logging.getLogger(__name__)
 COUNTS = ("n", "val_n")  # split sizes: in reports/metrics.json, not MLflow metrics
@@ -63,6 +64,7 @@ def run(ctx: StageContext) -> dict:
             )
         write_json(layout.metrics, metrics)
         write_json(layout.confusion, confusion)
+        write_views(layout, metrics, confusion, classes)  # what DVC's tables and plots read
     shown = ", ".join(f"{n} {candidates[n]['accuracy']:.4f}" for n in names)
     log.info("evaluate: test accuracy %s; best %s (on %s)", shown, best, select_on)
     return metrics

@@ -78,6 +78,14 @@ def test_two_waiting_runs_both_finish_one_after_the_other(project, tmp_path_fact
     shortcut = "Nothing changed: data and pipelines are up to date."
     assert sum(shortcut in out for _, out in results) == 1
     assert summary["skipped_stages"] == []  # reports/summary.json of the run that trained
+    # both say what the gate did (tiny training: it may refuse) and offer @champion only when
+    # it holds this run's model; the shortcut's from what the first run recorded
+    gate = summary["promotion"]
+    decision = "PROMOTED" if gate["promoted"] else "REFUSED"
+    holds_this_run = gate["champion_after"] == summary["version"]
+    for _, out in results:
+        assert f"  promotion gate      : {decision}: {gate['reason']}" in out, out[-3000:]
+        assert ("'models:/tlp-digits@champion')" in out) == holds_this_run
     _assert_lock_whole(project)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -260,3 +261,68 @@ def test_reproduce_fetches_the_data_reruns_and_matches(pipeline_run, tmp_path):
     assert not (tmp_path / "work" / "mlflow.db").exists()  # the registry was not touched
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions_before
     assert result["version"] == first["version"]
+
+
+def _dvc(project, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def test_dvc_metrics_and_plots_show_the_candidates(pipeline_run):
+    """`dvc metrics show`: one narrow row per candidate; `dvc plots show`: the declared plots
+    load (the reliability diagram once reports/calibration.json feeds it)."""
+    project, first, _, _ = pipeline_run
+    metrics = json.loads(_dvc(project, "metrics", "show", "--json"))
+    files = metrics[0]["data"] if isinstance(metrics, list) else metrics["workspace"]["data"]
+    rows = {Path(f).stem: m["data"] for f, m in files.items()}
+    assert set(rows) == set(first["candidates"])  # reports/scores/ only, not every report
+    for name, row in rows.items():
+        assert row["test_acc"] == round(first["candidates"][name]["accuracy"], 4)
+        assert row["val_acc"] == round(first["candidates"][name]["val_accuracy"], 4)
+    assert max(len(line) for line in _dvc(project, "metrics", "show").splitlines()) < 100
+    plots = json.loads(_dvc(project, "plots", "show", "--json"))["data"]
+    confusion = plots["reports/plots/confusion.json"][0]["content"]["data"]["values"]
+    assert len(confusion) == first["candidates"][first["best"]]["n"]  # one per test image
+    bars = plots["reports/plots/accuracy.json"][0]["content"]["data"]["values"]
+    assert {b["candidate"] for b in bars} == set(first["candidates"])
+    reliability = plots.get("reports/plots/reliability.json") or []
+    if (project / "reports" / "plots" / "reliability.json").exists():
+        assert reliability and reliability[0]["content"]["data"]["values"]
+
+
+def test_dvc_exp_show_reads_a_committed_run(pipeline_run, tmp_path):
+    """What DVC's views read is not git-ignored in an experiment repository: committed with
+    the run (here in a clone, so this module's project stays as it is), `dvc exp show` shows
+    the commit's params and scores instead of `!`."""
+    import shutil
+
+    project, first, _, _ = pipeline_run
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    trackable = [line[3:] for line in status if line.startswith("?? ")]
+    assert {"dvc.lock", "params.resolved.yaml", "reports/plots/accuracy.json"} <= set(trackable)
+    assert not [p for p in trackable if p.startswith(("data/", "models/", "reports/data_docs"))]
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    for rel in trackable:
+        (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(project / rel, clone / rel)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "add", "-A"], cwd=clone, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "run"], cwd=clone, check=True)
+    rows = json.loads(_dvc(clone, "exp", "show", "--json"))
+    head = next(r for r in rows if r["rev"] != "workspace")
+    assert head.get("error") is None, head
+    params = head["data"]["params"]["params.resolved.yaml"]["data"]
+    assert params["transfer"]["strategies"] == list(first["candidates"])
+    scores = head["data"]["metrics"]
+    assert set(scores) == {f"reports/scores/{n}.json" for n in first["candidates"]}
+    assert all("test_acc" in s["data"] for s in scores.values())

@@ -223,6 +223,10 @@ def validate_manifests(
         success = not any(not o.success and not o.warned for o in outcomes)
         reports.append(DatasetReport(check.name, success, len(check.manifest), outcomes))
     _check_warn_only(warn_only, reports)
+    if docs_dir is not None:
+        from tasks.data.data_docs import make_self_contained
+
+        make_self_contained(docs_dir)  # no CDN: readable offline and in MLflow's viewer
     return reports
 
 

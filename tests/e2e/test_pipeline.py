@@ -276,7 +276,8 @@ def test_dvc_metrics_and_plots_show_the_candidates(pipeline_run):
     load (the reliability diagram once reports/calibration.json feeds it)."""
     project, first, _, _ = pipeline_run
     metrics = json.loads(_dvc(project, "metrics", "show", "--json"))
-    files = metrics[0]["data"] if isinstance(metrics, list) else metrics["workspace"]["data"]
+    (workspace,) = metrics.values()  # keyed by revision; the workspace is ""
+    files = workspace["data"]
     rows = {Path(f).stem: m["data"] for f, m in files.items()}
     assert set(rows) == set(first["candidates"])  # reports/scores/ only, not every report
     for name, row in rows.items():

@@ -35,6 +35,8 @@ PATHS = {
     "metrics": "reports/metrics.json",
     "confusion": "reports/confusion.json",
     "registration": "reports/registration.json",
+    "export": "models/export",  # model.onnx (and model.int8.onnx with export.int8)
+    "export_report": "reports/export.json",
     "summary": "reports/summary.json",
 }
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core.context import PATHS, StageContext, write_json
+from tasks.core.context import PATHS, WORK_DIR, StageContext, write_json
 from tasks.core.params import PreprocessParams
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,40 @@ def export_onnx(ckpt_dir: Path, out_path: Path, opset: int) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(out_path))
     return out_path
+
+
+def export_key(ckpt_dir: Path, opset: int) -> str:
+    """What an export depends on: the checkpoint's bytes (weights and card), the opset and
+    the exporter's versions."""
+    import hashlib
+    from importlib.metadata import version
+
+    from tasks.modeling.models import CARD, WEIGHTS
+
+    digest = hashlib.sha256()
+    for name in (WEIGHTS, CARD):
+        digest.update((ckpt_dir / name).read_bytes())
+    digest.update(f"{opset}:{version('torch')}:{version('onnxscript')}".encode())
+    return digest.hexdigest()[:32]
+
+
+def cached_export(ckpt_dir: Path, out_path: Path, opset: int, cache_dir: Path) -> bool:
+    """``export_onnx`` once per checkpoint, opset and exporter: a repeated registration of
+    the same weights (``dvc repro --force``, an export or registry param changed) copies
+    the earlier file instead of paying the exporter again (seconds, most of the register
+    stage). The parity check still runs on the copy. Returns whether the cache served it."""
+    cached = cache_dir / f"{export_key(ckpt_dir, opset)}.onnx"
+    if cached.is_file():
+        shutil.copyfile(cached, out_path)
+        return True
+    export_onnx(ckpt_dir, out_path, opset)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for old in cache_dir.glob("*.onnx"):  # one export kept: the cache is for reruns
+        old.unlink()
+    tmp = cached.with_suffix(".tmp")
+    shutil.copyfile(out_path, tmp)
+    tmp.replace(cached)
+    return False
 
 
 def onnx_session(path: Path, threads: int | None = None):
@@ -310,9 +344,9 @@ def export_candidate(ctx: StageContext, best: str) -> dict[str, Any]:
         report = {"onnx": None, "opset": None, "parity": None, "size_bytes": None, "int8": None}
         write_json(layout.export_report, {**report, "strategy": best})
         return report
-    ckpt = layout.candidates / best
+    ckpt, path = layout.candidates / best, layout.export / ONNX_FILE
     started = time.perf_counter()
-    path = export_onnx(ckpt, layout.export / ONNX_FILE, cfg.opset)
+    reused = cached_export(ckpt, path, cfg.opset, ctx.project_dir / WORK_DIR / "export")
     exported = time.perf_counter()
     parity = measure_parity(path, ckpt, layout.target_data, cfg.parity_atol)
     report = {
@@ -321,6 +355,7 @@ def export_candidate(ctx: StageContext, best: str) -> dict[str, Any]:
         "strategy": best,
         "parity": parity,
         "size_bytes": path.stat().st_size,
+        "reused_export": reused,
         "seconds": {
             "export": round(exported - started, 3),
             "parity": round(time.perf_counter() - exported, 3),

@@ -121,7 +121,7 @@ def test_int8_is_measured_and_kept_apart(exported, gate_candidates, tmp_path):
     assert exported.is_file()  # the float export is untouched
 
 
-def test_failing_parity_registers_nothing(gate_candidates, tmp_path):
+def test_failing_parity_registers_nothing_then_the_export_is_reused(gate_candidates, tmp_path):
     from mlflow import MlflowClient
 
     from tasks.stages import StageFailed
@@ -133,3 +133,9 @@ def test_failing_parity_registers_nothing(gate_candidates, tmp_path):
     assert not (project / "reports" / "registration.json").exists()
     report = json.loads((project / "reports" / "export.json").read_text())
     assert report["parity"]["passed"] is False and report["parity"]["atol"] == 1e-12
+    assert report["reused_export"] is False
+
+    registration = run_register(project)  # the same weights again: the export is reused
+    report = json.loads((project / "reports" / "export.json").read_text())
+    assert report["reused_export"] is True and report["parity"]["passed"]
+    assert registration["version"] == "1"

@@ -139,6 +139,7 @@ def onnx_session(path: Path, threads: int | None = None):
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # its warnings about unused initializers are not ours
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -312,16 +312,22 @@ def score(
     """Read and predict every item in batches of ``batch_size``. Columns: path, label (the
     class name, as the pyfunc answers), class_index, probability, one ``prob_<class>``
     column per class, error (empty when the item was scored)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     classes = list(runtime.classes)
     rows: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
+    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     started = time.perf_counter()
     bar = tqdm(total=len(items), unit="img", desc="predict", disable=None if progress else True)
-    for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
-        decoded = _read_batch(chunk, runtime.channels, fs)
+    reader = ThreadPoolExecutor(max_workers=1)  # reads the next batch while this one runs
+    ahead = reader.submit(_read_batch, chunks[0], runtime.channels, fs) if chunks else None
+    for k, chunk in enumerate(chunks):
+        decoded = ahead.result()
+        if k + 1 < len(chunks):
+            ahead = reader.submit(_read_batch, chunks[k + 1], runtime.channels, fs)
         good = [j for j, x in enumerate(decoded) if not isinstance(x, str)]
         results: list[np.ndarray | str] = list(decoded)
         if good:
@@ -335,6 +341,7 @@ def score(
         bar.update(len(chunk))
         if on_batch:
             on_batch(len(chunk))
+    reader.shutdown()
     bar.close()
     return Scored(_table(rows, classes), time.perf_counter() - started, failed)
 

@@ -186,8 +186,11 @@ class PyfuncRuntime:
 
         self.model = mlflow.pyfunc.load_model(uri)
         meta = self.model.metadata.metadata or {}
+        if "classes" not in meta:
+            raise PredictionError(f"{uri}: the model's metadata has no class list")
         self.classes = tuple(meta["classes"])
-        self.channels = int(meta["preprocess"]["channels"])
+        # files are decoded as the pyfunc decodes paths; RGB when unknown (it converts)
+        self.channels = int(meta.get("preprocess", {}).get("channels", 3))
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         frame = self.model.predict(images)

@@ -37,6 +37,7 @@ QUICK = {
         *("--control-strategies", "linear_probe"),
         *("--set", "transfer.epochs=5", "--set", "transfer.min_steps=40"),
     ],
+    "serving": ["--quick"],
 }
 FULL = {
     "startup": ["--rounds", "15"],
@@ -45,6 +46,7 @@ FULL = {
     "scaling": ["--factors", "1", "2", "4", "--base-images", "5000", "--epochs", "2"],
     "data_efficiency": [],  # every strategy, labels 1 2 5 10 20 all, seeds 0 1 2, params.yaml
     "pretrained_transfer": [],  # 6 candidates + 2 control sources, labels 1 5 10 50, 3 seeds
+    "serving": [],  # the default experiment, 200 requests per server, 3 batch rounds
 }
 
 

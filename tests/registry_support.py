@@ -89,6 +89,34 @@ def register(ckpt: Path, project: Path, experiment_id: str, name: str = MODEL) -
     return str(info.registered_model_version)
 
 
+def register_project(base: Path, source_project: Path, ckpt: Path) -> Path:
+    """A DVC project holding what the register stage reads: the target of ``source_project``,
+    one candidate checkpoint (as ``full``) and the evaluate stage's choice of it."""
+    import json
+    import shutil
+
+    from tests.conftest import make_dvc_project
+
+    project = make_dvc_project(base)
+    shutil.copytree(source_project / "data" / "target", project / "data" / "target")
+    shutil.copytree(ckpt, project / "models" / "candidates" / "full")
+    metrics = {"best": "full", "candidates": {"full": {"accuracy": 0.9}}}
+    (project / "reports").mkdir()
+    (project / "reports" / "metrics.json").write_text(json.dumps(metrics))
+    return project
+
+
+def run_register(project: Path, *overrides: str) -> dict:
+    """The register stage on ``project`` (params.yaml + overrides), the store next to it."""
+    from tasks.core.context import open_context
+    from tasks.core.params import resolve_params
+    from tasks.stages import get_stage
+
+    store = f"storage.tracking_uri=sqlite:///{project.parent}/mlflow.db"
+    params = resolve_params(project / "params.yaml", overrides=[store, *overrides])
+    return get_stage("register").run(open_context(project, params))
+
+
 def gate_params(**promote):
     """The real params.yaml, with the gate rules overridden."""
     from tasks.core.params import resolve_params

@@ -1,10 +1,11 @@
 """``tlp``, the command line, on cyclopts.
 
-Commands live in three modules, one per help group: ``pipeline``, ``models`` (registered
-models) and ``operations``. The options they share are defined once in ``options``. A meta
-app takes the global ``-C/--project-dir`` and ``-v/--verbose`` and runs the chosen command
-through ``errors.run_command``, which maps failures to exit codes. Heavy libraries load
-inside commands, so ``tlp --help`` imports only cyclopts (and rich, which it draws with).
+Commands live in a module per help group: ``pipeline``, ``models`` (registered models, with
+``predict`` in a module of its own) and ``operations``. The options they share are defined
+once in ``options``. A meta app takes the global ``-C/--project-dir`` and ``-v/--verbose``
+and runs the chosen command through ``errors.run_command``, which maps failures to exit
+codes. Heavy libraries load inside commands, so ``tlp --help`` imports only cyclopts (and
+rich, which it draws with).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Annotated
 from cyclopts import App, Parameter
 from cyclopts.exceptions import CycloptsError
 
-from flows.cli import models, operations, pipeline
+from flows.cli import models, operations, pipeline, predict
 from flows.cli.errors import run_command
 from flows.cli.options import GLOBAL, MODELS, OPERATIONS, PIPELINE, ProjectDir, Verbose
 
@@ -55,7 +56,12 @@ app = App(
     verbose=False,  # cyclopts' developer detail (source file, tokens) stays out of that line
     suppress_keyboard_interrupt=False,
 )
-for _module, _group in ((pipeline, PIPELINE), (models, MODELS), (operations, OPERATIONS)):
+for _module, _group in (
+    (pipeline, PIPELINE),
+    (models, MODELS),
+    (predict, MODELS),
+    (operations, OPERATIONS),
+):
     for _name, _command in _module.COMMANDS.items():
         app.command(_command, name=_name, group=_group)
 

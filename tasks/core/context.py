@@ -37,6 +37,8 @@ PATHS = {
     "scores": "reports/scores",  # one row per candidate for `dvc metrics show`
     "plots": "reports/plots",  # records for the plots: of dvc.yaml
     "registration": "reports/registration.json",
+    "export": "models/export",  # model.onnx (and model.int8.onnx with export.int8)
+    "export_report": "reports/export.json",
     "summary": "reports/summary.json",
 }
 

@@ -75,11 +75,17 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         inputs = preprocess(as_image_list(model_input), self.card.preprocess)
         with torch.no_grad():
             probs = torch.softmax(self.model(inputs).float(), dim=1).numpy()
-        best = probs.argmax(1)
-        return pd.DataFrame(
-            {
-                "label": [self.card.classes[i] for i in best],
-                "probability": probs[np.arange(len(best)), best].astype(float),
-                "probabilities": [row.astype(float).tolist() for row in probs],
-            }
-        )
+        return prediction_frame(probs, self.card.classes)
+
+
+def prediction_frame(probs: np.ndarray, classes) -> pd.DataFrame:
+    """What every runtime of a registered model answers (this pyfunc, the ONNX export): the
+    predicted class name, its probability and every class probability, one row per image."""
+    best = probs.argmax(1)
+    return pd.DataFrame(
+        {
+            "label": [classes[i] for i in best],
+            "probability": probs[np.arange(len(best)), best].astype(float),
+            "probabilities": [row.astype(float).tolist() for row in probs],
+        }
+    )

@@ -1,5 +1,8 @@
 """Stage ``register``: the best candidate as a new MLflow model version, tagged and @challenger.
 
+Its ONNX export is made and checked for parity first (``tasks/registry/export.py``): a
+failing export stops the stage before anything is logged or registered.
+
 ``@champion`` is moved only by the promotion gate (``flows/promote.py``) or by a person.
 """
 
@@ -12,6 +15,7 @@ import mlflow
 from tasks.core import tracking
 from tasks.core.context import StageContext, read_json, write_json
 from tasks.registry.aliases import mark_newest
+from tasks.registry.export import export_candidate, log_export
 from tasks.registry.publishing import (
     first_test_image,
     lineage_files,
@@ -35,15 +39,17 @@ def run(ctx: StageContext) -> dict:
         "strategy": best,
         "test_accuracy": f"{metrics['candidates'][best]['accuracy']:.4f}",
     }
+    exported = export_candidate(ctx, best)  # parity checked first: a failure registers nothing
     with tracking.child_run("register", ctx.experiment_id, ctx.parent_run_id) as run_id:
         tracking.set_tags(tags)
         for path in lineage_files(ctx.project_dir):  # what `tlp reproduce` reruns from
             mlflow.log_artifact(str(path), artifact_path="lineage")
+        export_tags = log_export(exported, ctx.project_dir)
         info = log_model(layout.candidates / best, r.model_name, first_test_image(layout))
     if ctx.parent_run_id:
         tracking.set_tags(tags, run_id=ctx.parent_run_id)
     version = str(info.registered_model_version)
-    tag_version(r.model_name, version, {**tags, "register_run_id": run_id})
+    tag_version(r.model_name, version, {**tags, **export_tags, "register_run_id": run_id})
     # @champion is moved only by the promotion gate (flows/promote.py) or by a person
     rules = ctx.params.promote
     mark_newest(

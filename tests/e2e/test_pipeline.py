@@ -104,6 +104,23 @@ def test_registered_version_carries_lineage(pipeline_run):
     assert len(history) == 2  # one point per epoch (smoke: 2 epochs)
 
 
+def test_registered_version_has_its_onnx_export_checked_for_parity(pipeline_run):
+    import yaml
+    from mlflow import MlflowClient
+
+    project, first, _, _ = pipeline_run
+    report = json.loads((project / "reports" / "export.json").read_text())
+    parity = report["parity"]
+    assert parity["labels_identical"] and parity["max_abs_logit_diff"] <= 1e-4
+    assert parity["n"] == first["candidates"][first["registered_strategy"]]["n"]  # all of test
+    tags = MlflowClient().get_model_version(MODEL, first["version"]).tags
+    assert tags["export.onnx"] == "onnx/model.onnx" and tags["export.opset"] == "20"
+    register = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["register"]
+    export = next(o for o in register["outs"] if o["path"] == "models/export")
+    assert export["nfiles"] == 1 and export["md5"].endswith(".dir")  # versioned by DVC
+    print(f"export seconds (smoke): {report['seconds']}")
+
+
 def test_dvc_recorded_and_pushed_everything(pipeline_run):
     from dvc.repo import Repo
 

@@ -67,3 +67,11 @@ def test_report_covers_every_committed_result(tmp_path, project_root):
         assert f"## {name}" not in text  # "## name" is the heading of a missing result
     assert "throughput_ratio" in metrics
     assert (results / "orchestration.png").is_file()
+
+
+def test_serving_reads_both_answer_shapes_of_the_onnx_server():
+    from benchmarks.serving import first_logits
+
+    assert first_logits({"logits": [[0.1, 0.9]]}) == [0.1, 0.9]
+    assert first_logits([{"logits": [0.1, 0.9]}]) == [0.1, 0.9]
+    assert first_logits([[0.1, 0.9]]) == [0.1, 0.9]

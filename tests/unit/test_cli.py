@@ -52,7 +52,7 @@ def test_help_lists_the_three_command_groups():
     assert sections["Pipeline"] == [
         *("params", "rank", "reproduce", "run", "serve", "stage", "validate"),
     ]
-    assert sections["Registered models"] == ["lineage", "promote", "rollback"]
+    assert sections["Registered models"] == ["lineage", "predict", "promote", "rollback"]
     assert sections["Operations"] == ["server", "ui"]
     assert {"--project-dir", "--verbose", "--help"} <= set(sections["Global options"])
 
@@ -90,6 +90,7 @@ PARAMS_COMMANDS = {
     "promote": ["tlp-digits", "3", "--reason", "why"],
     "rollback": ["tlp-digits"],
     "lineage": ["tlp-digits@champion"],
+    "predict": ["images/"],
     "ui": [],
     "server": [],
 }

@@ -47,12 +47,21 @@ def test_override_parses_yaml_values(project_root):
         ("pretrain.bogus=1", "pretrain.bogus"),
         ("nosuchsection.key=1", "nosuchsection"),
         ("preprocess.mean=[0.5, 0.5]", "preprocess"),
+        ("export.opset=17", "export.opset"),
+        ("export.parity_atol=0", "export.parity_atol"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(project_root, override, key):
     with pytest.raises(ParamsError) as err:
         resolve_params(project_root / "params.yaml", overrides=[override])
     assert str(err.value).startswith(key)
+
+
+def test_int8_needs_the_onnx_export(project_root):
+    with pytest.raises(ParamsError, match="export: export.int8 quantizes the ONNX export"):
+        resolve_params(
+            project_root / "params.yaml", overrides=["export.onnx=false", "export.int8=true"]
+        )
 
 
 def test_unknown_key_in_file_is_rejected(tmp_path, project_root):

@@ -38,6 +38,7 @@ from tasks.core.params.overrides import EXCLUSIVE_KEYS, parse_override
 from tasks.core.params.release import (
     CandidateParams,
     EvaluateParams,
+    ExportParams,
     PromoteParams,
     RankParams,
     RegistryParams,
@@ -77,6 +78,7 @@ __all__ = [
     "DataParams",
     "DatasetParams",
     "EvaluateParams",
+    "ExportParams",
     "ModelParams",
     "Params",
     "ParamsError",

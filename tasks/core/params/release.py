@@ -1,5 +1,5 @@
-"""Sections of what follows training: evaluation, the registry and its promotion gate, the
-schedule runs follow, and the ranking of candidate sources."""
+"""Sections of what follows training: evaluation, the registry, the export of the registered
+model and the promotion gate, the schedule runs follow, and the ranking of candidate sources."""
 
 from __future__ import annotations
 
@@ -30,6 +30,28 @@ class RegistryParams(Section):
     model_name: str = Field(min_length=1)
     challenger_alias: str
     champion_alias: str
+
+
+class ExportParams(Section):
+    """What leaves the pipeline besides the pyfunc: an ONNX export of the registered model,
+    checked against torch on the target test split before anything is registered
+    (tasks/registry/export.py)."""
+
+    onnx: bool = Field(description="export to ONNX at registration (with the parity check)")
+    opset: int = Field(ge=18, le=25, description="ONNX opset; torch's dynamo exporter starts at 18")
+    parity_atol: float = Field(
+        gt=0.0, le=1.0, description="most absolute logit difference onnxruntime vs torch"
+    )
+    int8: bool = Field(
+        description="also an INT8 model (onnxruntime static quantization), reported; "
+        "the float model stays the export"
+    )
+
+    @model_validator(mode="after")
+    def _int8_needs_onnx(self) -> ExportParams:
+        if self.int8 and not self.onnx:
+            raise ValueError("export.int8 quantizes the ONNX export: set export.onnx: true too")
+        return self
 
 
 class PromoteParams(Section):

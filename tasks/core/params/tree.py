@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from tasks.core.params.data import SOURCE_MATCHING, DataParams, ValidationParams
 from tasks.core.params.release import (
     EvaluateParams,
+    ExportParams,
     PromoteParams,
     RankParams,
     RegistryParams,
@@ -47,6 +48,7 @@ class Params(Section):
     transfer: TransferParams
     evaluate: EvaluateParams
     registry: RegistryParams
+    export: ExportParams
     promote: PromoteParams
     rank: RankParams
     schedule: ScheduleParams

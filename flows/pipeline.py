@@ -25,7 +25,8 @@ from tasks.core import tracking, uptodate, versioning
 from tasks.core.context import StageContext, open_context, read_json, write_json
 from tasks.core.locking import holds_run_lock
 from tasks.core.logs import forward_to_prefect
-from tasks.core.params import PARAMS_FILE, resolve_params, write_resolved
+from tasks.core.params import PARAMS_FILE, UNHASHED_SECTIONS, resolve_params, write_resolved
+from tasks.data.mlflow_datasets import ALL, log_datasets, split_datasets
 from tasks.modeling.checkpoints import check_checkpoint
 from tasks.registry import publishing as registry
 from tasks.stages import STAGES, get_stage, preflight
@@ -194,6 +195,8 @@ def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClo
                 "prefect_flow_run_id": ctx.flow_run["id"],
             },
         )
+        resolved = params.model_dump(mode="json", exclude=set(UNHASHED_SECTIONS))
+        tracking.log_run_params(ctx.parent_run_id, tracking.flat_params(resolved))
     return ctx
 
 
@@ -241,6 +244,8 @@ def transfer_pipeline(
         with clock("setup"):
             tracking.log_run_artifact(ctx.parent_run_id, project / "params.resolved.yaml")
         timings, compute, skipped = _run_stages(ctx, clock)
+        with clock("report"):  # the data every stage read, in the parent's Datasets panel
+            log_datasets(split_datasets(project, ALL), ctx.parent_run_id)
         if params.transfer.source == "auto":
             with clock("report"):
                 publish_source_choice(ctx)
@@ -254,7 +259,7 @@ def transfer_pipeline(
         summary["promotion"] = promotion
         summary["process_seconds_before_flow"] = before_flow
         write_json(ctx.layout.summary, summary)
-        tracking.finish_parent_run(ctx.parent_run_id, summary)
+        tracking.finish_parent_run(ctx.parent_run_id, summary, ctx.flow_run.get("url"))
         create_markdown_artifact(summary_markdown(summary), key="transfer-pipeline-summary")
         uptodate.record(project, params, summary)  # the next `tlp run` may skip the flow
         log.info("pipeline: finished in %.1f s", wall)

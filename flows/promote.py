@@ -9,6 +9,7 @@ champion moved while the gate was scoring, the gate runs again against the new c
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 from prefect import flow, task
@@ -20,10 +21,12 @@ from tasks.core.context import read_json
 from tasks.core.params import Params
 from tasks.registry import aliases
 from tasks.registry.gate import GateResult, decide, gate_markdown, load_test_split, score_version
+from tasks.registry.modelcard import record_promotion
 from tasks.registry.publishing import tag_version, version_exists
-from tasks.registry.retries import with_retries
+from tasks.registry.retries import RegistryUnavailable, with_retries
 
 CAS_ATTEMPTS = 3
+log = logging.getLogger(__name__)
 
 
 class PromotionRefused(RuntimeError):
@@ -152,11 +155,26 @@ def gate_and_promote(
         raise ValueError(f"{name} has no version {candidate}")
     for _ in range(CAS_ATTEMPTS):
         try:
-            return _gate_once(project_dir, params, name, candidate, (reason, force, manual))
+            outcome = _gate_once(project_dir, params, name, candidate, (reason, force, manual))
         except aliases.ChampionMoved:
             continue  # someone else promoted meanwhile: compare against the new champion
+        _record_on_card(params, outcome)
+        return outcome
     alias = params.registry.champion_alias
     raise aliases.ChampionMoved(f"@{alias} of {name} kept moving; gate gave up")
+
+
+def _record_on_card(params: Params, outcome: dict) -> None:
+    """The decision and its reason into the candidate's model card (its description). The
+    decision itself is already recorded (``gate.*`` tags, the alias events), so a registry
+    that stays unreachable here leaves the card saying "pending" and a warning."""
+    if outcome["gate"] is None:  # nothing was decided (the version already is @champion)
+        return
+    name, version = outcome["model"], outcome["candidate"]
+    try:
+        _retry(params)(lambda: record_promotion(name, version, outcome), "updating the card")
+    except RegistryUnavailable as exc:
+        log.warning("%s version %s: model card not updated: %s", name, version, exc)
 
 
 @task(cache_policy=NO_CACHE)

@@ -34,11 +34,13 @@ PATHS = {
     "transfer_report": "reports/transfer.json",
     "metrics": "reports/metrics.json",
     "confusion": "reports/confusion.json",
+    "calibration": "reports/calibration.json",
     "scores": "reports/scores",  # one row per candidate for `dvc metrics show`
     "plots": "reports/plots",  # records for the plots: of dvc.yaml
     "registration": "reports/registration.json",
     "export": "models/export",  # model.onnx (and model.int8.onnx with export.int8)
     "export_report": "reports/export.json",
+    "model_card": "reports/model_card.md",
     "summary": "reports/summary.json",
 }
 

@@ -67,12 +67,66 @@ def child_run(name: str, experiment_id: str, parent_run_id: str | None) -> Itera
         yield run.info.run_id
 
 
+def log_child_run(
+    name: str,
+    experiment_id: str,
+    parent_run_id: str,
+    metrics: dict[str, float],
+    params: dict[str, str],
+) -> str:
+    """A finished run under ``parent_run_id`` holding a few numbers, written in one batch
+    without becoming the active run (so it can sit inside a stage's run); its params are
+    also its tags, so the runs table can show and group by them. Returns its id."""
+    from mlflow.entities import Metric, Param
+
+    client, now = MlflowClient(), int(time.time() * 1000)
+    tags = {"mlflow.parentRunId": parent_run_id, **params}
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        params=[Param(k, str(v)[:500]) for k, v in params.items()],
+    )
+    client.set_terminated(run_id)
+    return run_id
+
+
+def log_table(columns: dict[str, list], artifact_file: str) -> None:
+    """A table (column name -> values) on the active run, shown as one in MLflow's UI."""
+    mlflow.log_table(data=columns, artifact_file=artifact_file)
+
+
 def log_epoch(metrics: dict[str, float], step: int) -> None:
     mlflow.log_metrics(metrics, step=step)
 
 
 def log_params(params: dict) -> None:
     mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+
+
+def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
+    """Nested params as ``section.key`` -> value text (lists and null as JSON), each cut to
+    500 characters: the longest value every MLflow store accepts."""
+    import json
+
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            out[f"{prefix}{key}"] = text[:500]
+    return out
+
+
+def log_run_params(run_id: str, params: dict[str, str]) -> None:
+    """Params on a run that is not the active one, in batches of MLflow's 100."""
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    client = MlflowClient()
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -84,6 +138,14 @@ def log_figure(figure, artifact_file: str) -> None:
     import matplotlib.pyplot as plt
 
     mlflow.log_figure(figure, artifact_file)
+    plt.close(figure)
+
+
+def log_run_figure(run_id: str, figure, artifact_file: str) -> None:
+    """``log_figure`` for a run that is not the active one (e.g. a finished stage run)."""
+    import matplotlib.pyplot as plt
+
+    MlflowClient().log_figure(run_id, figure, artifact_file)
     plt.close(figure)
 
 
@@ -100,20 +162,70 @@ def log_run_artifact(run_id: str, path: Path) -> None:
     MlflowClient().log_artifact(run_id, str(path))
 
 
-def finish_parent_run(run_id: str, summary: dict) -> None:
-    """Record the pipeline's outcome on its parent run in one batch, then close it."""
+def run_description(summary: dict, prefect_url: str | None = None) -> str:
+    """The pipeline run's description on its MLflow page (markdown): what was registered and
+    how well it tests, what the promotion gate decided, negative transfer, the Prefect run."""
+    strategy = summary["registered_strategy"]
+    m = summary["candidates"][strategy]
+    ci = m.get("accuracy_ci")
+    interval = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+    val = m.get("val_accuracy")
+    lines = [
+        f"Registered **{summary['model_name']} version {summary['version']}** "
+        f"(`{strategy}`, chosen on {summary.get('selected_on') or 'accuracy'}): test accuracy "
+        f"{m['accuracy']:.4f}{interval} on {m.get('n')} test images"
+        + (f", validation accuracy {val:.4f} on {m.get('val_n')}" if val is not None else "")
+        + "."
+    ]
+    promotion = summary.get("promotion")
+    if promotion:
+        if promotion.get("promoted"):
+            forced = " (FORCED)" if promotion.get("forced") else ""
+            said = f"promoted to @champion{forced}"
+        elif promotion.get("gate") is None:
+            said = "nothing to decide"
+        else:
+            said = f"kept out; @champion stays version {promotion.get('champion_before')}"
+        lines.append(f"Promotion gate: {said}: {promotion.get('reason')}.")
+    negative = [n for n, f in (summary.get("negative_transfer") or {}).items() if f["negative"]]
+    lines.append(
+        "Negative transfer: "
+        + (
+            ", ".join(negative) + " fell below scratch by more than the margin."
+            if negative
+            else "none flagged."
+        )
+    )
+    shown = ", ".join(f"{n} {c['accuracy']:.4f}" for n, c in summary["candidates"].items())
+    lines.append(f"Test accuracy of every candidate: {shown} (runs `evaluate/<strategy>`).")
+    if prefect_url and prefect_url != "none":
+        lines.append(f"Prefect flow run: [{summary.get('prefect_flow_run_name')}]({prefect_url}).")
+    return "\n\n".join(lines)
+
+
+def finish_parent_run(run_id: str, summary: dict, prefect_url: str | None = None) -> None:
+    """Record the pipeline's outcome on its parent run in one batch, then close it: the
+    registered candidate's numbers under the names each ``evaluate/<strategy>`` run uses
+    (so one chart compares pipeline runs), the seconds per stage, the description."""
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
-    metrics = [
-        Metric(f"{name}_test_accuracy", m["accuracy"], now, 0)
-        for name, m in summary["candidates"].items()
-    ] + [Metric(f"seconds_{stage}", s, now, 0) for stage, s in summary["stage_seconds"].items()]
+    m = summary["candidates"][summary["registered_strategy"]]
+    numbers = {"test_accuracy": m["accuracy"], "test_n": m.get("n"), "ece": m.get("ece")}
+    numbers.update(val_accuracy=m.get("val_accuracy"), macro_f1=m.get("macro_f1"))
+    metrics = [Metric(k, float(v), now, 0) for k, v in numbers.items() if v is not None]
+    metrics += [
+        Metric(f"seconds_{stage}", s, now, 0) for stage, s in summary["stage_seconds"].items()
+    ]
     tags = [
         RunTag("registered_model", summary["model_name"]),
         RunTag("registered_version", summary["version"]),
+        RunTag("registered_strategy", summary["registered_strategy"]),
         RunTag("skipped_stages", ",".join(summary["skipped_stages"]) or "none"),
+        RunTag("mlflow.note.content", run_description(summary, prefect_url)),
     ]
+    if prefect_url and prefect_url != "none":
+        tags.append(RunTag("prefect_flow_run_url", prefect_url))
     client = MlflowClient()
     client.log_batch(run_id, metrics=metrics, tags=tags)
     client.log_dict(run_id, summary, "summary.json")

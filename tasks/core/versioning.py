@@ -88,6 +88,36 @@ def output_hashes(project_dir: Path) -> dict[str, str]:
     return hashes
 
 
+def current_dir_hashes(project_dir: Path, pinned: dict[str, str]) -> dict[str, str]:
+    """dvc.lock's hash of each directory output in ``pinned`` that still describes what is on
+    disk, judged by one file inside it (``{"data/target": "manifest.parquet"}``: a manifest
+    holding every image's hash pins the rest). An output changed since it was recorded (a
+    stage run without a commit, such as ``tlp validate``), not recorded, or a project that is
+    no DVC repository is left out. Cheap: reads the recorded listing from the DVC cache and
+    hashes that one file, never the images."""
+    import hashlib
+
+    found = {}
+    try:
+        with open_repo(project_dir) as repo:
+            for stage in repo.index.stages:
+                for out in stage.outs:
+                    path = str(out.def_path)
+                    if path not in pinned or not (out.hash_info and out.hash_info.value):
+                        continue
+                    on_disk = project_dir / path / pinned[path]
+                    recorded = {key: hi.value for key, _, hi in out.get_obj() or ()}
+                    wanted = recorded.get(tuple(Path(pinned[path]).parts))
+                    if (
+                        on_disk.is_file()
+                        and wanted == hashlib.md5(on_disk.read_bytes()).hexdigest()
+                    ):
+                        found[path] = out.hash_info.value
+    except Exception:  # no repository, no lock, a listing missing from the cache: not known
+        return found
+    return found
+
+
 def git_revision(project_dir: Path) -> tuple[str, bool]:
     """(commit sha or 'none', dirty) of the project's git repository."""
     with open_repo(project_dir) as repo:

@@ -10,38 +10,77 @@ import numpy as np
 import torch
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """ECE with equal-width confidence bins (Guo et al. 2017)."""
-    if len(labels) == 0:
-        return float("nan")
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list[dict]:
+    """The reliability diagram's numbers: per equal-width confidence bin (Guo et al. 2017),
+    the mean confidence of the top class, the accuracy and the count; empty bins left out."""
     confidence = probs.max(1)
     correct = probs.argmax(1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
+    out = []
     for b in range(bins):
         in_bin = which == b
         if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
+            out.append(
+                {
+                    "bin_lower": float(edges[b]),
+                    "bin_upper": float(edges[b + 1]),
+                    "confidence": float(confidence[in_bin].mean()),
+                    "accuracy": float(correct[in_bin].mean()),
+                    "count": int(in_bin.sum()),
+                }
+            )
+    return out
+
+
+def calibration_error(reliability: list[dict]) -> float:
+    """ECE from the reliability bins: the count-weighted gap between accuracy and confidence."""
+    n = sum(b["count"] for b in reliability)
+    if n == 0:
+        return float("nan")
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins (Guo et al. 2017)."""
+    if len(labels) == 0:
+        return float("nan")
+    return calibration_error(reliability_bins(probs, labels, bins))
+
+
+def accuracy_interval(correct: int, n: int, confidence: float = 0.95) -> list[float]:
+    """Wilson score interval of an accuracy of ``correct`` out of ``n`` (scipy's): unlike the
+    normal approximation it stays inside [0, 1] and is honest at small ``n``, such as a test
+    split of 40 images. ``[nan, nan]`` without examples."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(correct), int(n)).proportion_ci(confidence, method="wilson")
+    return [float(ci.low), float(ci.high)]
 
 
 def classification_metrics(
     logits: torch.Tensor, labels: np.ndarray, num_classes: int, ece_bins: int = 15
 ) -> dict:
-    """Accuracy, macro-F1, ECE and the confusion matrix (rows: true, columns: predicted)."""
+    """Accuracy with its 95% Wilson interval, macro-F1, ECE, the reliability bins and the
+    confusion matrix (rows: true, columns: predicted)."""
     from sklearn.metrics import confusion_matrix, f1_score
 
     probs = torch.softmax(logits.float(), dim=1).numpy()
     preds = probs.argmax(1)
     classes = list(range(num_classes))
+    correct = int((preds == labels).sum())
+    reliability = reliability_bins(probs, labels, ece_bins)
     return {
-        "accuracy": float((preds == labels).mean()) if len(labels) else float("nan"),
+        "accuracy": correct / len(labels) if len(labels) else float("nan"),
+        "accuracy_ci": accuracy_interval(correct, len(labels)),
         "macro_f1": float(
             f1_score(labels, preds, labels=classes, average="macro", zero_division=0)
         ),
-        "ece": expected_calibration_error(probs, labels, ece_bins),
+        "ece": calibration_error(reliability),
         "n": int(len(labels)),
+        "reliability": reliability,
         "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
     }
 
@@ -86,12 +125,14 @@ def select_best(scores: dict[str, float], order: list[str]) -> str:
     return max(order, key=lambda name: (scores[name], -order.index(name)))
 
 
-def evaluate_candidate(ckpt_dir, splits: dict, ece_bins: int) -> tuple[dict, list]:
+def evaluate_candidate(ckpt_dir, splits: dict, ece_bins: int) -> tuple[dict, list, list]:
+    """A checkpoint's metrics on the test split (and its val accuracy), its test confusion
+    matrix and its test reliability bins."""
     from tasks.modeling.batches import predict_logits
     from tasks.modeling.models import load_checkpoint
 
     model, card = load_checkpoint(ckpt_dir)
-    result, confusion = {}, []
+    result, confusion, reliability = {}, [], []
     for split, (inputs, labels) in splits.items():
         if len(labels) == 0:
             continue
@@ -99,12 +140,13 @@ def evaluate_candidate(ckpt_dir, splits: dict, ece_bins: int) -> tuple[dict, lis
             predict_logits(model, inputs), labels.numpy(), card.num_classes, ece_bins
         )
         if split == "test":
-            confusion = m.pop("confusion_matrix")
+            confusion, reliability = m.pop("confusion_matrix"), m.pop("reliability")
             result.update(m)
         else:
             result["val_accuracy"] = m["accuracy"]
+            result["val_accuracy_ci"] = m["accuracy_ci"]
             result["val_n"] = m["n"]  # the summary says how many images chose the winner
-    return result, confusion
+    return result, confusion, reliability
 
 
 def plot_confusion(confusion: list[list[int]], classes: tuple[str, ...], title: str):

@@ -21,6 +21,7 @@ from tasks.core import tracking
 from tasks.core.context import WORK_DIR, StageContext, write_json
 from tasks.data.loading import load_source_tensors
 from tasks.data.manifest import MANIFEST
+from tasks.data.mlflow_datasets import log_splits
 from tasks.modeling.batches import accuracy
 from tasks.modeling.checkpoints import Pretrained, record_tags
 from tasks.modeling.models import ModelCard, create_model, resolve_device, save_checkpoint
@@ -83,6 +84,7 @@ def train_source(ctx: StageContext, start: Pretrained | None = None) -> dict:
     arch = start.arch if start else p.model.arch
     with tracking.child_run("pretrain", ctx.experiment_id, ctx.parent_run_id):
         tracking.log_params({"arch": arch, **p.pretrain.model_dump(mode="json")})
+        log_splits(ctx.project_dir, {"source": ("train", "test")})
         if start:
             _log_checkpoint(start.record)
         started = time.perf_counter()

@@ -40,6 +40,9 @@ from tasks.modeling.models import (
 )
 from tasks.modeling.training import History, Objective, fit
 
+# the strategies that learn from the unlabelled target pool (domain adaptation)
+USES_UNLABELED = frozenset({"dann", "mmd"})
+
 
 @dataclass
 class Job:
@@ -60,6 +63,15 @@ class Job:
     def source(self) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
         p = self.params
         return load_source_tensors(self.ctx.layout.source_data, "train", p)
+
+    def data_read(self) -> dict[str, tuple[str, ...]]:
+        """The splits this strategy read (its run's datasets): the labelled target splits,
+        the unlabelled pool for domain adaptation, the source train split once loaded."""
+        pool = ("unlabeled",) if self.name in USES_UNLABELED else ()
+        uses = {"target": ("train", "val", *pool)}
+        if "source" in self.__dict__:  # the cached property holds it once a strategy read it
+            uses["source"] = ("train",)
+        return uses
 
     @property
     def feature_cache(self) -> Path:

@@ -2,12 +2,15 @@
 by compare-and-set, rollback to ``@previous_champion``; every move recorded (``audit``).
 
 Moves of one model are serialised by a file lock next to the store, so two pipelines never
-interleave read, check and move; each registry call is retried on transient errors.
+interleave read, check and move; each registry call is retried on transient errors. After each
+move, the history of every version it involved is rewritten as ``alias_history.md`` on that
+version's run (``publish_history``).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +23,9 @@ from mlflow.exceptions import MlflowException
 
 from tasks.registry import audit
 from tasks.registry.retries import is_transient, with_retries
+
+log = logging.getLogger(__name__)
+HISTORY_ARTIFACT = "alias_history.md"
 
 
 class ChampionMoved(RuntimeError):
@@ -66,15 +72,32 @@ def set_alias(name: str, alias: str, version: str) -> None:
 
 
 def record_event(project_dir: Path, event: audit.AliasEvent) -> audit.AliasEvent:
-    """Write an alias move to the registry (model + version tags) and the local event log."""
+    """Write an alias move to the registry (model + version tags, one readable line each) and
+    the local event log (the whole event, as JSON)."""
     client = MlflowClient()
     event.seq = audit.next_seq(client.get_registered_model(event.model).tags)
-    key, value = f"{audit.TAG_PREFIX}{event.seq:06d}", event.to_json()
+    key, value = f"{audit.TAG_PREFIX}{event.seq:06d}", event.to_line()
     client.set_registered_model_tag(event.model, key, value)
     for version in {event.from_version, event.to_version} - {None}:
         client.set_model_version_tag(event.model, version, key, value)
     audit.append(project_dir, event)
     return event
+
+
+def publish_history(name: str, versions: set[str | None]) -> None:
+    """``alias_history.md`` (the moves to or from the version, oldest first) rewritten on the
+    run that logged each version in ``versions``. A view of the tags: when it cannot be
+    written, the move still stands and the next move rewrites it, so it is only logged."""
+    client = MlflowClient()
+    try:
+        events = audit.registry_events(client.get_registered_model(name).tags, name)
+        for version in sorted(versions - {None}):
+            run_id = client.get_model_version(name, version).run_id
+            if run_id:
+                text = audit.history_markdown(name, events, version)
+                client.log_text(run_id, text, HISTORY_ARTIFACT)
+    except (MlflowException, OSError) as exc:
+        log.warning("alias history of %s not rewritten: %s", name, exc)
 
 
 def mark_newest(
@@ -92,7 +115,9 @@ def mark_newest(
             return None
         retry(lambda: set_alias(name, alias, version), f"moving @{alias} to {version}")
         event = audit.AliasEvent(name, alias, alias, current, version, "newest candidate")
-        return retry(lambda: record_event(project_dir, event), f"recording @{alias}")
+        recorded = retry(lambda: record_event(project_dir, event), f"recording @{alias}")
+    publish_history(name, {current, version})
+    return recorded
 
 
 def _move_pair(
@@ -151,12 +176,13 @@ def move_champion(
         events = [audit.AliasEvent(name, a, action, f, t, reason, gate=gate) for a, f, t in moves]
         for event in events:
             retry(lambda e=event: record_event(project_dir, e), f"recording @{event.alias}")
-        return events[0]
+    publish_history(name, {v for e in events for v in (e.from_version, e.to_version)})
+    return events[0]
 
 
 def champion_before(name: str, version: str, champion_alias: str = "champion") -> str | None:
     """Who held ``@champion`` just before ``version`` last took it, from the recorded events."""
-    events = audit.registry_events(MlflowClient().get_registered_model(name).tags)
+    events = audit.registry_events(MlflowClient().get_registered_model(name).tags, name)
     for event in reversed(events):
         promoted = event["alias"] == champion_alias and event["action"] != "rollback"
         if promoted and event["to_version"] == version:

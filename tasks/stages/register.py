@@ -14,8 +14,10 @@ import mlflow
 
 from tasks.core import tracking
 from tasks.core.context import StageContext, read_json, write_json
+from tasks.data.mlflow_datasets import ALL, log_splits
 from tasks.registry.aliases import mark_newest
 from tasks.registry.export import export_candidate, log_export
+from tasks.registry.modelcard import publish_model_card
 from tasks.registry.publishing import (
     first_test_image,
     lineage_files,
@@ -64,6 +66,8 @@ def run(ctx: StageContext) -> dict:
         "run_id": run_id,
     }
     write_json(layout.registration, registration)
+    log_splits(ctx.project_dir, ALL, run_id)  # the data behind the version, on the run it names
+    publish_model_card(ctx, registration)  # reports/model_card.md, artifact and description
     aliases = ", ".join(f"@{a}" for a in registration["aliases"]) or "no alias"
     log.info("register: %s version %s (%s, %s)", r.model_name, version, best, aliases)
     return registration

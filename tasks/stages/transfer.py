@@ -13,6 +13,7 @@ from tasks.core import tracking
 from tasks.core.context import StageContext, write_json
 from tasks.data.loading import load_tensors
 from tasks.data.manifest import image_channels
+from tasks.data.mlflow_datasets import log_datasets, split_datasets
 from tasks.data.preprocessing import conversion_note
 from tasks.modeling.models import ModelCard, save_checkpoint
 from tasks.modeling.strategies import STRATEGIES, Job, history_summary
@@ -29,6 +30,9 @@ def run(ctx: StageContext) -> dict:
     if layout.candidates.exists():
         shutil.rmtree(layout.candidates)
     results = {}
+    datasets = split_datasets(  # built once; each strategy's run gets the ones it read
+        ctx.project_dir, {"target": ("train", "val", "unlabeled"), "source": ("train",)}
+    )
     for name in p.transfer.strategies:
         job = Job(
             ctx, name, (x_train, y_train), (x_val, y_val), torch.cat([x_train, x_pool]), classes
@@ -48,6 +52,8 @@ def run(ctx: StageContext) -> dict:
                 input_conversion=conversion,
             )
             save_checkpoint(model.cpu(), card, layout.candidates / name)
+            read = job.data_read()
+            log_datasets([d for d in datasets if d[0].name.split("/") in _pairs(read)])
             results[name] = {**history_summary(history, len(y_train)), "seconds": seconds}
             _log_result(name, results[name])
             tracking.log_metrics(
@@ -55,6 +61,11 @@ def run(ctx: StageContext) -> dict:
             )
     write_json(layout.transfer_report, results)
     return results
+
+
+def _pairs(uses: dict[str, tuple[str, ...]]) -> list[list[str]]:
+    """``{"target": ("train",)}`` as ``[["target", "train"]]``: dataset names split at "/"."""
+    return [[role, split] for role, splits in uses.items() for split in splits]
 
 
 def _log_result(name: str, result: dict) -> None:

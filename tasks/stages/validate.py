@@ -10,6 +10,7 @@ from tasks.core import tracking
 from tasks.core.context import StageContext, write_json
 from tasks.data.expectations import checks_for, raise_on_failure, validate_manifests
 from tasks.data.manifest import read_info
+from tasks.data.mlflow_datasets import ALL, log_splits
 from tasks.data.validation_report import (
     domain_shift,
     plot_domain_shift,
@@ -26,6 +27,7 @@ def run(ctx: StageContext) -> dict:
     checks = checks_for(ctx)
     docs = layout.data_docs
     with tracking.child_run("validate", ctx.experiment_id, ctx.parent_run_id):
+        log_splits(ctx.project_dir, ALL)  # every split of both is checked
         reports = validate_manifests(checks, settings, docs, settings.warn_only)
         try:  # reported, never failed; a broken manifest is GX's to name, not scipy's
             shift = domain_shift(checks[0].manifest, checks[1].manifest)

@@ -22,6 +22,7 @@ def target_fingerprint(target_dir: Path) -> str:
 def select_source(ctx: StageContext) -> dict:
     """Rank ``rank.candidates`` on the target and copy the top one to ``models/source``."""
     from tasks.core import tracking
+    from tasks.data.mlflow_datasets import log_splits
     from tasks.modeling.models import save_checkpoint
 
     p, layout = ctx.params, ctx.layout
@@ -31,6 +32,7 @@ def select_source(ctx: StageContext) -> dict:
     if top.get(p.rank.score) is None:
         raise SourceError(f"rank.score {p.rank.score}: no candidate could be scored by it")
     with tracking.child_run("pretrain/rank", ctx.experiment_id, ctx.parent_run_id):
+        log_splits(ctx.project_dir, {"target": ("train",)})  # what the candidates are scored on
         markdown = ranking_markdown(rows, p.rank.score, f"{layout.target_data} (train split)")
         log_ranking(rows, p.rank.score, markdown, choice=top["candidate"])
     spec = next(s for s in p.rank.candidates if s.name == top["candidate"])

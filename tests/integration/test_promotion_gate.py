@@ -3,10 +3,10 @@ with real registered models: a trained resnet10t (strong) and an untrained one (
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -32,6 +32,11 @@ def store(gate_candidates, tmp_path_factory):
     versions = [register(ckpt, project, exp) for ckpt in (c.weak, c.strong, c.strong, c.weak)]
     assert versions == ["1", "2", "3", "4"]
     return project, uri
+
+
+def _history(version: str) -> str:
+    run_id = MlflowClient().get_model_version(MODEL, version).run_id
+    return mlflow.artifacts.load_text(f"runs:/{run_id}/{aliases.HISTORY_ARTIFACT}")
 
 
 def champion() -> str | None:
@@ -65,8 +70,12 @@ def test_2_better_model_is_promoted_with_its_evidence_recorded(store):
     move = [e for e in events if e["alias"] == "champion"][-1]
     assert (move["from_version"], move["to_version"], move["action"]) == ("1", "2", "gate-promote")
     assert move["gate"]["p_value"] < 1e-6 and move["actor"] and move["when"]
-    recorded = [json.loads(v) for k, v in t.items() if k.startswith("alias_event.")]
+    line = t[f"alias_event.{move['seq']:06d}"]  # a line a person reads on the version's page
+    assert line.startswith("gate-promote: @champion 1 -> 2 by ") and "{" not in line
+    recorded = audit.registry_events(t, MODEL)
     assert any(e["to_version"] == "2" and e["alias"] == "champion" for e in recorded)
+    history = _history("2")  # the readable history on the version's run
+    assert "gate-promote | @champion | 1 -> 2" in history and "newest candidate" not in history
 
 
 def test_3_equal_model_is_not_promoted(store):
@@ -99,7 +108,8 @@ def test_5_forced_promotion_is_recorded(store, capsys, monkeypatch):
     assert move["gate"]["overridden"] is True and move["gate"]["promote"] is False
     assert "demo of a forced move" in move["reason"] and "gate overridden" in move["reason"]
     model_tags = MlflowClient().get_registered_model(MODEL).tags
-    assert json.loads(model_tags[f"alias_event.{move['seq']:06d}"]) == move
+    (tagged,) = [e for e in audit.registry_events(model_tags, MODEL) if e["seq"] == move["seq"]]
+    assert tagged == {**move, "gate": None}  # the gate's numbers are the version's gate.* tags
 
 
 def test_6_rollback_returns_to_the_previous_champion(store, monkeypatch):
@@ -110,6 +120,7 @@ def test_6_rollback_returns_to_the_previous_champion(store, monkeypatch):
     assert aliases.alias_version(MODEL, "previous_champion") == "1"  # who v2 replaced
     move = [e for e in audit.read_events(project, MODEL) if e["alias"] == "champion"][-1]
     assert (move["action"], move["from_version"], move["to_version"]) == ("rollback", "4", "2")
+    assert "| rollback | @champion | 4 -> 2 |" in _history("4")  # rewritten at each move
 
 
 def test_7_two_gates_finishing_at_once_never_both_win(store):

@@ -296,7 +296,7 @@ def _mean_confidence(bins: list[dict]) -> tuple[float, float] | None:
     return conf, acc
 
 
-def _calibration_lines(f: dict) -> list[str]:
+def _calibration_lines(f: dict, table: bool = True) -> list[str]:
     m = f["candidates"][f["model"]["strategy"]]
     bins = f["calibration"]["bins"]
     lines = [f"Expected calibration error (ECE) on the test split: {_num(m.get('ece'))}."]
@@ -314,7 +314,7 @@ def _calibration_lines(f: dict) -> list[str]:
             f"Reliability diagram: `{DIAGRAM_ARTIFACT}` in the artifacts of the "
             f"register run `{f['model'].get('register_run_id')}`.",
         ]
-    if bins:
+    if bins and table:
         lines += [
             "",
             "| confidence bin | mean confidence | accuracy | images |",
@@ -473,9 +473,10 @@ def _how_to_load(f: dict) -> list[str]:
     return lines + ([""] + _export_lines(f.get("export")) if f.get("export") else [])
 
 
-def model_card_markdown(facts: dict) -> str:
+def model_card_markdown(facts: dict, bins_table: bool = True) -> str:
     """The card as markdown: intended use, data, classes, candidates with intervals,
-    calibration, the promotion decision, limitations and how to load the model."""
+    calibration (with the reliability bins as a table unless ``bins_table`` is false), the
+    promotion decision, limitations and how to load the model."""
     model = facts["model"]
     m = facts["candidates"][model["strategy"]]
     head = (
@@ -492,7 +493,7 @@ def model_card_markdown(facts: dict) -> str:
         _section("Data", _data_lines(facts)),
         _section("Classes", [", ".join(f"`{c}`" for c in facts["classes"])]),
         _section("Candidates", _candidate_lines(facts)),
-        _section("Calibration", _calibration_lines(facts)),
+        _section("Calibration", _calibration_lines(facts, bins_table)),
         _section("Promotion", _promotion_lines(facts)),
         _section("Limitations", _limitations(facts)),
         _section("How to load it", _how_to_load(facts)),
@@ -506,10 +507,10 @@ def description_markdown(facts: dict, image_url: str | None = None) -> str:
     shown = {**facts, "calibration": {**facts["calibration"], "image": image_url}}
     text = model_card_markdown(shown)
     if len(text) > DESCRIPTION_LIMIT:
-        text = model_card_markdown({**shown, "calibration": {**shown["calibration"], "bins": []}})
+        text = model_card_markdown(shown, bins_table=False)
     if len(text) > DESCRIPTION_LIMIT:
-        more = f"\n\n... (cut: the whole card is `{CARD_ARTIFACT}` of the register run)\n"
-        text = text[: DESCRIPTION_LIMIT - len(more)] + more
+        more = f"\n\n... (cut here: the whole card is `{CARD_ARTIFACT}` of the register run)\n"
+        text = text[: text.rfind("\n", 0, DESCRIPTION_LIMIT - len(more))] + more
     return text
 
 

@@ -121,6 +121,67 @@ def test_registered_version_has_its_onnx_export_checked_for_parity(pipeline_run)
     print(f"export seconds (smoke): {report['seconds']}")
 
 
+def test_version_and_runs_are_reviewable_in_mlflow(pipeline_run):
+    """The model card (file, artifact, description with the gate's decision), the datasets
+    with DVC digests, comparable per-strategy runs, the parent's params and description."""
+    from mlflow import MlflowClient
+
+    from tasks.core.versioning import output_hashes
+
+    project, first, _, _ = pipeline_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    card = (project / "reports" / "model_card.md").read_text()
+    assert card.startswith(f"# Model card: {MODEL} version {first['version']}")
+    assert "Pending at registration" in card and "## Limitations" in card
+    assert "ONNX export: onnxruntime against torch on" in card  # reports/export.json's parity
+    version = client.get_model_version(MODEL, first["version"])
+    assert version.description.startswith(f"# Model card: {MODEL} version 1")
+    assert "Gate decision" in version.description and "**promoted**" in version.description
+    assert "no champion yet" in version.description and "Pending" not in version.description
+    logged = {a.path for a in client.list_artifacts(version.run_id)}
+    assert {"model_card.md", "model_card.json", "reliability.png", "alias_history.md"} <= logged
+    line = version.tags["alias_event.000002"]
+    assert line.startswith("gate-promote: @champion none -> 1 by ")
+    calibration = json.loads((project / "reports" / "calibration.json").read_text())
+    assert set(calibration) == set(first["candidates"])
+    assert sum(b["count"] for b in calibration["full"]) == first["candidates"]["full"]["n"]
+    assert len(first["candidates"]["full"]["accuracy_ci"]) == 2
+
+    parent = client.get_run(first["mlflow_run_id"])
+    hashes = output_hashes(project)
+    inputs = {d.dataset.name: d for d in parent.inputs.dataset_inputs}
+    assert {"source/train", "target/train", "target/val", "target/test"} <= set(inputs)
+    assert inputs["target/test"].dataset.digest == hashes["data/target"]  # DVC's, dvc.lock's
+    assert inputs["source/train"].dataset.digest == hashes["data/source"]
+    assert [t.value for t in inputs["target/val"].tags] == ["validation"]
+    assert parent.data.params["transfer.epochs"] == "10" and "storage.tracking_uri" not in (
+        parent.data.params
+    )
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"Registered **{MODEL} version 1**" in note and "Promotion gate: promoted" in note
+    assert parent.data.metrics["test_accuracy"] == first["candidates"][first["best"]]["accuracy"]
+
+    runs = client.search_runs([parent.info.experiment_id], "attributes.run_name = 'evaluate'")
+    evaluate = next(r for r in runs if r.data.tags["mlflow.parentRunId"] == parent.info.run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{evaluate.info.run_id}'"
+    )
+    assert {r.info.run_name for r in children} == {f"evaluate/{n}" for n in first["candidates"]}
+    for child in children:
+        name = child.data.params["strategy"]
+        assert child.data.metrics["test_accuracy"] == first["candidates"][name]["accuracy"]
+        assert "target/test" in {d.dataset.name for d in child.inputs.dataset_inputs}
+    shown = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
+    assert {"candidates.json", "candidates.png", "calibration"} <= shown
+    transfer = client.search_runs(
+        [parent.info.experiment_id], "attributes.run_name = 'transfer/full'"
+    )[0]
+    assert {d.dataset.name for d in transfer.inputs.dataset_inputs} == {
+        "target/train",
+        "target/val",
+    }
+
+
 def test_dvc_recorded_and_pushed_everything(pipeline_run):
     from dvc.repo import Repo
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from tasks.data.manifest import MANIFEST, SPLITS, read_manifest
 
 CONTEXT = {"train": "training", "unlabeled": "training", "val": "validation", "test": "test"}
-ALL = {"source": SPLITS, "target": SPLITS}
+ALL = {"target": SPLITS, "source": SPLITS}  # the target first: the UI shows the first
 
 
 def split_datasets(project_dir: Path, uses: dict[str, tuple[str, ...]]) -> list[tuple]:

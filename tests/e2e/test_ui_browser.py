@@ -1,11 +1,13 @@
 """Review in a real browser: ``tlp ui`` on a project after a pipeline run, driven by headless
 Chromium (Debian's package), which renders the MLflow UI and must show the latest pipeline
-run, its metrics and the registered model with its ``champion`` alias."""
+run with its description, metrics and datasets, the registered model with its ``champion``
+alias, and the version's page with its model card."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +43,11 @@ def render(url: str, profile: Path) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+def text_of(dom: str) -> str:
+    """The page's text, as a reader sees it: markup removed, white space collapsed."""
+    return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +91,29 @@ def test_browser_finds_the_latest_run_its_metrics_and_the_champion(reviewed_proj
     run_url = f"{base}/#/experiments/{experiment}/runs/{parent.info.run_id}"
     run_page = render(run_url, tmp_path / "p2")
     assert parent.info.run_name in run_page
-    for metric in ("full_test_accuracy", "scratch_test_accuracy"):
-        assert metric in run_page
+    assert "test_accuracy" in run_page and "transfer.epochs" in run_page  # metrics, params
+    shown = text_of(run_page)
+    assert f"Registered {MODEL} version {summary['version']} (" in shown  # the description
+    # the Datasets panel: the first in full (name, DVC digest, context), the rest behind "+N"
+    target_hash = client.get_model_version(MODEL, summary["version"]).tags["dvc.data/target"]
+    assert f"target/test ({target_hash}) test +" in shown
 
     model_page = render(f"{base}/#/models/{MODEL}", tmp_path / "p3")
     assert MODEL in model_page and "champion" in model_page
     assert f"Version {summary['version']}" in model_page
+
+
+def test_browser_finds_the_model_card_on_the_version_page(reviewed_project, tmp_path):
+    import urllib.request
+
+    _, summary, base = reviewed_project
+    page = render(f"{base}/#/models/{MODEL}/versions/{summary['version']}", tmp_path / "p4")
+    shown = text_of(page)
+    assert f"Model card: {MODEL} version {summary['version']}" in shown
+    for section in ("Intended use", "Out of scope", "Candidates", "Calibration", "Limitations"):
+        assert section in shown
+    assert "Gate decision" in shown and "How to load it" in shown
+    image = re.search(r'<img src="(get-artifact\?path=reliability\.png[^"]+)"', page)
+    assert image, "the reliability diagram is not on the version page"
+    with urllib.request.urlopen(f"{base}/{image.group(1).replace('&amp;', '&')}") as answer:
+        assert answer.headers["Content-Type"] == "image/png"

@@ -177,15 +177,17 @@ def run_description(summary: dict, prefect_url: str | None = None) -> str:
         + (f", validation accuracy {val:.4f} on {m.get('val_n')}" if val is not None else "")
         + "."
     ]
-    promotion = summary.get("promotion")
+    promotion, champion = summary.get("promotion"), summary.get("champion_alias", "champion")
     if promotion:
         if promotion.get("promoted"):
             forced = " (FORCED)" if promotion.get("forced") else ""
-            said = f"promoted to @champion{forced}"
+            said = f"promoted to @{champion}{forced}"
         elif promotion.get("gate") is None:
             said = "nothing to decide"
+        elif promotion.get("champion_before"):
+            said = f"kept out; @{champion} stays version {promotion['champion_before']}"
         else:
-            said = f"kept out; @champion stays version {promotion.get('champion_before')}"
+            said = f"kept out; there is still no @{champion}"
         lines.append(f"Promotion gate: {said}: {promotion.get('reason')}.")
     negative = [n for n, f in (summary.get("negative_transfer") or {}).items() if f["negative"]]
     lines.append(

@@ -119,6 +119,7 @@ def collect_card_facts(ctx, registration: dict, promotion: dict | None = None) -
             "strategy": best,
             "arch": card.arch,
             "aliases": list(registration.get("aliases", [])),
+            "champion_alias": p.registry.champion_alias,
             "register_run_id": registration.get("run_id"),
             "params_hash": p.digest(),
             "git_commit": commit,
@@ -339,14 +340,15 @@ def _promotion_lines(f: dict) -> list[str]:
         ]
     gate = outcome.get("gate") or {}
     before = outcome.get("champion_before")
+    champion = f.get("model", {}).get("champion_alias", "champion")
     if outcome.get("promoted"):
         how = "FORCED past the gate by a person" if outcome.get("forced") else "promoted"
         was = f"was version {before}" if before else "the first champion"
-        decision = f"**{how}**: now @champion ({was})"
+        decision = f"**{how}**: now @{champion} ({was})"
     elif before:
-        decision = f"**kept out**: @champion stays version {before}"
+        decision = f"**kept out**: @{champion} stays version {before}"
     else:
-        decision = "**kept out**: there is still no @champion"
+        decision = f"**kept out**: there is still no @{champion}"
     lines = [
         f"Gate decision ({outcome.get('decided_at', '?')}): {decision}.",
         "",

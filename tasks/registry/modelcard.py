@@ -13,12 +13,9 @@ machine that reaches the registry.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from datetime import UTC, datetime
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 CARD_ARTIFACT = "model_card.md"
 FACTS_ARTIFACT = "model_card.json"
@@ -38,17 +35,18 @@ def _optional_json(path: Path) -> dict | None:
         return None
 
 
-def _dataset_facts(dataset_dir: Path, spec, digest: str | None) -> dict:
+def _dataset_facts(project_dir: Path, path: str, spec, digests: dict[str, str]) -> dict:
     """Name, DVC path and hash, image and byte counts per split, classes, image size."""
     from tasks.data.manifest import describe_spec, read_info, read_manifest
 
+    dataset_dir = project_dir / path
     manifest = read_manifest(dataset_dir)
     info = read_info(dataset_dir)
     return {
         "dataset": describe_spec(spec),
         "name": info.get("name"),
-        "path": f"{dataset_dir.parent.name}/{dataset_dir.name}",
-        "dvc_hash": digest,
+        "path": path,
+        "dvc_hash": digests.get(path),
         "images": int(len(manifest)),
         "bytes": int(manifest["bytes"].sum()),
         "splits": {str(k): int(v) for k, v in manifest["split"].value_counts().items()},
@@ -97,7 +95,7 @@ def collect_card_facts(ctx, registration: dict, promotion: dict | None = None) -
     the data manifests and their DVC hashes, the registered checkpoint's card and, when
     another step wrote it, ``reports/export.json``."""
     from tasks.core import versioning
-    from tasks.core.context import read_json
+    from tasks.core.context import PATHS, read_json
     from tasks.data.manifest import MANIFEST
     from tasks.modeling.models import read_card
     from tasks.registry.publishing import version_description
@@ -106,8 +104,9 @@ def collect_card_facts(ctx, registration: dict, promotion: dict | None = None) -
     metrics = read_json(layout.metrics)
     best = registration["strategy"]
     card = read_card(layout.candidates / best)
+    paths = {role: PATHS[f"{role}_data"] for role in ("source", "target")}
     digests = versioning.current_dir_hashes(
-        ctx.project_dir, {"data/source": MANIFEST, "data/target": MANIFEST}
+        ctx.project_dir, dict.fromkeys(paths.values(), MANIFEST)
     )
     calibration = _optional_json(layout.calibration) or {}
     commit, dirty = versioning.git_revision(ctx.project_dir)
@@ -128,8 +127,8 @@ def collect_card_facts(ctx, registration: dict, promotion: dict | None = None) -
         "input": version_description(card),
         "classes": list(card.classes),
         "data": {
-            "source": _dataset_facts(layout.source_data, p.data.source, digests.get("data/source")),
-            "target": _dataset_facts(layout.target_data, p.data.target, digests.get("data/target")),
+            role: _dataset_facts(ctx.project_dir, path, getattr(p.data, role), digests)
+            for role, path in paths.items()
         },
         "source_model": _source_model_facts(_optional_json(layout.pretrain_report)),
         "validation": _optional_json(layout.validation_report),
@@ -174,13 +173,20 @@ def _intended_use(f: dict) -> list[str]:
         origin = f"the source ranked best on the target, `{src.get('chosen')}`"
     else:
         origin = f"a model pretrained on the source `{f['data']['source']['dataset']}`"
-    best = f["candidates"][model["strategy"]]
+    strategy = model["strategy"]
+    labelled = f["candidates"][strategy].get("train_images") or target["splits"].get("train")
+    made = {
+        "scratch": f"Trained from random weights on {labelled} labelled target images (the "
+        f"from-scratch baseline was chosen over transfer from {origin}).",
+        "source_only": f"It is {origin}, untouched: no target image trained it.",
+    }.get(
+        strategy,
+        f"Made by transfer learning: the `{strategy}` strategy on {labelled} labelled target "
+        f"images, starting from {origin}.",
+    )
     return [
         f"Classifies an image into one of the {len(f['classes'])} classes of the target "
-        f"`{target['dataset']}` (listed under Classes), with a probability for each. "
-        f"Made by transfer learning: the `{model['strategy']}` strategy on "
-        f"{best.get('train_images') or target['splits'].get('train', '?')} labelled target "
-        f"images, starting from {origin}.",
+        f"`{target['dataset']}` (listed under Classes), with a probability for each. {made}",
         "",
         f"Intended for images like the target's ({size} px median, modes "
         f"{', '.join(target['modes'])}), where an error is cheap or a person reviews the "

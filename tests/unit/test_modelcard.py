@@ -185,7 +185,7 @@ def test_scratch_registered_and_ties_said_in_limitations():
     facts["model"]["strategy"] = "scratch"
     facts["candidates"]["full"]["val_accuracy"] = 0.55  # tied with scratch on validation
     card = model_card_markdown(facts)
-    assert "the source did not help this target" in card
+    assert "the source did not help this target" in card and "Trained from random weights" in card
     assert "tied with full" in card
 
 

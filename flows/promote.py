@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.core import versioning
 from tasks.core.context import read_json
 from tasks.core.params import Params
-from tasks.registry import aliases
+from tasks.registry import aliases, audit
 from tasks.registry.gate import GateResult, decide, gate_markdown, load_test_split, score_version
 from tasks.registry.modelcard import record_promotion
 from tasks.registry.publishing import tag_version, version_exists
@@ -158,19 +158,22 @@ def gate_and_promote(
             outcome = _gate_once(project_dir, params, name, candidate, (reason, force, manual))
         except aliases.ChampionMoved:
             continue  # someone else promoted meanwhile: compare against the new champion
-        _record_on_card(params, outcome)
+        _record_on_card(params, outcome, reason if manual else None)
         return outcome
     alias = params.registry.champion_alias
     raise aliases.ChampionMoved(f"@{alias} of {name} kept moving; gate gave up")
 
 
-def _record_on_card(params: Params, outcome: dict) -> None:
-    """The decision and its reason into the candidate's model card (its description). The
-    decision itself is already recorded (``gate.*`` tags, the alias events), so a registry
-    that stays unreachable here leaves the card saying "pending" and a warning."""
+def _record_on_card(params: Params, outcome: dict, asked: str | None = None) -> None:
+    """The decision and its reason (and, for ``tlp promote``, who asked and why) into the
+    candidate's model card (its description). The decision itself is already recorded
+    (``gate.*`` tags, the alias events), so a registry that stays unreachable here leaves
+    the card as it was and a warning."""
     if outcome["gate"] is None:  # nothing was decided (the version already is @champion)
         return
     name, version = outcome["model"], outcome["candidate"]
+    if asked is not None:
+        outcome = {**outcome, "asked": {"by": audit.whoami(), "reason": asked}}
     try:
         _retry(params)(lambda: record_promotion(name, version, outcome), "updating the card")
     except RegistryUnavailable as exc:

@@ -360,6 +360,9 @@ def _promotion_lines(f: dict) -> list[str]:
         "",
         f"Reason: {outcome.get('reason')}",
     ]
+    asked = outcome.get("asked")
+    if asked:
+        lines += ["", f"Asked for by {asked.get('by')} (`tlp promote`): {asked.get('reason')}"]
     if gate:
         champ = gate.get("champion_accuracy")
         lines += [

@@ -174,6 +174,10 @@ def test_the_gate_decision_replaces_pending():
     assert "Pending" not in card
     assert "**kept out**: @champion stays version 3" in card and "not significant" in card
     assert "p = 0.3125 (4 vs 3 discordant)" in card
+    forced = {**refused, "promoted": True, "forced": True, "asked": {"by": "alice", "reason": "x"}}
+    text = model_card_markdown(card_facts(promotion=forced))
+    assert "**FORCED past the gate by a person**: now @champion (was version 3)" in text
+    assert "Asked for by alice (`tlp promote`): x" in text
     first = {**refused, "promoted": True, "champion_before": None, "gate": None}
     assert "**promoted**: now @champion (the first champion)" in model_card_markdown(
         card_facts(promotion=first)

@@ -139,10 +139,13 @@ def test_every_section_in_order_with_intervals_and_flags():
 def test_no_export_report_no_export_line_and_a_present_one_rendered():
     assert "ONNX" not in model_card_markdown(card_facts())
     export = {
+        "onnx": "models/export/model.onnx",
+        "opset": 20,
         "parity": {"n": 539, "max_abs_logit_diff": 3.1e-7, "labels_identical": True, "atol": 1e-4},
         "int8": None,
     }
     card = model_card_markdown(card_facts(export=export))
+    assert "ONNX (opset 20, dynamic batch): `onnx/model.onnx`" in card
     assert "onnxruntime against torch on 539 test images" in card and "3.10e-07" in card
     assert "predicted labels identical" in card and "INT8" not in card
     export["int8"] = {"accuracy_change": -0.002, "size_ratio": 0.27, "latency_ratio": 0.6}

@@ -327,6 +327,23 @@ def pretrained_section(r: dict, out: Path) -> tuple[list[str], dict]:
     return lines, {}
 
 
+def serving_section(r: dict, out: Path) -> tuple[list[str], dict]:
+    """benchmarks/serving.py writes its own serving.md: shown here one heading level down."""
+    text = (out / "serving.md").read_text() if (out / "serving.md").is_file() else ""
+    lines = [f"#{line}" if line.startswith("#") else line for line in text.splitlines()]
+    rest, batch = r["rest"], r["batch"]
+    values = {
+        "serving_parity_max_abs_logit_diff": r["parity"]["max_abs_logit_diff"],
+        "serving_rest_pyfunc_p50_ms": rest["pyfunc"]["p50_ms"],
+        "serving_rest_pyfunc_p95_ms": rest["pyfunc"]["p95_ms"],
+        "serving_rest_onnx_p50_ms": rest["onnx"]["p50_ms"],
+        "serving_rest_onnx_p95_ms": rest["onnx"]["p95_ms"],
+        "serving_batch_onnx_images_per_second": batch["onnx"]["images_per_second_median"],
+        "serving_batch_pyfunc_images_per_second": batch["pyfunc"]["images_per_second_median"],
+    }
+    return [*lines, ""], values
+
+
 SECTIONS = {
     "startup": startup_section,
     "training_throughput": throughput_section,
@@ -334,6 +351,7 @@ SECTIONS = {
     "scaling": scaling_section,
     "data_efficiency": data_efficiency_section,
     "pretrained_transfer": pretrained_section,
+    "serving": serving_section,
 }
 
 

@@ -148,10 +148,11 @@ class Server:
 
 def latencies(port: int, bodies: list[bytes], requests: int, max_seconds: float) -> dict:
     """Sequential POSTs on one keep-alive connection: WARMUP untimed, then ``requests`` timed
-    (or fewer when ``max_seconds`` runs out); the answers of the timed ones are kept."""
+    (or fewer when ``max_seconds`` runs out); the answers of the timed ones are kept, with
+    the index of the body each answers (request i sends body i mod len(bodies))."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     headers = {"Content-Type": "application/json"}
-    times, answers, deadline = [], [], time.monotonic() + max_seconds
+    times, answers, sent, deadline = [], [], [], time.monotonic() + max_seconds
     for i in range(WARMUP + requests):
         if time.monotonic() > deadline:
             break
@@ -166,8 +167,9 @@ def latencies(port: int, bodies: list[bytes], requests: int, max_seconds: float)
         if i >= WARMUP:
             times.append(elapsed * 1000)
             answers.append(json.loads(data)["predictions"])
+            sent.append(i % len(bodies))
     conn.close()
-    return {**summary_ms(times), "answers": answers}
+    return {**summary_ms(times), "answers": answers, "sent": sent}
 
 
 def summary_ms(times: list[float]) -> dict:
@@ -249,8 +251,11 @@ def rest(project: Path, model: dict, requests: int, max_seconds: float, env: dic
     pyfunc_labels = [a[0]["label"] for a in out["pyfunc"].pop("answers")]
     classes = OnnxClassifier(onnx_path).classes
     onnx_labels = [classes[int(np.argmax(first_logits(a)))] for a in out["onnx"].pop("answers")]
+    sent = out["pyfunc"].pop("sent")  # both loops send the same bodies in the same order
+    out["onnx"].pop("sent")
     n = min(len(pyfunc_labels), len(onnx_labels))  # the same unless a loop ran out of time
-    pairs = zip(pyfunc_labels[:n], onnx_labels[:n], truth[:n], strict=True)
+    answered = [truth[i] for i in sent[:n]]
+    pairs = zip(pyfunc_labels[:n], onnx_labels[:n], answered, strict=True)
     agree, correct = zip(*((p == o, p == t) for p, o, t in pairs), strict=True)
     out["labels_agree"] = sum(agree) / n
     out["pyfunc_accuracy"] = sum(correct) / n

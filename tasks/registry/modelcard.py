@@ -36,10 +36,16 @@ def _optional_json(path: Path) -> dict | None:
 
 
 def _dataset_facts(project_dir: Path, path: str, spec, digests: dict[str, str]) -> dict:
-    """Name, DVC path and hash, image and byte counts per split, classes, image size."""
-    from tasks.data.manifest import describe_spec, read_info, read_manifest
+    """Name, DVC path and hash, image and byte counts per split, classes, image size.
+
+    A dataset this project never prepared (a source given as a checkpoint, or a register
+    stage run on its own) is named with ``prepared: False``: the card says so instead of
+    failing after the version was registered."""
+    from tasks.data.manifest import MANIFEST, describe_spec, read_info, read_manifest
 
     dataset_dir = project_dir / path
+    if not (dataset_dir / MANIFEST).is_file():
+        return {"dataset": describe_spec(spec), "path": path, "prepared": False}
     manifest = read_manifest(dataset_dir)
     info = read_info(dataset_dir)
     return {
@@ -209,6 +215,9 @@ def _data_lines(f: dict) -> list[str]:
     ]
     for role in ("source", "target"):
         d = f["data"][role]
+        if d.get("prepared") is False:
+            lines.append(f"| {role} | `{d['dataset']}` | `{d['path']}` | not prepared here | | | |")
+            continue
         splits = ", ".join(f"{k} {v}" for k, v in sorted(d["splits"].items()))
         digest = f"`{d['dvc_hash']}`" if d["dvc_hash"] else "not recorded"
         lines.append(

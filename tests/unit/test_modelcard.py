@@ -222,3 +222,14 @@ def test_rendering_takes_what_json_gives_back(digest):
     facts = card_facts()
     facts["data"]["target"]["dvc_hash"] = digest
     assert model_card_markdown(json.loads(json.dumps(facts))) == model_card_markdown(facts)
+
+
+def test_a_source_never_prepared_here_is_named_not_failed():
+    """A register stage without data/source (a checkpoint source, or the stage run alone)
+    still gets its card: the source row says it was not prepared here."""
+    unprepared = {"dataset": "builtin:mnist5k", "path": "data/source", "prepared": False}
+    facts = card_facts()
+    facts["data"]["source"] = unprepared
+    card = model_card_markdown(facts)
+    assert "| source | `builtin:mnist5k` | `data/source` | not prepared here |" in card
+    assert "| target | `builtin:uci-digits` |" in card

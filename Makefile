@@ -8,6 +8,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export GX_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
+# DVC ignores DO_NOT_TRACK: without this each `dvc` command starts a daemon that phones home
+export DVC_NO_ANALYTICS ?= 1
 
 .PHONY: help install run smoke test test-fast lint clean serve ui server bench
 

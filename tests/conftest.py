@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 for key, value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",  # DVC ignores DO_NOT_TRACK: each `dvc` command left a /tmp file
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "GIT_PYTHON_REFRESH": "quiet",

@@ -156,14 +156,6 @@ def onnx_logits(session, inputs, batch_size: int = PARITY_BATCH) -> np.ndarray:
     return np.concatenate(out) if out else np.empty((0, 0), np.float32)
 
 
-def torch_logits(model, inputs, batch_size: int = PARITY_BATCH) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        out = [model(batch).float().numpy() for batch in inputs.split(batch_size)]
-    return np.concatenate(out) if out else np.empty((0, 0), np.float32)
-
-
 def measure_parity(
     onnx_path: Path, ckpt_dir: Path, data_dir: Path, atol: float, split: str = "test"
 ) -> dict[str, Any]:
@@ -172,12 +164,14 @@ def measure_parity(
     import torch
 
     from tasks.data.loading import load_tensors
+    from tasks.modeling.batches import predict_logits
     from tasks.modeling.models import load_checkpoint
 
     model, card = load_checkpoint(ckpt_dir)
     inputs, labels, _ = load_tensors(data_dir, split, card.preprocess)
     session = onnx_session(onnx_path, torch.get_num_threads())
-    got, ref = onnx_logits(session, inputs), torch_logits(model, inputs)
+    got = onnx_logits(session, inputs)
+    ref = predict_logits(model, inputs, PARITY_BATCH).numpy()
     n = len(labels)
     diff = float(np.abs(got - ref).max()) if n else float("nan")
     mismatches = int((got.argmax(1) != ref.argmax(1)).sum()) if n else 0

@@ -58,8 +58,15 @@ def is_s3(location: str) -> bool:
 
 def s3_filesystem(endpoint: str | None):
     """s3fs with the project's S3 endpoint (``storage.dvc_remote_endpoint``, e.g. MinIO)
-    when set; keys and region come from the usual AWS environment."""
-    import s3fs
+    when set; keys and region come from the usual AWS environment. s3fs comes with the
+    ``team`` extra (dvc-s3): without it an S3 input stops before any work, saying so."""
+    try:
+        import s3fs
+    except ImportError:
+        raise PredictionError(
+            "s3:// inputs need s3fs, which is not installed (pip install -e '.[team]' "
+            "installs it with dvc-s3)"
+        ) from None
 
     return s3fs.S3FileSystem(
         endpoint_url=endpoint or None, config_kwargs={"retries": {"max_attempts": 2}}

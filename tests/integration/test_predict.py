@@ -6,6 +6,7 @@ MLflow run with its input dataset; an S3 prefix on moto's server."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +194,12 @@ def test_predict_reads_an_s3_prefix(registered, folder, tmp_path, monkeypatch, c
     local = OnnxClassifier(registered[0] / "models" / "export" / "model.onnx")
     expected = local.predict([str(p) for p in good[:5]]).label.tolist()
     assert [table.label[f"s3://incoming/today/{p.name}"] for p in good[:5]] == expected
+
+
+def test_an_s3_input_without_s3fs_stops_naming_the_extra(monkeypatch):
+    """s3fs comes with the team extra: without it, an S3 input stops before any work."""
+    from tasks.registry.prediction import PredictionError, list_inputs
+
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # what an install without it gives
+    with pytest.raises(PredictionError, match=r"s3fs.*\.\[team\]"):
+        list_inputs(["s3://bucket/images"], Path("."), None)

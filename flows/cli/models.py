@@ -3,6 +3,7 @@ model came from. Each points MLflow at the project's store first (``open_registr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from cyclopts import Parameter
@@ -113,4 +114,61 @@ def lineage(
     return 0 if info["complete"] else 1
 
 
-COMMANDS = {"promote": promote, "rollback": rollback, "lineage": lineage}
+def serve_model(
+    model_uri: Annotated[str | None, Parameter(name="MODEL_URI")] = None,
+    /,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5001,
+    max_request_mb: float = 32.0,
+    allow_paths_under: Path | None = None,
+    options: ParamsOptions = DEFAULT_PARAMS,
+    project: Project,
+) -> int:
+    """Serve a registered model over REST (MLflow's scoring protocol) on 127.0.0.1.
+
+    Bodies over the size limit get 413; bad requests get 400 with one short message (no
+    stack trace, no server path); the images are checked by the model (shapes, dtypes,
+    NaN, pixels, images per request). File paths are refused unless --allow-paths-under.
+
+    Parameters
+    ----------
+    model_uri
+        models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... (default:
+        models:/<registry.model_name>@<registry.champion_alias>)
+    host
+        address to bind (default: 127.0.0.1; anything else exposes the model)
+    port
+        port (default: 5001)
+    max_request_mb
+        largest request body in MiB (default: 32)
+    allow_paths_under
+        also accept paths of image files under this folder (default: no paths)
+    """
+    from tasks.registry.model_inputs import allowed_root
+    from tasks.registry.rest import serve
+    from tasks.stages.preflight import PreflightError
+
+    project, params = open_registry(project, options)
+    r = params.registry
+    uri = model_uri or f"models:/{r.model_name}@{r.champion_alias}"
+    if max_request_mb <= 0:
+        raise PreflightError(f"--max-request-mb {max_request_mb}: must be positive")
+    config = {}
+    if allow_paths_under is not None:
+        try:
+            root = allowed_root(allow_paths_under, "--allow-paths-under")
+        except ValueError as exc:
+            raise PreflightError(str(exc)) from None
+        config["allow_paths_under"] = str(root)
+    print(f"Serving {uri} on http://{host}:{port}/invocations (Ctrl-C stops)", flush=True)
+    serve(uri, host, port, int(max_request_mb * 2**20), config)
+    return 0
+
+
+COMMANDS = {
+    "promote": promote,
+    "rollback": rollback,
+    "lineage": lineage,
+    "serve-model": serve_model,
+}

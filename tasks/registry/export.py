@@ -439,6 +439,7 @@ class OnnxClassifier:
         self.metadata = {k[len(META) :]: v for k, v in meta.items() if k.startswith(META)}
         self.classes = tuple(json.loads(meta[f"{META}classes"]))
         self.preprocess = PreprocessParams.model_validate(json.loads(meta[f"{META}preprocess"]))
+        self.policy = None  # what it accepts (``model_inputs``), read at the first call
 
     def logits(self, inputs) -> np.ndarray:
         """Logits of already preprocessed NCHW float32 inputs."""
@@ -450,9 +451,12 @@ class OnnxClassifier:
         import torch
 
         from tasks.data.preprocessing import preprocess
-        from tasks.registry.serving import as_image_list
+        from tasks.registry.model_inputs import InputPolicy, as_image_list
 
-        inputs = preprocess(as_image_list(images), self.preprocess)
+        if self.policy is None:  # arrays and encoded images, as the pyfunc takes them
+            self.policy = InputPolicy.from_config(None)
+        cfg = self.preprocess
+        inputs = preprocess(as_image_list(images, self.policy, cfg.channels), cfg)
         return torch.softmax(torch.from_numpy(self.logits(inputs)), dim=1).numpy()
 
     def predict(self, images):

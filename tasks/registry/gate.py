@@ -143,8 +143,18 @@ def score_version(model_uri: str, split: TestSplit) -> np.ndarray:
 
     with tempfile.TemporaryDirectory(prefix="tlp-gate-") as download:
         model = mlflow.pyfunc.load_model(model_uri, dst_path=download)
-        labels = model.predict([str(p) for p in split.paths])["label"].astype(str).tolist()
+        labels = model.predict(read_split(split, model))["label"].astype(str).tolist()
     return np.array([a == b for a, b in zip(labels, split.classes, strict=True)], dtype=bool)
+
+
+def read_split(split: TestSplit, model) -> list[np.ndarray]:
+    """The split's images as arrays, decoded as the model decodes them (its channels): a
+    registered model reads no file paths (``model_inputs``)."""
+    from tasks.data.preprocessing import read_image
+
+    preprocess = (model.metadata.metadata or {}).get("preprocess", {})
+    channels = int(preprocess.get("channels") or 3)  # RGB when unknown: the model converts
+    return [read_image(p, channels) for p in split.paths]
 
 
 def gate_markdown(name: str, candidate: str, champion: str | None, result: GateResult) -> str:

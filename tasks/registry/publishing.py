@@ -46,14 +46,38 @@ def input_example(example_image: Path | None, size: int, channels: int) -> list:
     return [image.tolist()]
 
 
-def log_model(ckpt_dir: Path, registered_model_name: str, example_image: Path | None = None):
+def serving_config(max_image_pixels: int | None = None) -> dict:
+    """The model config logged with the pyfunc (``model_inputs.InputPolicy``): the pixel
+    limit of an image (the project's ``data.max_image_pixels``), the images one scoring
+    request may hold, and no file paths (``allow_paths_under``: a loader or
+    ``TLP_SERVE_ALLOW_PATHS_UNDER`` may name a root)."""
+    from tasks.registry.model_inputs import MAX_IMAGES_PER_REQUEST
+
+    if max_image_pixels is None:
+        from tasks.core.params import default_section
+
+        max_image_pixels = default_section("data").max_image_pixels
+    return {
+        "max_image_pixels": int(max_image_pixels),
+        "max_images_per_request": MAX_IMAGES_PER_REQUEST,
+        "allow_paths_under": None,
+    }
+
+
+def log_model(
+    ckpt_dir: Path,
+    registered_model_name: str,
+    example_image: Path | None = None,
+    max_image_pixels: int | None = None,
+):
     """Log the checkpoint as a models-from-code pyfunc (nothing pickled) and register it.
 
     The signature comes from ``ImageClassifier.predict``'s ``list[Any]`` hint: MLflow records
     it without coercing inputs, so arrays of any image shape and file paths pass through;
     the input example is one real uint8 image; the class names, the preprocessing and the
     channel conversion of the card go into the model metadata, and what the model takes into
-    the registered version's description (``version_description``). MLflow's console prints
+    the registered version's description (``version_description``); what it accepts and its
+    limits into the model config (``serving_config``). MLflow's console prints
     and its two notes about that hint are kept off the terminal
     (``tracking.quiet_model_logging``), for every caller.
     """
@@ -67,6 +91,7 @@ def log_model(ckpt_dir: Path, registered_model_name: str, example_image: Path | 
             artifacts={CHECKPOINT_ARTIFACT: str(ckpt_dir)},
             pip_requirements=_pip_requirements(),  # explicit: inferring them costs a subprocess
             registered_model_name=registered_model_name,
+            model_config=serving_config(max_image_pixels),
             input_example=input_example(
                 example_image, card.preprocess.image_size, card.preprocess.channels
             ),
@@ -74,7 +99,9 @@ def log_model(ckpt_dir: Path, registered_model_name: str, example_image: Path | 
                 "classes": list(card.classes),
                 "arch": card.arch,
                 "strategy": card.strategy,
-                "input": "uint8 images HxW or HxWxC (one or a batch), or image file paths",
+                "input": "uint8 (0-255) or float (0-1) images HxW or HxWxC, one or a batch, "
+                "or base64-encoded PNG/JPEG; file paths only under model_config "
+                "allow_paths_under",
                 "output": "label, probability, probabilities (in the order of classes)",
                 "preprocess": card.preprocess.model_dump(mode="json"),
                 "input_conversion": card.input_conversion,

@@ -47,7 +47,12 @@ def run(ctx: StageContext) -> dict:
         for path in lineage_files(ctx.project_dir):  # what `tlp reproduce` reruns from
             mlflow.log_artifact(str(path), artifact_path="lineage")
         export_tags = log_export(exported, ctx.project_dir)
-        info = log_model(layout.candidates / best, r.model_name, first_test_image(layout))
+        info = log_model(
+            layout.candidates / best,
+            r.model_name,
+            first_test_image(layout),
+            ctx.params.data.max_image_pixels,
+        )
     if ctx.parent_run_id:
         tracking.set_tags(tags, run_id=ctx.parent_run_id)
     version = str(info.registered_model_version)

@@ -223,7 +223,14 @@ test = manifest[manifest.split == "test"].head(60)
 from PIL import Image
 arrays = np.stack([np.asarray(Image.open("{project}/data/target/" + p)) for p in test.path])
 by_array = model.predict(arrays)
-by_path = model.predict(["{project}/data/target/" + p for p in test.path])
+paths = ["{project}/data/target/" + p for p in test.path]
+try:
+    model.predict(paths[:1])
+    raise SystemExit("a path was read without allow_paths_under")
+except ValueError as exc:
+    assert "base64-encoded PNG or JPEG" in str(exc), exc
+allowed = {{"allow_paths_under": "{project}/data/target"}}
+by_path = mlflow.pyfunc.load_model("models:/{MODEL}@champion", model_config=allowed).predict(paths)
 print(json.dumps({{
     "shape": list(arrays.shape), "dtype": str(arrays.dtype),
     "labels_array": by_array["label"].tolist(), "labels_path": by_path["label"].tolist(),

@@ -192,7 +192,7 @@ def test_predict_reads_an_s3_prefix(registered, folder, tmp_path, monkeypatch, c
     )
     assert table.error["s3://incoming/today/corrupt.png"].startswith("cannot read image")
     local = OnnxClassifier(registered[0] / "models" / "export" / "model.onnx")
-    expected = local.predict([str(p) for p in good[:5]]).label.tolist()
+    expected = local.predict([p.read_bytes() for p in good[:5]]).label.tolist()
     assert [table.label[f"s3://incoming/today/{p.name}"] for p in good[:5]] == expected
 
 

@@ -3,6 +3,8 @@ it is loaded from the registry exactly as users load it and probed on the frozen
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -60,9 +62,18 @@ def test_minimum_functionality_for_every_class(registered):
 
 
 def test_paths_and_arrays_give_the_same_answer(registered):
+    """Paths only when the loader allows a root; then they answer as arrays do."""
+    import mlflow
+    from mlflow import MlflowClient
+
     model, images, _, paths = registered
+    with pytest.raises(ValueError, match="base64-encoded PNG or JPEG"):
+        model.predict(paths[:1])
+    root = {"allow_paths_under": str(Path(paths[0]).parents[2])}
+    version = MlflowClient().search_model_versions(f"name='{MODEL}'")[0].version
+    allowed = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}", model_config=root)
     by_array = model.predict(images[:40])
-    by_path = model.predict(paths[:40])
+    by_path = allowed.predict(paths[:40])
     assert by_array["label"].tolist() == by_path["label"].tolist()
     probs = np.array(by_array["probabilities"].tolist())
     assert probs.shape == (40, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)

@@ -108,14 +108,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """``mlflow models serve`` of one model URI on 127.0.0.1 (one worker), stopped on exit."""
+def mlflow_serve_argv(uri: str, port: int) -> list[str]:
+    """``mlflow models serve`` of one model URI on 127.0.0.1, one worker."""
+    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri]
+    argv += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    return [*argv, "--workers", "1"]
 
-    def __init__(self, uri: str, env: dict, log: Path) -> None:
+
+class Server:
+    """A model server on 127.0.0.1 and a free port, started in a session of its own and
+    stopped (the whole session) on exit: ``mlflow models serve`` of one model URI unless
+    ``command`` (port -> argv) says otherwise."""
+
+    def __init__(self, uri: str, env: dict, log: Path, command=None) -> None:
         self.port = free_port()
-        argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri]
-        argv += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(self.port)]
-        argv += ["--workers", "1"]
+        argv = (command or mlflow_serve_argv)(uri, self.port)
         self.log = log
         self.proc = subprocess.Popen(
             argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True

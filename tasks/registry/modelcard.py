@@ -481,7 +481,9 @@ def _how_to_load(f: dict) -> list[str]:
     ]
     lines += [f'# or "models:/{name}@{a}" while @{a} points here' for a in aliases]
     lines += [
-        "model.predict(images)  # uint8 arrays HxW or HxWxC, or image file paths",
+        "model.predict(images)  # uint8 arrays HxW or HxWxC (or a batch), or PNG/JPEG bytes",
+        "# file paths only under a root you allow: load_model(..., model_config=",
+        '#     {"allow_paths_under": "/data/images"})',
         "# -> DataFrame: label, probability, probabilities",
         "```",
         "",

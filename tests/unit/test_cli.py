@@ -52,7 +52,9 @@ def test_help_lists_the_three_command_groups():
     assert sections["Pipeline"] == [
         *("params", "rank", "reproduce", "run", "serve", "stage", "validate"),
     ]
-    assert sections["Registered models"] == ["lineage", "predict", "promote", "rollback"]
+    assert sections["Registered models"] == [
+        *("lineage", "predict", "promote", "rollback", "serve-model"),
+    ]
     assert sections["Operations"] == ["server", "ui"]
     assert {"--project-dir", "--verbose", "--help"} <= set(sections["Global options"])
 
@@ -91,6 +93,7 @@ PARAMS_COMMANDS = {
     "rollback": ["tlp-digits"],
     "lineage": ["tlp-digits@champion"],
     "predict": ["images/"],
+    "serve-model": [],
     "ui": [],
     "server": [],
 }

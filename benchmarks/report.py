@@ -344,6 +344,43 @@ def serving_section(r: dict, out: Path) -> tuple[list[str], dict]:
     return [*lines, ""], values
 
 
+def serving_misuse_section(r: dict, out: Path) -> tuple[list[str], dict]:
+    """benchmarks/serving_misuse.py: each bad request's answer, then the good ones."""
+    good = r["good"]
+    lines = [
+        "## Serving under misuse",
+        "",
+        f"`{r['command']}`",
+        "",
+        f"{r['server']} of {r['model']} on 127.0.0.1. Every bad request refused with a 4xx: "
+        f"{r['all_bad_refused_4xx']}; server up after each: {r['up_after_every_bad_request']}; "
+        f"the three path requests answered identically: {r['path_answers_identical']}; "
+        f"answers revealing the server: {r['answers_with_leaks'] or 'none'}. Server memory "
+        f"{r['rss_mb_before']:.0f} MB before, {r['rss_mb_after']:.0f} MB after.",
+        "",
+        "| bad request | status | seconds | up after |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {b['case']} | {b['status']} | {b['seconds']:.2f} | {b['up_after']} |" for b in r["bad"]
+    ]
+    values = {
+        "serving_misuse_bad_refused_4xx": float(r["all_bad_refused_4xx"]),
+        "serving_misuse_rss_mb_after": r["rss_mb_after"],
+    }
+    if good.get("n"):
+        lines += [
+            "",
+            f"Good requests: {good['n']} answered, p50 {good['p50_ms']:.1f} ms, "
+            f"p95 {good['p95_ms']:.1f} ms.",
+        ]
+        values |= {
+            "serving_misuse_good_p50_ms": good["p50_ms"],
+            "serving_misuse_good_p95_ms": good["p95_ms"],
+        }
+    return [*lines, ""], values
+
+
 SECTIONS = {
     "startup": startup_section,
     "training_throughput": throughput_section,
@@ -352,6 +389,7 @@ SECTIONS = {
     "data_efficiency": data_efficiency_section,
     "pretrained_transfer": pretrained_section,
     "serving": serving_section,
+    "serving_misuse": serving_misuse_section,
 }
 
 

@@ -38,6 +38,7 @@ QUICK = {
         *("--set", "transfer.epochs=5", "--set", "transfer.min_steps=40"),
     ],
     "serving": ["--quick"],
+    "serving_misuse": [],  # a smoke model: 20 bad requests, 200 good ones
 }
 FULL = {
     "startup": ["--rounds", "15"],
@@ -47,6 +48,7 @@ FULL = {
     "data_efficiency": [],  # every strategy, labels 1 2 5 10 20 all, seeds 0 1 2, params.yaml
     "pretrained_transfer": [],  # 6 candidates + 2 control sources, labels 1 5 10 50, 3 seeds
     "serving": [],  # the default experiment, 200 requests per server, 3 batch rounds
+    "serving_misuse": [],
 }
 
 

@@ -118,14 +118,20 @@ def mlflow_serve_argv(uri: str, port: int) -> list[str]:
 class Server:
     """A model server on 127.0.0.1 and a free port, started in a session of its own and
     stopped (the whole session) on exit: ``mlflow models serve`` of one model URI unless
-    ``command`` (port -> argv) says otherwise."""
+    ``command`` (port -> argv) says otherwise. ``cwd``: where it runs (``python -m`` puts
+    it first on ``sys.path``, before PYTHONPATH)."""
 
-    def __init__(self, uri: str, env: dict, log: Path, command=None) -> None:
+    def __init__(self, uri: str, env: dict, log: Path, command=None, cwd=None) -> None:
         self.port = free_port()
         argv = (command or mlflow_serve_argv)(uri, self.port)
         self.log = log
         self.proc = subprocess.Popen(
-            argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def __enter__(self) -> Server:

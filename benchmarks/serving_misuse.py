@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> dict:
         }
         cases = bad_requests(images[0], fifo)
         print(f"+ {args.server} server of {uri} ({args.code})", file=sys.stderr, flush=True)
-        with Server(uri, server_env, work / "serve.log", serve_command(args.server, project)) as s:
+        command = serve_command(args.server, project)
+        # run in the temp dir: `python -m` puts the cwd before PYTHONPATH (--code)
+        with Server(uri, server_env, work / "serve.log", command, cwd=work) as s:
             sid = os.getsid(s.proc.pid)
             rss_before = session_rss_mb(sid)
             rows = misuse(s.port, cases, args.timeout)

@@ -25,6 +25,7 @@ import logging
 from io import StringIO
 
 MAX_REQUEST_BYTES = 32 * 2**20
+DRAIN_BYTES = 2**30
 REQUEST_HELP = (
     'expected a JSON object {"inputs": [...]} whose images are arrays (HxW or HxWxC, uint8 '
     "0..255 or float 0..1) or base64-encoded PNG/JPEG strings"
@@ -62,11 +63,11 @@ class GuardedScoring:
             return
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > self.max_bytes:
-            await respond(send, 413, self.too_large())
-            return
-        body = await read_body(receive, self.max_bytes)
+        body = None
+        if declared.isdigit() and int(declared) <= self.max_bytes:
+            body = await read_body(receive, self.max_bytes)
         if body is None:
+            await drain(receive, DRAIN_BYTES)  # the client reads the 413, not a reset
             await respond(send, 413, self.too_large())
             return
         content_type = headers.get(b"content-type", b"").decode("latin-1")
@@ -122,6 +123,17 @@ async def read_body(receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def drain(receive, limit: int) -> None:
+    """Read and drop what is left of a refused body (at most ``limit`` bytes; a bigger one
+    gets the connection closed after the answer): nothing of it is kept."""
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
 
 
 async def respond(send, status: int, content: bytes) -> None:

@@ -145,8 +145,11 @@ def serve_model(
     allow_paths_under
         also accept paths of image files under this folder (default: no paths)
     """
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
     from tasks.registry.model_inputs import allowed_root
-    from tasks.registry.rest import serve
+    from tasks.registry.rest import run
     from tasks.stages.preflight import PreflightError
 
     project, params = open_registry(project, options)
@@ -161,8 +164,14 @@ def serve_model(
         except ValueError as exc:
             raise PreflightError(str(exc)) from None
         config["allow_paths_under"] = str(root)
+    try:
+        model = mlflow.pyfunc.load_model(uri, model_config=config or None)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise PreflightError(f"{uri}: {' '.join(exc.message.split())}") from None
     print(f"Serving {uri} on http://{host}:{port}/invocations (Ctrl-C stops)", flush=True)
-    serve(uri, host, port, int(max_request_mb * 2**20), config)
+    run(model, host, port, int(max_request_mb * 2**20))
     return 0
 
 

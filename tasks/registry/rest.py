@@ -150,14 +150,12 @@ async def respond(send, status: int, content: bytes) -> None:
     await send({"type": "http.response.body", "body": content})
 
 
-def serve(model_uri: str, host: str, port: int, max_request_bytes: int, model_config=None):
-    """Load the model and serve it with uvicorn in this process (one worker), until stopped.
+def run(model, host: str, port: int, max_request_bytes: int) -> None:
+    """Serve a loaded pyfunc with uvicorn in this process (one worker), until stopped.
 
     In-process, so it runs from ``.venv/bin/tlp`` without the venv on PATH (``mlflow models
     serve`` execs ``uvicorn`` from PATH)."""
-    import mlflow.pyfunc
     import uvicorn
 
-    model = mlflow.pyfunc.load_model(model_uri, model_config=model_config or None)
     app = create_app(model, max_request_bytes)
     uvicorn.run(app, host=host, port=port, workers=1, log_level="warning", access_log=False)

@@ -114,6 +114,7 @@ def test_serve_model_refuses_misuse_briefly_and_stays_up(champion, tmp_path):
     }
     tlp = Path(sys.executable).parent / "tlp"
     args = [str(tlp), "-C", str(tmp_path), "serve-model", "--port", str(port)]
+    args += ["--set", f"registry.model_name={MODEL}"]  # serves models:/MODEL@champion
     proc = start_process([*args, "--max-request-mb", "1"], env, tmp_path / "serve.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, tmp_path / "serve.log")

@@ -29,6 +29,7 @@ Prints the JSON and writes ``serving.json`` and ``serving.md`` to ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -157,6 +158,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        # a worker stuck in a request (a FIFO's open) can outlive the server's parent
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def latencies(port: int, bodies: list[bytes], requests: int, max_seconds: float) -> dict:

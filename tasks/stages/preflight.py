@@ -12,10 +12,11 @@ the folder or the class, and a fix, often as the ``--set`` that makes it go away
 - split budget: every class of the source and the target, after ``limit``, can afford its
   test, val and labelled train images (the arithmetic of ``tasks.data.splits``) and
   ``validation.min_images_per_class``; the suggested values fit the smallest class;
-- what params name exists and works here (``check_reality``): the timm architecture and its
-  fit to ``preprocess.channels`` x ``image_size`` (tasks/modeling/feasibility.py), the
-  optimizers and schedules of pretrain and transfer, ``base.device``, the data folders and a
-  ``pretrain.checkpoint`` file (present and readable; its contents are ``check_checkpoint``'s);
+- what params name exists and works here: the data folders and a ``pretrain.checkpoint``
+  file are present and readable (``check_files``, first; the checkpoint's contents are
+  ``check_checkpoint``'s); the timm architecture and its fit to ``preprocess.channels`` x
+  ``image_size``, the optimizers and schedules of pretrain and transfer and ``base.device``
+  (``check_machine``, last, as it imports torch and timm; tasks/modeling/feasibility.py);
 - label spaces: folder classes among ``data.<role>.classes``, at least two classes in the
   label space and in the data of each dataset (a one-class "classifier" learns nothing);
 - strategies: ``source_only`` needs every target class among the source model's classes;
@@ -56,7 +57,7 @@ class Inventory:
 def check(params: Params, project_dir: Path) -> None:
     """Raise PreflightError on the first problem that would stop the run after some work."""
     project_dir = Path(project_dir)
-    check_reality(params, project_dir)
+    check_files(params, project_dir)
     data = params.data
     inventories = {
         role: take_inventory(role, spec, project_dir)
@@ -66,14 +67,15 @@ def check(params: Params, project_dir: Path) -> None:
         check_two_classes(inventories[role])
         check_split_budget(inventories[role], spec, params.validation)
     check_strategies(params, project_dir, inventories)
+    check_machine(params)  # last: it imports torch and timm, the rest only lists files
 
 
 # ---- what params name, against this machine and timm ----------------------------------
 
 
-def check_reality(params: Params, project_dir: Path) -> None:
-    """Architecture, optimizers, schedules, device and the files params name: each refused
-    with its key when timm, torch or the file system say it cannot work."""
+def check_machine(params: Params) -> None:
+    """Architecture, optimizers, schedules and device: each refused with its key when timm
+    or torch say it cannot work here."""
     from tasks.modeling import feasibility
 
     pre = params.preprocess
@@ -96,6 +98,10 @@ def check_reality(params: Params, project_dir: Path) -> None:
             call(*args)
         except ValueError as exc:
             raise PreflightError(f"{key}: {exc}") from None
+
+
+def check_files(params: Params, project_dir: Path) -> None:
+    """The data folders and a ``pretrain.checkpoint`` file exist and can be read."""
     for role in ("source", "target"):
         path = getattr(params.data, role).path
         if path is not None:

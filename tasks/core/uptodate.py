@@ -21,7 +21,10 @@ The fingerprint covers, conservatively:
   version, or a registered checkpoint's versions and aliases: the params hold only its name;
 * the tool's own code (``tasks/``, ``flows/``);
 * the local DVC remote's files (a push would send something);
-* the registered model's versions and aliases, read straight from the MLflow SQLite store.
+* the registered model's versions and aliases, read straight from the MLflow SQLite store;
+* and, once all of that matched, the checkpoints' bytes against dvc.lock's hashes
+  (``versioning.corrupted_outputs``): a corrupted DVC cache object restored by ``dvc
+  checkout`` looks unchanged to every signal above.
 
 Anything it cannot check cheaply (an MLflow server, an S3 remote) means "changed": the flow
 runs and DVC decides stage by stage, as without the shortcut.
@@ -220,7 +223,27 @@ def check(project_dir: Path, params: Params) -> tuple[dict | None, str]:
         return None, str(exc)
     if value != saved.get("fingerprint"):
         return None, "params, data, code, dvc.lock or the registry changed"
+    corrupted = _corrupted(project_dir)
+    if corrupted:
+        return None, corrupted
     return saved, ""
+
+
+def _corrupted(project_dir: Path) -> str:
+    """Why the checkpoints cannot be trusted ("" when they can): the fingerprint sees file
+    sizes and times, not a cache object corrupted behind DVC's back, so the checkpoints are
+    hashed against dvc.lock before "up to date" is said (the flow then rebuilds them)."""
+    from tasks.core import versioning
+
+    try:
+        corrupted = versioning.corrupted_outputs(project_dir)
+    except Exception as exc:  # a repository DVC cannot read: let the flow find out
+        return f"the checkpoints could not be verified ({type(exc).__name__})"
+    if not corrupted:
+        return ""
+    first = corrupted[0]
+    more = f" and {len(corrupted) - 1} more" if len(corrupted) > 1 else ""
+    return f"{first.path}{more} does not match its hash in dvc.lock (corrupted)"
 
 
 def aliases(params: Params, project_dir: Path, version: str) -> list[str]:

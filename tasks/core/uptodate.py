@@ -231,19 +231,49 @@ def check(project_dir: Path, params: Params) -> tuple[dict | None, str]:
 
 def _corrupted(project_dir: Path) -> str:
     """Why the checkpoints cannot be trusted ("" when they can): the fingerprint sees file
-    sizes and times, not a cache object corrupted behind DVC's back, so the checkpoints are
-    hashed against dvc.lock before "up to date" is said (the flow then rebuilds them)."""
-    from tasks.core import versioning
+    sizes and times, not a cache object corrupted in place and restored by ``dvc checkout``,
+    so the checkpoints' bytes are hashed against dvc.lock before "up to date" is said (the
+    flow then finds the same and rebuilds, ``versioning.corrupted_outputs``). Without
+    importing DVC: dvc.lock gives each output's md5, a directory's per-file md5s are its
+    ``.dir`` listing in the cache (DVC 3's ``files/md5/`` layout)."""
+    from tasks.core.versioning import VERIFIED_OUTPUTS, md5_file
 
-    try:
-        corrupted = versioning.corrupted_outputs(project_dir)
-    except Exception as exc:  # a repository DVC cannot read: let the flow find out
-        return f"the checkpoints could not be verified ({type(exc).__name__})"
-    if not corrupted:
-        return ""
-    first = corrupted[0]
-    more = f" and {len(corrupted) - 1} more" if len(corrupted) > 1 else ""
-    return f"{first.path}{more} does not match its hash in dvc.lock (corrupted)"
+    lock = yaml.safe_load((project_dir / "dvc.lock").read_text()) or {}
+    cache = _cache_dir(project_dir)
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            path, md5 = out.get("path", ""), str(out.get("md5") or "")
+            if not path.startswith(VERIFIED_OUTPUTS) or not md5:
+                continue
+            files = [(path, md5)]
+            if md5.endswith(".dir"):
+                listing = cache / "files" / "md5" / md5[:2] / md5[2:]
+                try:
+                    entries = json.loads(listing.read_text())
+                    files = [(f"{path}/{e['relpath']}", e["md5"]) for e in entries]
+                except (OSError, ValueError, KeyError, TypeError):
+                    return f"the listing of {path} in the DVC cache is missing or unreadable"
+            for rel, expected in files:
+                file = project_dir / rel
+                if file.is_file() and md5_file(file) != expected:
+                    return f"{rel} does not match its hash in dvc.lock (corrupted)"
+    return ""
+
+
+def _cache_dir(project_dir: Path) -> Path:
+    """The DVC cache: ``cache.dir`` of the repository's config files, else ``.dvc/cache``."""
+    import configparser
+
+    cache = project_dir / ".dvc" / "cache"
+    for name in ("config", "config.local"):
+        config = configparser.ConfigParser()
+        try:
+            config.read(project_dir / ".dvc" / name)
+        except configparser.Error:
+            continue
+        if config.has_option("cache", "dir"):
+            cache = (project_dir / ".dvc" / config.get("cache", "dir")).resolve()
+    return cache
 
 
 def aliases(params: Params, project_dir: Path, version: str) -> list[str]:

@@ -73,7 +73,8 @@ class Corrupted:
         )
 
 
-def _md5(path: Path) -> str:
+def md5_file(path: Path) -> str:
+    """The md5 DVC 3 records for a file (of its bytes as they are)."""
     digest = hashlib.md5()
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -117,7 +118,7 @@ def corrupted_outputs(
                     continue
                 for rel, md5 in files:
                     file = project_dir / rel
-                    if file.is_file() and _md5(file) != md5:
+                    if file.is_file() and md5_file(file) != md5:
                         found.append(Corrupted(st.name, rel, md5, out.cache.oid_to_path(md5)))
     return found
 
@@ -136,7 +137,7 @@ def discard_corrupted(project_dir: Path, corrupted: list[Corrupted]) -> None:
 
             shutil.rmtree(target)
         obj = Path(bad.cache_object) if bad.cache_object else None
-        if obj is not None and obj.is_file() and _md5(obj) != bad.expected:
+        if obj is not None and obj.is_file() and md5_file(obj) != bad.expected:
             obj.chmod(0o644)
             obj.unlink()
 

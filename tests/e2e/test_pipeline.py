@@ -426,7 +426,6 @@ def test_a_target_only_change_leaves_pretrain_up_to_date(pipeline_run, tmp_path)
     params = resolve_params(copy / "params.yaml", "smoke", sets)
     write_resolved(params, copy)
     assert not versioning.is_up_to_date(copy, "prepare")
-    assert not versioning.is_up_to_date(copy, "validate")
     ctx = open_context(copy, params)
     for name in ("prepare", "validate"):
         get_stage(name).run(ctx)

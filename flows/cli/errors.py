@@ -61,9 +61,16 @@ def run_command(
 
 
 # What a full disk looks like from the writers tlp uses: errno 28 from Python and DVC, the
-# Rust io error safetensors reports, and torch's zip writer, which only notices that fewer
-# bytes landed than it wrote ("unexpected pos N vs M", "file write failed").
-NO_SPACE = ("no space left on device", "storagefull", "os error 28", "errno 28")
+# Rust io error safetensors reports, SQLite's (MLflow's store), and torch's zip writer, which
+# only notices that fewer bytes landed than it wrote ("unexpected pos N vs M", "file write
+# failed").
+NO_SPACE = (
+    "no space left on device",
+    "storagefull",
+    "os error 28",
+    "errno 28",
+    "database or disk is full",  # SQLite's SQLITE_FULL (the MLflow store)
+)
 SHORT_WRITE = ("unexpected pos", "file write failed")
 LOW_SPACE = 256 << 20  # a short write with less than this free is taken as a full disk
 
@@ -78,20 +85,14 @@ def disk_full(exc: BaseException, project: Path) -> str | None:
     space there, or move the project or the DVC cache) is plain."""
     import errno
 
-    path = None
-    for err in _chain(exc):
-        text = str(err).lower()
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            path = Path(err.filename) if err.filename else project
-            break
-        if any(s in text for s in NO_SPACE):
-            path = project
-            break
-        if any(s in text for s in SHORT_WRITE) and _free(project)[0] < LOW_SPACE:
-            path = project
-            break
-    if path is None:
+    chain = list(_chain(exc))
+    enospc = [e for e in chain if isinstance(e, OSError) and e.errno == errno.ENOSPC]
+    named = [Path(e.filename) for e in enospc if e.filename]
+    full = enospc or any(any(s in str(e).lower() for s in NO_SPACE) for e in chain)
+    short = any(any(s in str(e).lower() for s in SHORT_WRITE) for e in chain)
+    if not full and not (short and _free(project)[0] < LOW_SPACE):
         return None
+    path = named[0] if named else project.resolve()
     free, mount = _free(path)
     return f"no space left on device writing {path} ({_size(free)} free on {mount})"
 

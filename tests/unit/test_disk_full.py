@@ -77,3 +77,10 @@ def test_free_space_is_read_on_the_nearest_existing_parent(tmp_path):
 @pytest.mark.parametrize(("n", "shown"), [(0, "0 B"), (1536, "1.5 KiB"), (5 << 30, "5.0 GiB")])
 def test_sizes_read_like_df(n, shown):
     assert errors._size(n) == shown
+
+
+def test_a_full_sqlite_store_is_a_full_disk(tmp_path, capsys):
+    """Seen on a 3 MB tmpfs: MLflow's SQLite store was the last writer to fail."""
+    sqlite = RuntimeError("(sqlite3.OperationalError) database or disk is full")
+    code, err = _ended(tmp_path, _wrapped(sqlite), capsys)
+    assert code == 1 and LINE.search(err).group("path") == str(tmp_path.resolve())

@@ -410,8 +410,9 @@ def test_dvc_exp_show_reads_a_committed_run(pipeline_run, tmp_path):
 def test_a_target_only_change_leaves_pretrain_up_to_date(pipeline_run, tmp_path):
     """Pretrain depends on the source's validation outcome (reports/pretrain_inputs.json),
     not on reports/validation.json, which holds the target's too: after a target-only
-    change, prepare and validate rerun, pretrain stays up to date and transfer does not.
-    On a copy of the run's project, through DVC's API, without a third flow run."""
+    change (fewer target images: the target's rows and statistics in validation.json change),
+    prepare and validate rerun, pretrain stays up to date and transfer does not. On a copy
+    of the run's project, through DVC's API, without a third flow run."""
     import shutil
 
     from tasks.core import versioning
@@ -422,7 +423,7 @@ def test_a_target_only_change_leaves_pretrain_up_to_date(pipeline_run, tmp_path)
     project, *_ = pipeline_run
     copy = tmp_path / "copy"
     shutil.copytree(project, copy, symlinks=True)
-    sets = [f"storage.tracking_uri=sqlite:///{tmp_path}/other.db", "data.target.test_fraction=0.25"]
+    sets = [f"storage.tracking_uri=sqlite:///{tmp_path}/other.db", "data.target.limit=1000"]
     params = resolve_params(copy / "params.yaml", "smoke", sets)
     write_resolved(params, copy)
     assert not versioning.is_up_to_date(copy, "prepare")

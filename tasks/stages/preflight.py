@@ -67,21 +67,26 @@ def check(params: Params, project_dir: Path) -> None:
         check_two_classes(inventories[role])
         check_split_budget(inventories[role], spec, params.validation)
     check_strategies(params, project_dir, inventories)
-    check_machine(params)  # last: it imports torch and timm, the rest only lists files
+    check_machine(params, project_dir)  # last: torch and timm, unless it passed before
 
 
 # ---- what params name, against this machine and timm ----------------------------------
 
 
-def check_machine(params: Params) -> None:
+def check_machine(params: Params, project_dir: Path | None = None) -> None:
     """Architecture, optimizers, schedules and device: each refused with its key when timm
-    or torch say it cannot work here."""
+    or torch say it cannot work here. What passed is remembered in the project's
+    ``.tlp/feasible.json`` under the timm and torch versions, so ``tlp params`` and
+    ``tlp run`` with values checked before skip importing them (seconds on a small machine)."""
     from tasks.modeling import feasibility
 
+    try:
+        feasibility.check_device(params.base.device)  # never remembered: GPUs come and go
+    except ValueError as exc:
+        raise PreflightError(f"base.device: {exc}") from None
     pre = params.preprocess
     checks = [
-        ("base.device", feasibility.check_device, (params.base.device,)),
-        ("model.arch", feasibility.check_arch, (params.model.arch, pre.channels, pre.image_size)),
+        ("model.arch", feasibility.check_arch, (params.model.arch, pre.channels, pre.image_size))
     ]
     for section in ("pretrain", "transfer"):
         cfg = getattr(params, section)
@@ -93,11 +98,69 @@ def check_machine(params: Params) -> None:
                 (cfg.scheduler, cfg.epochs, cfg.warmup_epochs),
             )
         )
+    memory = _Feasible(project_dir)
     for key, call, args in checks:
+        if memory.knows(call.__name__, args):
+            continue
         try:
             call(*args)
         except ValueError as exc:
             raise PreflightError(f"{key}: {exc}") from None
+        memory.add(call.__name__, args)
+    memory.save()
+
+
+class _Feasible:
+    """Checks that passed, keyed by timm's and torch's versions (a new version checks again);
+    a project that cannot be written to just checks every time."""
+
+    def __init__(self, project_dir: Path | None) -> None:
+        import json
+        from importlib.metadata import PackageNotFoundError, version
+
+        from tasks.core.context import WORK_DIR
+
+        self.path = None if project_dir is None else Path(project_dir) / WORK_DIR / "feasible.json"
+        try:
+            self.versions = f"timm {version('timm')}, torch {version('torch')}"
+        except PackageNotFoundError:
+            self.versions = None
+        self.passed: set[str] = set()
+        self.added = False
+        if self.path is None or self.versions is None:
+            return
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(saved, dict) and saved.get("versions") == self.versions:
+            self.passed = set(saved.get("passed") or ())
+
+    @staticmethod
+    def _key(name: str, args: tuple) -> str:
+        return f"{name}{list(args)}"
+
+    def knows(self, name: str, args: tuple) -> bool:
+        return self._key(name, args) in self.passed
+
+    def add(self, name: str, args: tuple) -> None:
+        self.passed.add(self._key(name, args))
+        self.added = True
+
+    def save(self) -> None:
+        import json
+        import os
+
+        if not self.added or self.path is None or self.versions is None:
+            return
+        payload = {"versions": self.versions, "passed": sorted(self.passed)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(payload, indent=1) + "\n")
+            os.replace(tmp, self.path)
+        except OSError:
+            return
 
 
 def check_files(params: Params, project_dir: Path) -> None:

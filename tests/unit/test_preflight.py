@@ -303,3 +303,20 @@ def test_auto_source_candidates_are_checked_and_source_only_is_left_to_the_run(t
     )
     pets = folder(tmp_path / "pets", 30, ("cat", "dog"))
     check(params(*auto, f"data.target.path={pets}", "rank.candidates=[{pretrain: []}]"), tmp_path)
+
+
+def test_what_timm_accepted_is_remembered_per_version(tmp_path):
+    """`tlp params` twice with the same values imports timm once: the passes are kept in
+    .tlp/feasible.json under timm's and torch's versions; other versions check again."""
+    import json
+
+    from tasks.stages.preflight import check_machine
+
+    check_machine(params(), tmp_path)
+    memory = tmp_path / ".tlp" / "feasible.json"
+    saved = json.loads(memory.read_text())
+    assert saved["versions"].startswith("timm ")
+    assert "check_arch['resnet10t', 1, 32]" in saved["passed"]
+    memory.write_text(json.dumps({"versions": "timm 0.0", "passed": ["check_optimizer['adamz']"]}))
+    with pytest.raises(PreflightError, match="transfer.optimizer: 'adamz'"):
+        check_machine(params("transfer.optimizer=adamz"), tmp_path)  # not trusted: old versions

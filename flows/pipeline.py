@@ -209,7 +209,7 @@ def _run_stages(ctx: StageContext, clock: PhaseClock):
         t0 = time.perf_counter()
         with clock("dvc_status"):
             up_to_date = versioning.is_up_to_date(project, stage.name)
-            up_to_date = up_to_date and stage.still_valid(ctx)
+            up_to_date = up_to_date and stage.still_valid(ctx) and _intact(project, stage.name)
         if up_to_date:
             skipped.append(stage.name)
             log.info("%s: up to date, skipped", stage.name)
@@ -222,6 +222,14 @@ def _run_stages(ctx: StageContext, clock: PhaseClock):
                 versioning.commit_stage(project, stage.name)
         timings[stage.name] = round(time.perf_counter() - t0, 3)
     return timings, compute, skipped
+
+
+def _intact(project: Path, stage: str) -> bool:
+    """The checkpoints of a stage about to be skipped hold what dvc.lock says; a corrupted
+    one is removed with its cache object (one warning line each) and the stage reruns."""
+    corrupted = versioning.corrupted_outputs(project, stage)
+    versioning.discard_corrupted(project, corrupted)
+    return not corrupted
 
 
 @flow(name="transfer_pipeline")

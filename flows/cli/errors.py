@@ -4,7 +4,8 @@ Exit codes: 0 ok, 1 run failure, 2 bad params or usage (and params the pre-fligh
 refuses: data, splits or strategies that cannot work), 3 run lock held, 130 interrupted.
 The traceback of a failure is appended to ``.tlp/logs/tlp.log`` under the project, so the
 terminal stays readable and nothing is lost; ``--verbose`` prints it instead, and
-``TLP_DEBUG=1`` re-raises (a debugger or pytest sees the original exception).
+``TLP_DEBUG=1`` re-raises (a debugger or pytest sees the original exception). A failure a
+full disk caused says so (``disk_full``), whichever writer met it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def run_command(
         from tasks.stages import StageFailed
 
         reason = str(exc) if isinstance(exc, StageFailed) else f"{type(exc).__name__}: {exc}"
+        reason = disk_full(exc, project) or reason
         reason = "; ".join(line.strip() for line in reason.splitlines() if line.strip())
         debug = bool(os.environ.get("TLP_DEBUG"))
         where = "" if verbose else _append_traceback(project, argv)
@@ -56,6 +58,75 @@ def run_command(
             raise
         return 1
     return 0 if code is None else int(code)
+
+
+# What a full disk looks like from the writers tlp uses: errno 28 from Python and DVC, the
+# Rust io error safetensors reports, SQLite's (MLflow's store), and torch's zip writer, which
+# only notices that fewer bytes landed than it wrote ("unexpected pos N vs M", "file write
+# failed").
+NO_SPACE = (
+    "no space left on device",
+    "storagefull",
+    "os error 28",
+    "errno 28",
+    "database or disk is full",  # SQLite's SQLITE_FULL (the MLflow store)
+)
+SHORT_WRITE = ("unexpected pos", "file write failed")
+LOW_SPACE = 256 << 20  # a short write with less than this free is taken as a full disk
+
+
+def disk_full(exc: BaseException, project: Path) -> str | None:
+    """The one line for an exception that a full disk caused, or None.
+
+    Looks through the exception and its causes (a stage wraps what it raised): an
+    ``OSError`` with errno ENOSPC names its file; a message that says so (safetensors, a
+    subprocess) or torch's short-write error when the disk is nearly full names the
+    project. Either way the line says how much is free on which mount, so the fix (free
+    space there, or move the project or the DVC cache) is plain."""
+    import errno
+
+    chain = list(_chain(exc))
+    enospc = [e for e in chain if isinstance(e, OSError) and e.errno == errno.ENOSPC]
+    named = [Path(e.filename) for e in enospc if e.filename]
+    full = enospc or any(any(s in str(e).lower() for s in NO_SPACE) for e in chain)
+    short = any(any(s in str(e).lower() for s in SHORT_WRITE) for e in chain)
+    if not full and not (short and _free(project)[0] < LOW_SPACE):
+        return None
+    path = named[0] if named else project.resolve()
+    free, mount = _free(path)
+    return f"no space left on device writing {path} ({_size(free)} free on {mount})"
+
+
+def _chain(exc: BaseException):
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _free(path: Path) -> tuple[int, str]:
+    """Free bytes for this user and the mount point of ``path`` (its nearest existing parent)."""
+    import shutil
+
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    mount = path
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        return shutil.disk_usage(path).free, str(mount)
+    except OSError:
+        return 0, str(mount)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 def _heading(name: str, exc: Exception) -> str:

@@ -131,12 +131,20 @@ def stage(name: str, /, *, project: Project) -> int:
 
 
 def params(*, options: ParamsOptions = DEFAULT_PARAMS, project: Project) -> int:
-    """Validate params, write params.resolved.yaml and print it."""
+    """Validate params against the data and this machine, write params.resolved.yaml and
+    print it."""
     import yaml
 
     from tasks.core.params import write_resolved
 
     resolved = options.resolve(project)
+    # what `tlp run` would refuse before any work is refused here too: an exit 0 means the
+    # values can run (timm knows them, the files exist, the data affords the splits)
+    preflight(resolved, project.resolve())
+    if resolved.pretrain.checkpoint is not None:
+        from tasks.modeling.checkpoints import check_checkpoint
+
+        check_checkpoint(resolved, project.resolve())
     path = write_resolved(resolved, project)
     print(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), end="")
     print(f"# written to {path}", file=sys.stderr)

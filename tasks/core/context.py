@@ -29,6 +29,9 @@ PATHS = {
     "source_model": "models/source",
     "candidates": "models/candidates",
     "validation_report": "reports/validation.json",
+    # what pretrain reads of validate's outcome: the source's, not the target's (+ the
+    # target's identity with transfer.source: auto, whose ranking reads the target)
+    "pretrain_inputs": "reports/pretrain_inputs.json",
     "data_docs": "reports/data_docs",
     "pretrain_report": "reports/pretrain.json",
     "transfer_report": "reports/transfer.json",

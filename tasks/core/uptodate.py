@@ -21,7 +21,10 @@ The fingerprint covers, conservatively:
   version, or a registered checkpoint's versions and aliases: the params hold only its name;
 * the tool's own code (``tasks/``, ``flows/``);
 * the local DVC remote's files (a push would send something);
-* the registered model's versions and aliases, read straight from the MLflow SQLite store.
+* the registered model's versions and aliases, read straight from the MLflow SQLite store;
+* and, once all of that matched, the checkpoints' bytes against dvc.lock's hashes
+  (``versioning.corrupted_outputs``): a corrupted DVC cache object restored by ``dvc
+  checkout`` looks unchanged to every signal above.
 
 Anything it cannot check cheaply (an MLflow server, an S3 remote) means "changed": the flow
 runs and DVC decides stage by stage, as without the shortcut.
@@ -220,7 +223,57 @@ def check(project_dir: Path, params: Params) -> tuple[dict | None, str]:
         return None, str(exc)
     if value != saved.get("fingerprint"):
         return None, "params, data, code, dvc.lock or the registry changed"
+    corrupted = _corrupted(project_dir)
+    if corrupted:
+        return None, corrupted
     return saved, ""
+
+
+def _corrupted(project_dir: Path) -> str:
+    """Why the checkpoints cannot be trusted ("" when they can): the fingerprint sees file
+    sizes and times, not a cache object corrupted in place and restored by ``dvc checkout``,
+    so the checkpoints' bytes are hashed against dvc.lock before "up to date" is said (the
+    flow then finds the same and rebuilds, ``versioning.corrupted_outputs``). Without
+    importing DVC: dvc.lock gives each output's md5, a directory's per-file md5s are its
+    ``.dir`` listing in the cache (DVC 3's ``files/md5/`` layout)."""
+    from tasks.core.versioning import VERIFIED_OUTPUTS, md5_file
+
+    lock = yaml.safe_load((project_dir / "dvc.lock").read_text()) or {}
+    cache = _cache_dir(project_dir)
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            path, md5 = out.get("path", ""), str(out.get("md5") or "")
+            if not path.startswith(VERIFIED_OUTPUTS) or not md5:
+                continue
+            files = [(path, md5)]
+            if md5.endswith(".dir"):
+                listing = cache / "files" / "md5" / md5[:2] / md5[2:]
+                try:
+                    entries = json.loads(listing.read_text())
+                    files = [(f"{path}/{e['relpath']}", e["md5"]) for e in entries]
+                except (OSError, ValueError, KeyError, TypeError):
+                    return f"the listing of {path} in the DVC cache is missing or unreadable"
+            for rel, expected in files:
+                file = project_dir / rel
+                if file.is_file() and md5_file(file) != expected:
+                    return f"{rel} does not match its hash in dvc.lock (corrupted)"
+    return ""
+
+
+def _cache_dir(project_dir: Path) -> Path:
+    """The DVC cache: ``cache.dir`` of the repository's config files, else ``.dvc/cache``."""
+    import configparser
+
+    cache = project_dir / ".dvc" / "cache"
+    for name in ("config", "config.local"):
+        config = configparser.ConfigParser()
+        try:
+            config.read(project_dir / ".dvc" / name)
+        except configparser.Error:
+            continue
+        if config.has_option("cache", "dir"):
+            cache = (project_dir / ".dvc" / config.get("cache", "dir")).resolve()
+    return cache
 
 
 def aliases(params: Params, project_dir: Path, version: str) -> list[str]:

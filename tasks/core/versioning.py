@@ -6,10 +6,19 @@ then ``commit_stage`` records what it produced exactly as ``dvc repro`` would.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 from contextlib import chdir, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 REMOTE_NAME = "tlp"
+# outputs whose content is verified before their stage is skipped: the checkpoints, which a
+# corrupted cache object turns into a model that will not load (reports are rewritten often
+# and cheap to notice; data is pinned by its manifest's hashes)
+VERIFIED_OUTPUTS = ("models/",)
+log = logging.getLogger(__name__)
 
 
 class VersioningError(RuntimeError):
@@ -45,6 +54,92 @@ def is_up_to_date(project_dir: Path, stage: str) -> bool:
     """True when the stage's deps, params and outs match dvc.lock."""
     with open_repo(project_dir) as repo:
         return not repo.status(targets=[stage])
+
+
+@dataclass(frozen=True)
+class Corrupted:
+    """A file of a stage output whose content is not what dvc.lock recorded."""
+
+    stage: str
+    path: str  # relative to the project
+    expected: str  # md5 in dvc.lock (or the directory listing it points to)
+    cache_object: str | None  # the cache file holding that md5, if DVC can say where
+
+    def line(self) -> str:
+        return (
+            f"{self.stage}: {self.path} does not match its hash in dvc.lock (md5 "
+            f"{self.expected[:12]}...: a corrupted DVC cache object or file); rebuilding "
+            f"{self.stage}"
+        )
+
+
+def md5_file(path: Path) -> str:
+    """The md5 DVC 3 records for a file (of its bytes as they are)."""
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _recorded_files(out) -> list[tuple[str, str]] | None:
+    """(relative path, md5) of each file of one output as dvc.lock records it; a directory
+    through its ``.dir`` listing in the cache (None when that listing is missing or bad)."""
+    path = str(out.def_path)
+    if not out.is_dir_checksum:
+        return [(path, out.hash_info.value)]
+    tree = out.get_obj()
+    if tree is None:
+        return None
+    return [(os.path.join(path, *key), hi.value) for key, _, hi in tree]
+
+
+def corrupted_outputs(
+    project_dir: Path, stage: str | None = None, under: tuple[str, ...] = VERIFIED_OUTPUTS
+) -> list[Corrupted]:
+    """Files of the outputs of ``stage`` (every stage: None) below ``under`` whose actual
+    content hash differs from dvc.lock's. DVC itself trusts its state database (size,
+    mtime, inode) and a ``dvc checkout`` from a corrupted cache object records the expected
+    hash for the bad copy, so ``dvc status`` says up to date; this reads the bytes. Only
+    present files are hashed (a missing one DVC reports itself), and only what is asked
+    for: the flow asks for a stage it is about to skip."""
+    found = []
+    with open_repo(project_dir) as repo:
+        for st in repo.index.stages:
+            if stage is not None and st.name != stage:
+                continue
+            for out in st.outs:
+                path = str(out.def_path)
+                if not out.use_cache or not out.hash_info or not path.startswith(under):
+                    continue
+                files = _recorded_files(out)
+                if files is None:  # the directory's listing is gone from the cache
+                    found.append(Corrupted(st.name, path, out.hash_info.value, None))
+                    continue
+                for rel, md5 in files:
+                    file = project_dir / rel
+                    if file.is_file() and md5_file(file) != md5:
+                        found.append(Corrupted(st.name, rel, md5, out.cache.oid_to_path(md5)))
+    return found
+
+
+def discard_corrupted(project_dir: Path, corrupted: list[Corrupted]) -> None:
+    """Remove each bad file and, when it is bad too, the cache object it came from: DVC then
+    sees the output changed and the stage reruns, and the commit after it writes a good
+    object instead of keeping the bad one."""
+    for bad in corrupted:
+        log.warning("%s", bad.line())
+        target = project_dir / bad.path
+        if target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            import shutil
+
+            shutil.rmtree(target)
+        obj = Path(bad.cache_object) if bad.cache_object else None
+        if obj is not None and obj.is_file() and md5_file(obj) != bad.expected:
+            obj.chmod(0o644)
+            obj.unlink()
 
 
 def commit_stage(project_dir: Path, stage: str) -> None:

@@ -103,6 +103,8 @@ def build_expectations(check: ManifestCheck, bounds) -> list:
         # the classes fit the configured label space (names and label indices)
         gxe.ExpectColumnValuesToBeInSet(column="class_name", value_set=list(check.label_space)),
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels),
+        # a classifier needs two classes: a one-class dataset trains a constant
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="class_name", min_value=2),
         *[
             gxe.ExpectColumnDistinctValuesToContainSet(
                 column="label", value_set=labels, row_condition=Column(name="split") == split

@@ -190,9 +190,41 @@ def read_state(located: Located) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file} is not a readable timm checkpoint file (no state dict)")
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{file} is not a readable timm checkpoint file (non-tensor values)")
+    _refuse_non_finite(file, state.items())
     if located.by_position:
         return map_by_position(state, located.arch, file)
     return state
+
+
+def _refuse_non_finite(file: Path, tensors) -> None:
+    """NaN or infinite weights load silently and predict garbage: refuse them, naming the
+    first bad tensor."""
+    from tasks.modeling.models import first_non_finite
+
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise CheckpointError(
+            f"{file}: tensor {bad} holds NaN or infinite values; the checkpoint is damaged "
+            "(use another, or retrain it)"
+        )
+
+
+def check_finite_file(located: Located) -> None:
+    """Every tensor of the weights file finite; a safetensors file is read one tensor at a
+    time (memory of the largest tensor, not of the model)."""
+    if located.file.suffix == ".safetensors" and not located.by_position:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(located.file), "pt") as fh:
+                names = fh.keys()
+                _refuse_non_finite(located.file, ((k, fh.get_tensor(k)) for k in names))
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise _unreadable(located.file, exc) from None
+        return
+    read_state(located)  # refuses non-finite tensors itself
 
 
 def _shape(shape) -> str:
@@ -405,16 +437,18 @@ def _spec(params: Params) -> CheckpointSpec | None:
 
 
 def check_checkpoint(params: Params, project_dir: Path) -> None:
-    """Refuse a missing, unreadable or wrong-architecture ``pretrain.checkpoint`` before any
-    work: one line naming the file and the fix. Reads the file (a safetensors header's worth
-    of work, or a ``torch.load``) and builds the architecture on the meta device only. A
-    registered model and a hub name are checked by the stage that downloads them."""
+    """Refuse a missing, unreadable, wrong-architecture or non-finite ``pretrain.checkpoint``
+    before any work: one line naming the file and the fix. Reads the file (a safetensors
+    header, then one tensor at a time for NaNs, or a ``torch.load``) and builds the
+    architecture on the meta device only. A registered model and a hub name are checked by
+    the stage that downloads them."""
     spec = _spec(params)
     if spec is None or spec.kind in ("registry", "hub"):
         return
     try:
         located = locate(spec, params.model.arch, project_dir)
         verify(read_shapes(located), located.arch, located.file, _fix(located))
+        check_finite_file(located)
     except CheckpointError as exc:
         raise CheckpointError(f"{KEY}: {exc}") from None
 

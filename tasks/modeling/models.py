@@ -86,9 +86,31 @@ def unfreeze_modules(model: torch.nn.Module, names: list[str]) -> None:
         unfreeze(model, names)
 
 
+class NonFiniteWeights(ValueError):
+    """A model or a weights file holds NaN or infinite values: never saved, never loaded."""
+
+
+def first_non_finite(tensors) -> str | None:
+    """The name of the first floating-point tensor of ``tensors`` (name -> tensor pairs)
+    holding a NaN or an infinity, or None. One pass, one tensor at a time."""
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def check_finite(model: torch.nn.Module, what: str) -> None:
+    """Refuse a model whose weights are not all finite; ``what`` names it in the message."""
+    bad = first_non_finite(model.state_dict().items())
+    if bad is not None:
+        raise NonFiniteWeights(f"{what}: tensor {bad} holds NaN or infinite values")
+
+
 def save_checkpoint(model: torch.nn.Module, card: ModelCard, out_dir: Path) -> Path:
+    """Write weights and card; a model with non-finite weights is refused, not saved."""
     from safetensors.torch import save_model
 
+    check_finite(model, f"{out_dir}: not saved")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_model(model, str(out_dir / WEIGHTS))
     (out_dir / CARD).write_text(card.model_dump_json(indent=2) + "\n")
@@ -109,6 +131,7 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[torch.nn.Module, ModelCard]:
     card = read_card(ckpt_dir)
     model = create_model(card.arch, card.num_classes, card.preprocess.channels)
     load_model(model, str(ckpt_dir / WEIGHTS))
+    check_finite(model, str(ckpt_dir / WEIGHTS))
     return model.eval(), card
 
 

@@ -263,6 +263,7 @@ def fit(
         )
         if val is not None and len(val[1]):
             metrics["val_accuracy"] = accuracy(model, *val)
+        _refuse_divergence(model, metrics, progress, epoch)
         history.epochs.append(metrics)
         if early and _improved(history, metrics["val_accuracy"]):
             history.best_epoch = epoch
@@ -277,6 +278,31 @@ def fit(
     if state_dir is not None:
         shutil.rmtree(state_dir, ignore_errors=True)
     return history
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite: nothing of this run is saved."""
+
+
+def _refuse_divergence(model, metrics: dict[str, float], progress: str | None, epoch: int) -> None:
+    """Stop at the first epoch whose loss or weights are not finite, before its resume state
+    or any checkpoint is written: garbage must not be saved, evaluated or registered."""
+    from tasks.modeling.models import first_non_finite
+
+    what = progress or "training"
+    losses = {k: metrics[k] for k in ("train_loss", "objective_loss")}
+    bad = next((k for k, v in losses.items() if not math.isfinite(v)), None)
+    if bad is None:
+        tensor = first_non_finite(model.state_dict().items())
+        if tensor is None:
+            return
+        problem = f"weight {tensor} became NaN or infinite"
+    else:
+        problem = f"{bad} is {losses[bad]}"
+    raise TrainingDiverged(
+        f"{what}: training diverged in epoch {epoch + 1} ({problem}); nothing was saved: "
+        "lower the learning rate, or check preprocess.mean/std and the data"
+    )
 
 
 def _improved(history: History, val_accuracy: float) -> bool:

@@ -12,12 +12,20 @@ the folder or the class, and a fix, often as the ``--set`` that makes it go away
 - split budget: every class of the source and the target, after ``limit``, can afford its
   test, val and labelled train images (the arithmetic of ``tasks.data.splits``) and
   ``validation.min_images_per_class``; the suggested values fit the smallest class;
-- label spaces: folder classes among ``data.<role>.classes``, at least two target classes;
+- what params name exists and works here: the data folders and a ``pretrain.checkpoint``
+  file are present and readable (``check_files``, first; the checkpoint's contents are
+  ``check_checkpoint``'s); the timm architecture and its fit to ``preprocess.channels`` x
+  ``image_size``, the optimizers and schedules of pretrain and transfer and ``base.device``
+  (``check_machine``, last, as it imports torch and timm; tasks/modeling/feasibility.py);
+- label spaces: folder classes among ``data.<role>.classes``, at least two classes in the
+  label space and in the data of each dataset (a one-class "classifier" learns nothing);
 - strategies: ``source_only`` needs every target class among the source model's classes;
   ``transfer.source: auto`` candidates pass ``check_candidate``.
 
-Everything here is counting and listing: no image is decoded and no model is loaded (but for
-``transfer.source: auto``, whose candidate checks read checkpoint headers).
+Everything here is counting and listing: no image is decoded and no weights are loaded (but
+for ``transfer.source: auto``, whose candidate checks read checkpoint headers); the model is
+built on the meta device only. ``tlp params`` runs it too, so a value that cannot work never
+exits 0 there.
 """
 
 from __future__ import annotations
@@ -49,14 +57,143 @@ class Inventory:
 def check(params: Params, project_dir: Path) -> None:
     """Raise PreflightError on the first problem that would stop the run after some work."""
     project_dir = Path(project_dir)
+    check_files(params, project_dir)
     data = params.data
     inventories = {
         role: take_inventory(role, spec, project_dir)
         for role, spec in (("source", data.source), ("target", data.target))
     }
     for role, spec in (("source", data.source), ("target", data.target)):
+        check_two_classes(inventories[role])
         check_split_budget(inventories[role], spec, params.validation)
     check_strategies(params, project_dir, inventories)
+    check_machine(params, project_dir)  # last: torch and timm, unless it passed before
+
+
+# ---- what params name, against this machine and timm ----------------------------------
+
+
+def check_machine(params: Params, project_dir: Path | None = None) -> None:
+    """Architecture, optimizers, schedules and device: each refused with its key when timm
+    or torch say it cannot work here. What passed is remembered in the project's
+    ``.tlp/feasible.json`` under the timm and torch versions, so ``tlp params`` and
+    ``tlp run`` with values checked before skip importing them (seconds on a small machine)."""
+    from tasks.modeling import feasibility
+
+    try:
+        feasibility.check_device(params.base.device)  # never remembered: GPUs come and go
+    except ValueError as exc:
+        raise PreflightError(f"base.device: {exc}") from None
+    pre = params.preprocess
+    checks = [
+        ("model.arch", feasibility.check_arch, (params.model.arch, pre.channels, pre.image_size))
+    ]
+    for section in ("pretrain", "transfer"):
+        cfg = getattr(params, section)
+        checks.append((f"{section}.optimizer", feasibility.check_optimizer, (cfg.optimizer,)))
+        checks.append(
+            (
+                f"{section}.scheduler",
+                feasibility.check_scheduler,
+                (cfg.scheduler, cfg.epochs, cfg.warmup_epochs),
+            )
+        )
+    memory = _Feasible(project_dir)
+    for key, call, args in checks:
+        if memory.knows(call.__name__, args):
+            continue
+        try:
+            call(*args)
+        except ValueError as exc:
+            raise PreflightError(f"{key}: {exc}") from None
+        memory.add(call.__name__, args)
+    memory.save()
+
+
+class _Feasible:
+    """Checks that passed, keyed by timm's and torch's versions (a new version checks again);
+    a project that cannot be written to just checks every time."""
+
+    def __init__(self, project_dir: Path | None) -> None:
+        import json
+        from importlib.metadata import PackageNotFoundError, version
+
+        from tasks.core.context import WORK_DIR
+
+        self.path = None if project_dir is None else Path(project_dir) / WORK_DIR / "feasible.json"
+        try:
+            self.versions = f"timm {version('timm')}, torch {version('torch')}"
+        except PackageNotFoundError:
+            self.versions = None
+        self.passed: set[str] = set()
+        self.added = False
+        if self.path is None or self.versions is None:
+            return
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(saved, dict) and saved.get("versions") == self.versions:
+            self.passed = set(saved.get("passed") or ())
+
+    @staticmethod
+    def _key(name: str, args: tuple) -> str:
+        return f"{name}{list(args)}"
+
+    def knows(self, name: str, args: tuple) -> bool:
+        return self._key(name, args) in self.passed
+
+    def add(self, name: str, args: tuple) -> None:
+        self.passed.add(self._key(name, args))
+        self.added = True
+
+    def save(self) -> None:
+        import json
+        import os
+
+        if not self.added or self.path is None or self.versions is None:
+            return
+        payload = {"versions": self.versions, "passed": sorted(self.passed)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(payload, indent=1) + "\n")
+            os.replace(tmp, self.path)
+        except OSError:
+            return
+
+
+def check_files(params: Params, project_dir: Path) -> None:
+    """The data folders and a ``pretrain.checkpoint`` file exist and can be read."""
+    for role in ("source", "target"):
+        path = getattr(params.data, role).path
+        if path is not None:
+            _readable(f"data.{role}.path", path, project_dir, folder=True)
+    _checkpoint_file(params, project_dir)
+
+
+def _readable(key: str, value: str, project_dir: Path, folder: bool) -> Path:
+    """``value`` (relative to the project) exists, is a folder or a file, and can be read."""
+    import os
+
+    path = (project_dir / Path(value).expanduser()).resolve()
+    kind = "folder" if folder else "file or folder"
+    if not path.exists():
+        raise PreflightError(f"{key}: {path} does not exist; give an existing {kind}")
+    if folder and not path.is_dir():
+        raise PreflightError(f"{key}: {path} is not a folder (one subfolder per class)")
+    mode = os.R_OK | (os.X_OK if path.is_dir() else 0)
+    if not os.access(path, mode):
+        raise PreflightError(f"{key}: {path} is not readable by this user; fix its permissions")
+    return path
+
+
+def _checkpoint_file(params: Params, project_dir: Path) -> None:
+    from tasks.core.params.checkpoints import parse_checkpoint
+
+    text = params.pretrain.checkpoint
+    if text is not None and parse_checkpoint(text).kind == "file":
+        _readable("pretrain.checkpoint", parse_checkpoint(text).value, project_dir, folder=False)
 
 
 # ---- what each dataset holds ----------------------------------------------------------
@@ -115,6 +252,23 @@ def _folder_counts(
     return f"folder {root}", counts, bad_files
 
 
+# ---- classes ---------------------------------------------------------------------------
+
+
+def check_two_classes(inv: Inventory) -> None:
+    """A classifier needs two classes in its label space and images of two in the data
+    (a declared class without images still leaves a one-class training set)."""
+    present = [c for c, n in inv.counts.items() if n > 0]
+    if len(inv.label_space) >= 2 and (len(present) >= 2 or inv.bad_files):
+        return
+    shown = present or list(inv.label_space)
+    one = "one class" if len(shown) == 1 else f"{len(shown)} classes"
+    raise PreflightError(
+        f"data.{inv.role} ({inv.name}) has images of {one} ({_names(shown)}); a classifier "
+        f"needs at least two: add a class folder with images to it"
+    )
+
+
 # ---- splits ---------------------------------------------------------------------------
 
 
@@ -162,11 +316,6 @@ def check_split_budget(inv: Inventory, spec: DatasetParams, bounds: ValidationPa
 def check_strategies(params: Params, project_dir: Path, inventories: dict[str, Inventory]) -> None:
     """What makes a requested strategy impossible and is known before any training."""
     target = inventories["target"]
-    if len(target.label_space) < 2:
-        raise PreflightError(
-            f"data.target ({target.name}) has one class ({_names(target.label_space)}); a "
-            "classifier needs at least two: add a class folder, or list them in data.target.classes"
-        )
     if params.transfer.source == "auto":
         _check_candidates(params, project_dir)
     strategies = params.transfer.strategies

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import mlflow
@@ -56,6 +57,7 @@ def run(ctx: StageContext) -> dict:
         tracking.log_metrics({**valid, **ks})
         mlflow.log_artifacts(str(docs), "data_docs")  # into this stage's child run
         write_json(layout.validation_report, summary)
+        write_json(layout.pretrain_inputs, pretrain_inputs(ctx, summary))
         publish_markdown(summary_markdown(summary, docs / "index.html"))
     raise_on_failure(reports)
     for name in ("source", "target"):
@@ -68,3 +70,18 @@ def run(ctx: StageContext) -> dict:
             f" (warned: {', '.join(s['warned'])})" if s["warned"] else "",
         )
     return summary
+
+
+def pretrain_inputs(ctx: StageContext, summary: dict) -> dict:
+    """What the pretrain stage depends on (dvc.yaml): the source's validation outcome only,
+    so that a change of the target alone leaves the source model up to date. With
+    ``transfer.source: auto`` the source is chosen by ranking candidates on the target,
+    so the target's identity (its manifest's hash: every image's hash, split and label) is
+    part of it too, and a new target reruns the choice."""
+    inputs = {"source": summary["source"]}
+    if ctx.params.transfer.source == "auto":
+        from tasks.data.manifest import MANIFEST
+
+        manifest = ctx.layout.target_data / MANIFEST
+        inputs["target_manifest_sha256"] = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    return inputs

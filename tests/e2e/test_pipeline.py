@@ -412,3 +412,31 @@ def test_dvc_exp_show_reads_a_committed_run(pipeline_run, tmp_path):
     scores = head["data"]["metrics"]
     assert set(scores) == {f"reports/scores/{n}.json" for n in first["candidates"]}
     assert all("test_acc" in s["data"] for s in scores.values())
+
+
+def test_a_target_only_change_leaves_pretrain_up_to_date(pipeline_run, tmp_path):
+    """Pretrain depends on the source's validation outcome (reports/pretrain_inputs.json),
+    not on reports/validation.json, which holds the target's too: after a target-only
+    change (fewer target images: the target's rows and statistics in validation.json change),
+    prepare and validate rerun, pretrain stays up to date and transfer does not. On a copy
+    of the run's project, through DVC's API, without a third flow run."""
+    import shutil
+
+    from tasks.core import versioning
+    from tasks.core.context import open_context
+    from tasks.core.params import resolve_params, write_resolved
+    from tasks.stages import get_stage
+
+    project, *_ = pipeline_run
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy, symlinks=True)
+    sets = [f"storage.tracking_uri=sqlite:///{tmp_path}/other.db", "data.target.limit=1000"]
+    params = resolve_params(copy / "params.yaml", "smoke", sets)
+    write_resolved(params, copy)
+    assert not versioning.is_up_to_date(copy, "prepare")
+    ctx = open_context(copy, params)
+    for name in ("prepare", "validate"):
+        get_stage(name).run(ctx)
+        versioning.commit_stage(copy, name)
+    assert versioning.is_up_to_date(copy, "pretrain")
+    assert not versioning.is_up_to_date(copy, "transfer")  # it reads the target

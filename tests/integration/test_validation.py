@@ -178,3 +178,16 @@ def test_data_docs_load_nothing_from_the_web(manifest, tmp_path):
     validations = sorted(r.split("/")[1] for r in rows if r.startswith("validations/"))
     assert validations == ["source_manifest", "target_manifest"]
     assert all((docs / r).is_file() for r in rows)
+
+
+def test_a_one_class_dataset_fails_the_gate(manifest):
+    """The issue's case reached GX (a stage run without pre-flight): one class passes every
+    per-row expectation, so the suite bounds the number of classes itself."""
+    sevens = manifest[manifest["class_name"] == "7"].assign(label=0)
+    reports = validate_manifests([_check(sevens, classes=("7",))])
+    with pytest.raises(ValidationFailed) as err:
+        raise_on_failure(reports)
+    assert (
+        "target: expect_column_unique_value_count_to_be_between on column 'class_name' "
+        "(observed 1)" in str(err.value)
+    )

@@ -175,3 +175,61 @@ def test_tests_run_offline():
         server.bind(("127.0.0.1", 0))
         server.listen()
         socket.create_connection(server.getsockname()).close()
+
+
+def _poisoned(model, key="layer2.0.conv1.weight", value=float("nan")):
+    with torch.no_grad():
+        model.state_dict()[key].view(-1)[0] = value
+    return model
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.pth"])
+def test_non_finite_weights_are_refused_naming_the_first_bad_tensor(tmp_path, project_root, name):
+    """The issue's all-NaN checkpoint loaded silently; one NaN or inf now stops it."""
+    _save(_poisoned(_resnet(), value=float("inf")), tmp_path / name)
+    params = _params(project_root, f"pretrain.checkpoint={name}")
+    with pytest.raises(CheckpointError) as info:
+        checkpoints.check_checkpoint(params, tmp_path)
+    assert str(info.value) == (
+        f"pretrain.checkpoint: {tmp_path / name}: tensor layer2.0.conv1.weight holds NaN or "
+        "infinite values; the checkpoint is damaged (use another, or retrain it)"
+    )
+    with pytest.raises(CheckpointError, match="layer2.0.conv1.weight holds NaN"):
+        checkpoints.load(parse_checkpoint(name), "resnet10t", 1, tmp_path)
+
+
+def test_a_tlp_checkpoint_with_nan_weights_is_neither_saved_nor_loaded(tmp_path, project_root):
+    from safetensors.torch import save_model
+
+    from tasks.modeling.models import (
+        WEIGHTS,
+        ModelCard,
+        NonFiniteWeights,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    params = _params(project_root)
+    card = ModelCard(arch="resnet10t", classes=tuple("ab"), preprocess=params.preprocess)
+    model = _resnet(num_classes=2, in_chans=1)
+    save_checkpoint(model, card, tmp_path / "ok")
+    with pytest.raises(NonFiniteWeights, match="not saved: tensor layer2.0.conv1.weight"):
+        save_checkpoint(_poisoned(model), card, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    save_model(model, str(tmp_path / "ok" / WEIGHTS))  # damaged behind tlp's back
+    with pytest.raises(NonFiniteWeights, match="model.safetensors: tensor layer2.0.conv1.weight"):
+        load_checkpoint(tmp_path / "ok")
+
+
+def test_training_that_diverges_stops_before_saving_anything(tmp_path, project_root):
+    from tasks.core.params import default_section
+    from tasks.modeling.training import TrainingDiverged, fit
+
+    cfg = default_section("transfer", epochs=1, warmup_epochs=0, min_steps=0, batch_size=8)
+    inputs = torch.full((8, 1, 8, 8), float("nan"))  # what a NaN preprocess.std gave
+    labels = torch.tensor([0, 1] * 4)
+    state = tmp_path / "state"
+    with pytest.raises(TrainingDiverged) as info:
+        fit(_resnet(2, 1), (inputs, labels), cfg, seed=0, state_dir=state, progress="full")
+    assert str(info.value).startswith("full: training diverged in epoch 1 (train_loss is nan)")
+    assert not state.exists()

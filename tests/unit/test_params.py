@@ -163,3 +163,65 @@ def test_rank_candidates_default_to_today_and_validate(project_root):
 def test_bad_rank_params_are_named(project_root, overrides, message):
     with pytest.raises(ParamsError, match=message):
         resolve_params(project_root / "params.yaml", overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("preprocess.std=[.nan]", "preprocess.std.0: Input should be a finite number"),
+        ("preprocess.mean=[.inf]", "preprocess.mean.0: Input should be a finite number"),
+        ("transfer.lr=.nan", "transfer.lr: Input should be a finite number"),
+        ("promote.alpha=.nan", "promote.alpha: Input should be a finite number"),
+        ("base.seed=4294967296", "base.seed: Input should be less than or equal to 4294967295"),
+        ("data.split_seed=-1", "data.split_seed: Input should be greater than or equal to 0"),
+        (
+            "registry.challenger_alias=champion",
+            "registry.champion_alias: 'champion' is also registry.challenger_alias; the "
+            "registry aliases must differ",
+        ),
+        (
+            "promote.previous_alias=challenger",
+            "promote.previous_alias: 'challenger' is also registry.challenger_alias",
+        ),
+        ("registry.champion_alias=latest", "registry.champion_alias: 'latest' is reserved"),
+        ("registry.champion_alias=LATEST", "registry.champion_alias: 'latest' is reserved"),
+        ("registry.challenger_alias=v3", "registry.challenger_alias: 'v3' is reserved by MLflow"),
+        ("promote.previous_alias=old champion", "promote.previous_alias: not a valid MLflow alias"),
+        (
+            "registry.model_name=a/b",
+            "registry.model_name: a registered model name cannot contain '/'",
+        ),
+        (
+            "registry.model_name=a:b",
+            "registry.model_name: a registered model name cannot contain ':'",
+        ),
+        (
+            'registry.model_name="a\\tb"',
+            "registry.model_name: a registered model name cannot contain control",
+        ),
+        ('base.experiment="a\\0b"', "base.experiment: an experiment name cannot contain control"),
+        (
+            f"base.experiment={'x' * 501}",
+            "base.experiment: an MLflow experiment name has at most 500",
+        ),
+    ],
+)
+def test_values_mlflow_numpy_or_torch_would_refuse_are_refused_naming_the_key(
+    project_root, override, message
+):
+    with pytest.raises(ParamsError) as info:
+        resolve_params(project_root / "params.yaml", overrides=[override])
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_edge_values_that_mlflow_accepts_pass(project_root):
+    params = resolve_params(
+        project_root / "params.yaml",
+        overrides=[
+            "base.seed=4294967295",
+            "registry.champion_alias=v3-prod",
+            "registry.model_name=team.digits-v2 (cpu)",
+            "base.experiment=digits / team A",
+        ],
+    )
+    assert params.base.seed == 2**32 - 1

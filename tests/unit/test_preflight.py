@@ -143,7 +143,9 @@ def test_the_suggested_splits_fit_every_class_size(test_fraction, val, labels):
 
 def test_a_missing_folder_is_named(tmp_path):
     message = stopped(params(f"data.target.path={tmp_path / 'nope'}"))
-    assert message == f"data.target.path: {tmp_path / 'nope'}: dataset directory not found"
+    assert message == (
+        f"data.target.path: {tmp_path / 'nope'} does not exist; give an existing folder"
+    )
 
 
 def test_classes_outside_the_declared_label_space_are_named(twelve):
@@ -162,8 +164,83 @@ def test_classes_outside_the_declared_label_space_are_named(twelve):
 def test_a_one_class_target_is_refused(tmp_path):
     single = folder(tmp_path / "single", 30, ("cat",))
     assert stopped(params(f"data.target.path={single}")).startswith(
-        f"data.target (folder {single}) has one class ('cat'); a classifier needs at least two"
+        f"data.target (folder {single}) has images of one class ('cat'); a classifier needs "
+        "at least two"
     )
+
+
+def test_the_issue_one_class_target_is_refused_before_its_splits(tmp_path):
+    """The issue's case: one class of 12 images, splits that fit it."""
+    single = folder(tmp_path / "seven", 12, ("7",))
+    sets = ("data.target.val_per_class=2", "data.target.labels_per_class=5")
+    assert "has images of one class ('7')" in stopped(params(f"data.target.path={single}", *sets))
+
+
+def test_declared_classes_without_images_still_leave_one_class(tmp_path):
+    single = folder(tmp_path / "single", 30, ("cat",))
+    message = stopped(params(f"data.target.path={single}", "data.target.classes=[cat,dog]"))
+    assert message.startswith(f"data.target (folder {single}) has images of one class ('cat')")
+
+
+def test_a_one_class_source_is_refused(tmp_path):
+    single = folder(tmp_path / "single", 30, ("cat",))
+    message = stopped(params(f"data.source.path={single}"))
+    assert message.startswith(f"data.source (folder {single}) has images of one class")
+
+
+@pytest.mark.parametrize(
+    ("override", "start"),
+    [
+        (
+            "model.arch=resnet10x",
+            "model.arch: 'resnet10x' is not a timm architecture (did you mean resnet10t",
+        ),
+        (
+            "model.arch=vit_tiny_patch16_224",
+            "model.arch: timm vit_tiny_patch16_224 does not take 1-channel 32x32 px images",
+        ),
+        (
+            "transfer.optimizer=adamz",
+            "transfer.optimizer: 'adamz' is not an optimizer timm can create here",
+        ),
+        (
+            "pretrain.optimizer=bnbadam8bit",
+            "pretrain.optimizer: 'bnbadam8bit' is not an optimizer timm can create here",
+        ),
+        ("pretrain.scheduler=cosinez", "pretrain.scheduler: 'cosinez' is not a schedule"),
+        ("transfer.scheduler=plateau", "transfer.scheduler: 'plateau' is not a schedule"),
+        ("transfer.scheduler=none", "transfer.scheduler: 'none' is not a schedule"),
+        ("data.source.path=/nonexistent", "data.source.path: /nonexistent does not exist"),
+        ("pretrain.checkpoint=nowhere.safetensors", "pretrain.checkpoint: "),
+    ],
+)
+def test_what_params_name_is_checked_against_timm_and_the_disk(override, start):
+    assert stopped(params(override)).startswith(start)
+
+
+def test_cuda_without_a_gpu_is_refused():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert stopped(params("base.device=cuda")).startswith(
+        "base.device: cuda was asked for but this machine has no CUDA device"
+    )
+
+
+def test_an_unreadable_folder_is_named(tmp_path):
+    import os
+
+    pets = folder(tmp_path / "pets", 30, ("cat", "dog"))
+    pets.chmod(0)
+    try:
+        if os.access(pets, os.R_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        assert stopped(params(f"data.target.path={pets}")) == (
+            f"data.target.path: {pets} is not readable by this user; fix its permissions"
+        )
+    finally:
+        pets.chmod(0o755)
 
 
 def test_source_only_needs_the_target_classes_among_the_source_model_classes(tmp_path):
@@ -226,3 +303,20 @@ def test_auto_source_candidates_are_checked_and_source_only_is_left_to_the_run(t
     )
     pets = folder(tmp_path / "pets", 30, ("cat", "dog"))
     check(params(*auto, f"data.target.path={pets}", "rank.candidates=[{pretrain: []}]"), tmp_path)
+
+
+def test_what_timm_accepted_is_remembered_per_version(tmp_path):
+    """`tlp params` twice with the same values imports timm once: the passes are kept in
+    .tlp/feasible.json under timm's and torch's versions; other versions check again."""
+    import json
+
+    from tasks.stages.preflight import check_machine
+
+    check_machine(params(), tmp_path)
+    memory = tmp_path / ".tlp" / "feasible.json"
+    saved = json.loads(memory.read_text())
+    assert saved["versions"].startswith("timm ")
+    assert "check_arch['resnet10t', 1, 32]" in saved["passed"]
+    memory.write_text(json.dumps({"versions": "timm 0.0", "passed": ["check_optimizer['adamz']"]}))
+    with pytest.raises(PreflightError, match="transfer.optimizer: 'adamz'"):
+        check_machine(params("transfer.optimizer=adamz"), tmp_path)  # not trusted: old versions

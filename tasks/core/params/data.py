@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from tasks.core.params.names import MAX_SEED
 from tasks.core.params.section import Section
 
 # the built-in datasets; their recipes are tasks.data.builtins.BUILTINS (a test keeps both equal)
@@ -50,7 +51,9 @@ class DatasetParams(Section):
 
 
 class DataParams(Section):
-    split_seed: int = Field(ge=0, description="fixes the test split independently of base.seed")
+    split_seed: int = Field(
+        ge=0, le=MAX_SEED, description="fixes the test split independently of base.seed"
+    )
     max_image_pixels: int = Field(
         ge=64, description="larger images are rejected (decompression bombs)"
     )

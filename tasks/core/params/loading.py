@@ -39,7 +39,8 @@ def format_errors(exc: ValidationError) -> str:
             if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict)
             else f" (got {got!r})"
         )
-        lines.append(f"{loc or 'params'}: {msg}{shown}")
+        # a check across sections (Params' own validators) names its keys in the message
+        lines.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
     return "; ".join(lines)
 
 

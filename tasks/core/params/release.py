@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tasks.core.params.names import check_alias, check_model_name
 from tasks.core.params.overrides import parse_override
 from tasks.core.params.section import Section
 
@@ -30,6 +31,13 @@ class RegistryParams(Section):
     model_name: str = Field(min_length=1)
     challenger_alias: str
     champion_alias: str
+
+    @field_validator("model_name")
+    @classmethod
+    def _valid_model_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_model_name(value)
+
+    _valid_aliases = field_validator("challenger_alias", "champion_alias")(check_alias)
 
 
 class ExportParams(Section):
@@ -63,6 +71,8 @@ class PromoteParams(Section):
         ge=0.0, le=1.0, description="absolute floor on test accuracy, champion or not"
     )
     previous_alias: str
+
+    _valid_alias = field_validator("previous_alias")(check_alias)
     retries: int = Field(ge=0, le=10, description="retries of transient tracking errors")
     retry_delay: float = Field(ge=0.0, le=60.0, description="first backoff, in seconds")
 

@@ -12,6 +12,8 @@ class ParamsError(ValueError):
 class Section(BaseModel):
     """A section of params.yaml. Unknown keys are errors (a typo must not pass silently) and
     values are frozen (a stage cannot change what DVC recorded). Fields declare types and
-    bounds only: their values come from params.yaml, the one source of defaults."""
+    bounds only: their values come from params.yaml, the one source of defaults. No float
+    may be NaN or infinite (``allow_inf_nan``): a NaN ``preprocess.std`` or ``lr`` would
+    train garbage for minutes and then fail far from the cause."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -6,9 +6,10 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tasks.core.params.data import SOURCE_MATCHING, DataParams, ValidationParams
+from tasks.core.params.names import MAX_SEED, check_experiment_name
 from tasks.core.params.release import (
     EvaluateParams,
     ExportParams,
@@ -31,10 +32,14 @@ UNHASHED_SECTIONS = frozenset({"storage"})
 
 
 class BaseParams(Section):
-    seed: int = Field(ge=0, description="seed for training, shuffling and augmentation")
+    seed: int = Field(
+        ge=0, le=MAX_SEED, description="seed for training, shuffling and augmentation"
+    )
     device: Literal["cpu", "cuda", "auto"]
     threads: int = Field(ge=1, le=256, description="torch intra-op threads")
     experiment: str = Field(min_length=1, description="MLflow experiment of the runs")
+
+    _experiment_name = field_validator("experiment")(check_experiment_name)
 
 
 class Params(Section):
@@ -77,6 +82,24 @@ class Params(Section):
     def _auto_needs_candidates(self) -> Params:
         if self.transfer.source == "auto" and not self.rank.candidates:
             raise ValueError("transfer.source: auto needs rank.candidates to choose from")
+        return self
+
+    @model_validator(mode="after")
+    def _aliases_distinct(self) -> Params:
+        """Each alias means one thing: a challenger alias equal to the champion's would make
+        every registration a promotion that skipped the gate."""
+        aliases = {
+            "registry.challenger_alias": self.registry.challenger_alias,
+            "registry.champion_alias": self.registry.champion_alias,
+            "promote.previous_alias": self.promote.previous_alias,
+        }
+        seen: dict[str, str] = {}
+        for key, alias in aliases.items():
+            if alias in seen:
+                raise ValueError(
+                    f"{key}: {alias!r} is also {seen[alias]}; the registry aliases must differ"
+                )
+            seen[alias] = key
         return self
 
     def digest(self) -> str:

@@ -219,3 +219,38 @@ def _names(names) -> str:
     names = list(names)
     shown = ", ".join(repr(n) for n in names[:SHOWN_CLASSES])
     return shown + (f" and {len(names) - SHOWN_CLASSES} more" if len(names) > SHOWN_CLASSES else "")
+
+
+# ---- the task the registered model belongs to -----------------------------------------
+
+
+def task_of(params: Params, project_dir: Path, target: Inventory | None = None):
+    """This run's task (tasks/registry/identity.py): the target's label space, in the order
+    the model predicts it, and the target's identity; known from the inventory, before any
+    work, and the same when the register stage records it."""
+    from tasks.registry.identity import Task, target_identity
+
+    spec = params.data.target
+    target = target or take_inventory("target", spec, project_dir)
+    return Task(tuple(target.label_space), target_identity(spec, project_dir))
+
+
+def check_task(params: Params, project_dir: Path, name: str | None = None) -> None:
+    """Stop when registered model ``name`` (default ``registry.model_name``) holds versions of
+    another task than this run's: it would register into it and the gate would compare
+    versions of different tasks. Reads the store only when it exists (a missing SQLite file
+    holds no model; tasks/core/stores.py says whether it should have been there)."""
+    import mlflow
+
+    from tasks.core.tracking import resolve_tracking_uri
+    from tasks.registry.identity import TaskConflict, check_model
+
+    uri = resolve_tracking_uri(params.storage.tracking_uri, project_dir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        check_model(name or params.registry.model_name, task_of(params, project_dir))
+    except TaskConflict as exc:
+        raise PreflightError(str(exc)) from None

@@ -14,7 +14,7 @@ from tasks.stages import STAGE_NAMES
 from tests.conftest import make_dvc_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-MODEL = "tlp-digits"
+MODEL = "tlp-uci-digits"
 
 
 @pytest.fixture(scope="module")

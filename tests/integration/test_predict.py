@@ -17,7 +17,7 @@ from flows.cli import main
 from tests.registry_support import register_project, run_register
 
 pytestmark = pytest.mark.integration
-MODEL = "tlp-digits"  # params.yaml's registry.model_name
+MODEL = "tlp-uci-digits"  # params.yaml's registry.model_name
 
 
 @pytest.fixture(scope="module")

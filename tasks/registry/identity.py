@@ -69,6 +69,25 @@ def target_identity(spec, project_dir: Path) -> str:
     return f"path:{resolve_dir(spec.path, project_dir).resolve()}"
 
 
+def task_of(spec, project_dir: Path) -> Task:
+    """The task of a ``data.target`` section, known before any work: its label space in the
+    order the model predicts it (``classes`` when set, else a built-in's declared classes
+    or the folder's class folders, as tasks/stages/preflight.py takes them) and its identity.
+    """
+    if spec.classes:
+        classes = tuple(spec.classes)
+    elif spec.builtin is not None:
+        from tasks.data.builtins import get_builtin
+
+        classes = tuple(get_builtin(spec.builtin).classes)
+    else:
+        from tasks.data.folders import resolve_dir
+        from tasks.data.ingest import scan_image_folder
+
+        classes = tuple(scan_image_folder(resolve_dir(spec.path, project_dir)).classes)
+    return Task(classes, target_identity(spec, project_dir))
+
+
 def from_tags(tags: dict[str, str]) -> Task | None:
     """The task recorded in registered-model or version tags; None when none is."""
     if TASK_ID not in tags:

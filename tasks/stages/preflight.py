@@ -224,15 +224,12 @@ def _names(names) -> str:
 # ---- the task the registered model belongs to -----------------------------------------
 
 
-def task_of(params: Params, project_dir: Path, target: Inventory | None = None):
-    """This run's task (tasks/registry/identity.py): the target's label space, in the order
-    the model predicts it, and the target's identity; known from the inventory, before any
-    work, and the same when the register stage records it."""
-    from tasks.registry.identity import Task, target_identity
+def task_of(params: Params, project_dir: Path):
+    """This run's task (tasks/registry/identity.py ``task_of``): the target's label space and
+    identity, the same the register stage records."""
+    from tasks.registry.identity import task_of as of
 
-    spec = params.data.target
-    target = target or take_inventory("target", spec, project_dir)
-    return Task(tuple(target.label_space), target_identity(spec, project_dir))
+    return of(params.data.target, project_dir)
 
 
 def check_task(params: Params, project_dir: Path, name: str | None = None) -> None:

@@ -34,7 +34,6 @@ from tasks.registry.publishing import (
     version_aliases,
     version_exists,
 )
-from tasks.stages import preflight
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def run(ctx: StageContext) -> dict:
         "test_accuracy": f"{metrics['candidates'][best]['accuracy']:.4f}",
     }
     exported = export_candidate(ctx, best)  # parity checked first: a failure registers nothing
-    task = preflight.task_of(ctx.params, ctx.project_dir)
+    task = identity.task_of(ctx.params.data.target, ctx.project_dir)
     identity.ensure_model(r.model_name, task)  # a model of another task: nothing registered
     outside = ctx.parent_run_id is None
     tags.update(task.tags())

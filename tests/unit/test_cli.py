@@ -52,7 +52,9 @@ def test_help_lists_the_three_command_groups():
     assert sections["Pipeline"] == [
         *("params", "rank", "reproduce", "run", "serve", "stage", "validate"),
     ]
-    assert sections["Registered models"] == ["lineage", "predict", "promote", "rollback"]
+    assert sections["Registered models"] == [
+        *("audit", "lineage", "predict", "promote", "rollback"),
+    ]
     assert sections["Operations"] == ["server", "ui"]
     assert {"--project-dir", "--verbose", "--help"} <= set(sections["Global options"])
 
@@ -90,6 +92,7 @@ PARAMS_COMMANDS = {
     "promote": ["tlp-uci-digits", "3", "--reason", "why"],
     "rollback": ["tlp-uci-digits"],
     "lineage": ["tlp-uci-digits@champion"],
+    "audit": [],
     "predict": ["images/"],
     "ui": [],
     "server": [],

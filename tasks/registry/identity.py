@@ -144,6 +144,33 @@ def check_model(name: str, task: Task) -> None:
         raise TaskConflict(problem)
 
 
+def check_model_sqlite(db: Path, name: str, task: Task) -> None:
+    """``check_model`` for a SQLite store, read with sqlite3: no MLflow import, so a run
+    with nothing to do stays instant (tasks/core/uptodate.py). A store without MLflow's
+    tables holds no model."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            if not con.execute(
+                "SELECT 1 FROM registered_models WHERE name = ?", (name,)
+            ).fetchone():
+                return
+            tags = dict(
+                con.execute(
+                    "SELECT key, value FROM registered_model_tags WHERE name = ?", (name,)
+                ).fetchall()
+            )
+            (versions,) = con.execute(
+                "SELECT COUNT(*) FROM model_versions WHERE name = ?", (name,)
+            ).fetchone()
+    except sqlite3.Error:
+        return
+    problem = conflict(name, task, tags, int(versions))
+    if problem:
+        raise TaskConflict(problem)
+
+
 def ensure_model(name: str, task: Task) -> None:
     """Create model ``name`` with the task's tags, or tag a model that has none (checked to
     be free by ``check_model`` first); a model of another task raises ``TaskConflict``."""

@@ -237,17 +237,22 @@ def check_task(params: Params, project_dir: Path, name: str | None = None) -> No
     another task than this run's: it would register into it and the gate would compare
     versions of different tasks. Reads the store only when it exists (a missing SQLite file
     holds no model; tasks/core/stores.py says whether it should have been there)."""
-    import mlflow
-
     from tasks.core.tracking import resolve_tracking_uri
-    from tasks.registry.identity import TaskConflict, check_model
+    from tasks.registry.identity import TaskConflict, check_model, check_model_sqlite
 
     uri = resolve_tracking_uri(params.storage.tracking_uri, project_dir)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    name = name or params.registry.model_name
+    task = task_of(params, project_dir)
     try:
-        check_model(name or params.registry.model_name, task_of(params, project_dir))
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///"))
+            if db.is_file():
+                check_model_sqlite(db, name, task)
+            return
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        check_model(name, task)
     except TaskConflict as exc:
         raise PreflightError(str(exc)) from None

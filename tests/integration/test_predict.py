@@ -94,9 +94,7 @@ def test_predict_on_a_folder_matches_pyfunc_predict(registered, folder, runtime,
     assert failed.label.isna().all() and failed.probability.isna().all()
     assert "not an image" in failed.error[str(root / "wrong_shape.npy")]
     scored = table[table.error == ""].set_index("path").loc[[str(p) for p in good]]
-    expected = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(
-        [str(p) for p in good]
-    )
+    expected = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict([str(p) for p in good])
     assert scored.label.tolist() == expected.label.tolist()
     classes = [c for c in table.columns if c.startswith("prob_")]
     assert classes == [f"prob_{i}" for i in range(10)]

@@ -146,12 +146,14 @@ def summary_markdown(summary: dict) -> str:
     gate = outcome.gate_line(summary)
     champion, _ = outcome.alias_names(summary)
     label, code = outcome.load_line(summary, aliases)
+    audit = "".join(f"**Audit**: {f['message']}\n\n" for f in summary.get("audit") or ())
     return (
         f"## Transfer pipeline\n\nRegistered **{summary['model_name']}** version "
         f"{summary['version']} ({summary['registered_strategy']}), aliases "
         f"{', '.join(aliases) or 'none'}.\n\n"
         + (f"**Promotion gate**: {gate}\n\n" if gate else "")
         + f"**@{champion}**: {outcome.champion_line(summary, aliases)}.\n\n"
+        + audit
         + f"{label[0].upper()}{label[1:]}: `{code}`\n\n"
         + f"| candidate | test accuracy | validation accuracy | macro-F1 | ECE |\n"
         f"|---|---|---|---|---|\n{rows}\n\n({sizes})\n\n"

@@ -115,7 +115,8 @@ def conflict(name: str, task: Task, model_tags: dict[str, str], versions: int) -
         return (
             f"registry.model_name: model {name!r} has {versions} version(s) registered before "
             f"tlp recorded tasks, so their task is unknown and may differ from this one "
-            f"({task.describe()}); treated as another task: {fix}"
+            f"({task.describe()}); treated as another task: {fix}; or, if they are this "
+            f"task, adopt the model by setting its tag {TASK_ID}={task.id}"
         )
     if model_tags.get(TASK_ID) == task.id:
         return None
@@ -184,8 +185,8 @@ def ensure_model(name: str, task: Task) -> None:
     except MlflowException:
         client.create_registered_model(name, tags=task.tags())
         return
-    if TASK_ID not in tags:
-        for key, value in task.tags().items():
+    for key, value in task.tags().items():  # a model without them, or adopted by its id
+        if key not in tags:
             client.set_registered_model_tag(name, key, value)
 
 

@@ -60,4 +60,5 @@ def test_a_model_without_task_tags_is_adopted_only_without_versions():
     assert conflict("old", DIGITS, {}, versions=0) is None
     said = conflict("old", DIGITS, {}, versions=3)
     assert "3 version(s) registered before tlp recorded tasks" in said
-    assert "treated as another task" in said
+    assert "treated as another task" in said and f"tlp.task.id={DIGITS.id}" in said
+    assert conflict("old", DIGITS, {"tlp.task.id": DIGITS.id}, versions=3) is None  # adopted

@@ -104,10 +104,10 @@ def conflict(name: str, task: Task, model_tags: dict[str, str], versions: int) -
 
     A model made before tasks were recorded (no ``tlp.task.id``) with versions cannot say
     which task they are, so it is refused too; one without versions is adopted."""
-    fix = (
-        f"--set registry.model_name=NEW (or leave registry.model_name null: a name is derived "
-        f"from the target, here {task.target})"
-    )
+    fix = "--set registry.model_name=NEW"
+    derived = _derived_name(task)
+    if derived != name:
+        fix += f", or leave registry.model_name null to register under {derived}"
     recorded = from_tags(model_tags)
     if recorded is None:
         if versions == 0:
@@ -123,6 +123,16 @@ def conflict(name: str, task: Task, model_tags: dict[str, str], versions: int) -
     return (
         f"registry.model_name: model {name!r} belongs to another task ({recorded.describe()}), "
         f"not this run's ({task.describe()}); its versions cannot be compared: {fix}"
+    )
+
+
+def _derived_name(task: Task) -> str | None:
+    """The name ``registry.model_name: null`` gives this task's target."""
+    from tasks.core.params.tree import derived_model_name
+
+    kind, _, value = task.target.partition(":")
+    return derived_model_name(
+        value if kind == "builtin" else None, value if kind == "path" else None
     )
 
 

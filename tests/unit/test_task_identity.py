@@ -53,6 +53,7 @@ def test_a_model_of_another_task_is_named_with_both_tasks_and_the_fix():
     assert said.startswith("registry.model_name: model 'tlp-uci-digits' belongs to another task")
     assert "10 classes" in said and "3 classes ('cat', 'dog', 'owl') of path:/data/photos" in said
     assert "--set registry.model_name=NEW" in said and "\n" not in said
+    assert said.endswith("or leave registry.model_name null to register under tlp-photos")
     assert conflict("tlp-uci-digits", DIGITS, DIGITS.tags(), versions=2) is None
 
 

@@ -54,18 +54,25 @@ def reconcile(project_dir: Path, name: str, aliases: tuple[str, ...]) -> list[Fi
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from tasks.registry.aliases import alias_lock
+
     client = MlflowClient()
     try:
-        model = client.get_registered_model(name)
+        client.get_registered_model(name)
     except MlflowException as exc:
         if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
             return []
         raise
-    tags, current = dict(model.tags), {a: str(v) for a, v in (model.aliases or {}).items()}
-    events = audit.registry_events(tags, name)
-    found = [
-        f for alias in aliases if (f := _check_alias(project_dir, name, alias, current, events))
-    ]
+    # read and record under the alias lock: a move of another run between its alias change
+    # and its event (both under this lock) is never mistaken for an outside move
+    with alias_lock(project_dir, name):
+        model = client.get_registered_model(name)
+        tags = dict(model.tags)
+        current = {a: str(v) for a, v in (model.aliases or {}).items()}
+        events = audit.registry_events(tags, name)
+        found = [
+            f for alias in aliases if (f := _check_alias(project_dir, name, alias, current, events))
+        ]
     return found + _incomplete(client, name, tags)
 
 
@@ -74,7 +81,7 @@ def _check_alias(
 ) -> Finding | None:
     from mlflow import MlflowClient
 
-    from tasks.registry.aliases import alias_lock, record_event
+    from tasks.registry.aliases import record_event
 
     _, recorded = last_recorded(events, alias)
     now = current.get(alias)
@@ -85,11 +92,10 @@ def _check_alias(
         "not gated; found by reconciliation"
     )
     event = audit.AliasEvent(name, alias, OUTSIDE_ACTION, recorded, now, why)
-    with alias_lock(project_dir, name):
-        record_event(project_dir, event)
-        if now is not None:
-            value = f"@{alias} {recorded or 'none'} -> {now} (seq {event.seq}, not gated)"
-            MlflowClient().set_model_version_tag(name, now, OUTSIDE_TAG, value)
+    record_event(project_dir, event)  # the caller holds the alias lock
+    if now is not None:
+        value = f"@{alias} {recorded or 'none'} -> {now} (seq {event.seq}, not gated)"
+        MlflowClient().set_model_version_tag(name, now, OUTSIDE_TAG, value)
     message = (
         f"{name}: @{alias} is on version {now or 'none'}, but the audit trail last moved it to "
         f"{recorded or 'none'}: an unrecorded move (recorded now as event {event.seq}, flagged "

@@ -146,12 +146,14 @@ def summary_markdown(summary: dict) -> str:
     gate = outcome.gate_line(summary)
     champion, _ = outcome.alias_names(summary)
     label, code = outcome.load_line(summary, aliases)
+    audit = "".join(f"**Audit**: {f['message']}\n\n" for f in summary.get("audit") or ())
     return (
         f"## Transfer pipeline\n\nRegistered **{summary['model_name']}** version "
         f"{summary['version']} ({summary['registered_strategy']}), aliases "
         f"{', '.join(aliases) or 'none'}.\n\n"
         + (f"**Promotion gate**: {gate}\n\n" if gate else "")
         + f"**@{champion}**: {outcome.champion_line(summary, aliases)}.\n\n"
+        + audit
         + f"{label[0].upper()}{label[1:]}: `{code}`\n\n"
         + f"| candidate | test accuracy | validation accuracy | macro-F1 | ECE |\n"
         f"|---|---|---|---|---|\n{rows}\n\n({sizes})\n\n"
@@ -180,6 +182,7 @@ def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClo
     with clock("setup"):
         params = resolve_params(project / PARAMS_FILE, profile, overrides)
         preflight.check(params, project)  # `tlp run` checked already; a deployment run has not
+        preflight.check_task(params, project)  # the registered model is this run's task's
         check_checkpoint(params, project)  # a bad pretrain.checkpoint: before any stage runs
         write_resolved(params, project)
         ctx = open_context(project, params, flow_run=_flow_run_info())
@@ -198,6 +201,34 @@ def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClo
         resolved = params.model_dump(mode="json", exclude=set(UNHASHED_SECTIONS))
         tracking.log_run_params(ctx.parent_run_id, tracking.flat_params(resolved))
     return ctx
+
+
+def reconcile_aliases(ctx: StageContext) -> list[dict]:
+    """Alias moves made outside tlp since the last run, and registrations cut short, found,
+    recorded and flagged (tasks/registry/reconcile.py) before this run registers or gates
+    anything; the summary reports them."""
+    from tasks.registry.reconcile import reconcile
+
+    p = ctx.params
+    managed = (p.registry.challenger_alias, p.registry.champion_alias, p.promote.previous_alias)
+    found = reconcile(ctx.project_dir, p.registry.model_name, managed)
+    for finding in found:
+        log.warning("audit: %s", finding.message)
+    return [f.as_dict() for f in found]
+
+
+def record_stores(ctx: StageContext, summary: dict) -> None:
+    """What this successful run used (tasks/core/stores.py), for the next run's check."""
+    from tasks.core import stores
+
+    storage = ctx.params.storage
+    stores.record(
+        ctx.project_dir,
+        ctx.tracking_uri,
+        ctx.experiment_id,
+        (summary["model_name"], summary["version"]),
+        stores.remote_url(storage.dvc_remote, ctx.project_dir),
+    )
 
 
 def _run_stages(ctx: StageContext, clock: PhaseClock):
@@ -251,6 +282,7 @@ def transfer_pipeline(
     try:
         with clock("setup"):
             tracking.log_run_artifact(ctx.parent_run_id, project / "params.resolved.yaml")
+            findings = reconcile_aliases(ctx)
         timings, compute, skipped = _run_stages(ctx, clock)
         with clock("report"):  # the data every stage read, in the parent's Datasets panel
             log_datasets(split_datasets(project, ALL), ctx.parent_run_id)
@@ -265,11 +297,13 @@ def transfer_pipeline(
         wall = time.perf_counter() - started
         summary = build_summary(ctx, timings, skipped, wall, compute, clock.rounded())
         summary["promotion"] = promotion
+        summary["audit"] = findings
         summary["process_seconds_before_flow"] = before_flow
         write_json(ctx.layout.summary, summary)
         tracking.finish_parent_run(ctx.parent_run_id, summary, ctx.flow_run.get("url"))
         create_markdown_artifact(summary_markdown(summary), key="transfer-pipeline-summary")
         uptodate.record(project, params, summary)  # the next `tlp run` may skip the flow
+        record_stores(ctx, summary)
         log.info("pipeline: finished in %.1f s", wall)
         return summary
     except BaseException:

@@ -16,16 +16,16 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.core import versioning
 from tasks.core.context import read_json
 from tasks.core.params import Params
-from tasks.registry import aliases, audit
+from tasks.registry import aliases, audit, frozen_target, identity
 from tasks.registry.gate import GateResult, decide, gate_markdown, load_test_split, score_version
 from tasks.registry.modelcard import record_promotion
-from tasks.registry.publishing import tag_version, version_exists
+from tasks.registry.publishing import tag_version, version_exists, version_tags
 from tasks.registry.retries import RegistryUnavailable, with_retries
 
 CAS_ATTEMPTS = 3
+TARGET_TAG = "dvc.data/target"  # the champion's target data (publishing.lineage_tags)
 log = logging.getLogger(__name__)
 
 
@@ -33,21 +33,20 @@ class PromotionRefused(RuntimeError):
     """A person asked for a promotion the gate refused, without ``--force``."""
 
 
-def _target_hash(project_dir: Path) -> str:
-    try:
-        return versioning.output_hashes(project_dir).get("data/target", "unknown")
-    except Exception:  # no DVC repo: the gate still runs, the hash is just not known
-        return "unknown"
-
-
 def evaluate_gate(
     project_dir: Path, params: Params, name: str, candidate: str, champion: str | None
 ) -> GateResult:
-    """Score both versions on the frozen test split and apply the rules."""
+    """Score both versions on the test split of the champion's own target (its
+    ``dvc.data/target`` tag: the data it was judged on, not whatever ``data/`` holds now)
+    and apply the rules. When that data cannot be found, the champion is kept and the
+    reason names the missing data."""
     rules = params.promote
-    split = load_test_split(project_dir / "data" / "target", _target_hash(project_dir))
+    digest = None
+    if champion is not None:
+        digest = _retry(params)(lambda: version_tags(name, champion), "reading the champion")
+        digest = digest.get(TARGET_TAG)
 
-    def score(version: str):
+    def score(version: str, split):
         return with_retries(
             lambda: score_version(f"models:/{name}/{version}", split),
             f"scoring {name} version {version}",
@@ -55,8 +54,51 @@ def evaluate_gate(
             rules.retry_delay,
         )
 
-    champion_correct = None if champion is None else score(champion)
-    return decide(score(candidate), champion_correct, rules)
+    try:
+        with frozen_target.target_dir(project_dir, digest) as (folder, found):
+            split = load_test_split(folder, found)
+            champion_correct = None if champion is None else score(champion, split)
+            return decide(score(candidate, split), champion_correct, rules)
+    except frozen_target.TargetUnavailable as exc:
+        return _kept(f"champion kept: {exc}", rules)
+
+
+def _kept(reason: str, rules) -> GateResult:
+    """A decision made without scoring: keep the champion, for ``reason``."""
+    return GateResult(
+        False,
+        reason,
+        float("nan"),
+        None,
+        None,
+        0,
+        0,
+        0,
+        rules.alpha,
+        rules.min_delta,
+        rules.min_accuracy,
+    )
+
+
+def comparable(name: str, candidate: dict, champion: dict | None, versions: tuple) -> str | None:
+    """Why ``candidate`` (its version tags) must not be gated against ``champion``'s: a
+    registration cut short, or another task (tasks/registry/identity.py); None: it may."""
+    cand_v, champ_v = versions
+    if identity.registration_incomplete(candidate):
+        return (
+            f"{name} version {cand_v} is an incomplete registration (its register stage did "
+            "not finish): it is never gated or promoted; rerun the pipeline to register anew"
+        )
+    if champion is None:
+        return None
+    ours, theirs = identity.version_task(candidate), identity.version_task(champion)
+    if ours != theirs:
+        return (
+            f"{name} version {cand_v} (task {ours or 'unrecorded'}) and @champion version "
+            f"{champ_v} (task {theirs or 'unrecorded'}) belong to different tasks: versions of "
+            "different tasks are never compared"
+        )
+    return None
 
 
 def _retry(params: Params):
@@ -120,6 +162,19 @@ def _gate_once(
     outcome = _outcome(name, candidate, champion)
     if champion == candidate:
         return {**outcome, "reason": f"version {candidate} is already @{champion_alias}"}
+    refused = retry(
+        lambda: comparable(
+            name,
+            version_tags(name, candidate),
+            None if champion is None else version_tags(name, champion),
+            (candidate, champion),
+        ),
+        "reading the versions' tasks",
+    )
+    if refused:
+        if manual:
+            raise PromotionRefused(refused)  # not even --force compares two tasks
+        return {**outcome, "reason": refused}
     result = evaluate_gate(project_dir, params, name, candidate, champion)
     tags = {**result.tags(), "gate.champion_version": champion or "none"}
     retry(lambda: tag_version(name, candidate, tags), "tagging the gate")

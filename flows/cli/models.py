@@ -42,6 +42,7 @@ def promote(
     from flows.promote import gate_and_promote
 
     project, params = open_registry(project, options)
+    check_task(params, project, name)
     outcome = gate_and_promote(project, params, name, version, reason, force, manual=True)
     if outcome["promoted"]:
         how = "FORCED past the gate" if outcome["forced"] else "gate passed"
@@ -69,6 +70,7 @@ def rollback(
     from tasks.registry.aliases import rollback_champion
 
     project, params = open_registry(project, options)
+    check_task(params, project, name)
     event = rollback_champion(
         project,
         name,
@@ -112,6 +114,57 @@ def lineage(
         info.pop("files")
     print(json.dumps(info, indent=2) if as_json else format_lineage(info))
     return 0 if info["complete"] else 1
+
+
+def audit(
+    *,
+    model: str | None = None,
+    as_json: Annotated[bool, Parameter(name="--json")] = False,
+    options: ParamsOptions = DEFAULT_PARAMS,
+    project: Project,
+) -> int:
+    """Find alias moves made outside tlp (the MLflow UI) and cut-short registrations.
+
+    Each unrecorded move of @challenger, @champion or @previous_champion is recorded as an
+    outside-tlp event and flagged on its version. Exits 1 when it found any, 0 when the
+    aliases agree with the audit trail.
+
+    Parameters
+    ----------
+    model
+        registered model (default registry.model_name)
+    as_json
+        print the findings as JSON
+    """
+    import json
+
+    from tasks.registry.reconcile import reconcile
+
+    project, params = open_registry(project, options)
+    name = model or params.registry.model_name
+    managed = (
+        params.registry.challenger_alias,
+        params.registry.champion_alias,
+        params.promote.previous_alias,
+    )
+    found = [f.as_dict() for f in reconcile(project, name, managed)]
+    if as_json:
+        print(json.dumps({"model": name, "findings": found}, indent=2))
+    else:
+        for finding in found:
+            print(finding["message"])
+        if not found:
+            print(f"{name}: aliases agree with the audit trail")
+    return 1 if found else 0
+
+
+def check_task(params, project, name: str) -> None:
+    """A model of another task than params' target is refused before any move (only for
+    the model params name: another model is checked by the gate, version against version)."""
+    if name == params.registry.model_name:
+        from tasks.stages.preflight import check_task as check
+
+        check(params, project, name)
 
 
 def serve_model(
@@ -179,5 +232,6 @@ COMMANDS = {
     "promote": promote,
     "rollback": rollback,
     "lineage": lineage,
+    "audit": audit,
     "serve-model": serve_model,
 }

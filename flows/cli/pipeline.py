@@ -21,6 +21,7 @@ def run(
     options: ParamsOptions = DEFAULT_PARAMS,
     wait: Annotated[float, Parameter(metavar="SECONDS")] = 0.0,
     force_flow: bool = False,
+    new_store: bool = False,
     project: Project,
 ) -> int:
     """Run the whole pipeline as the Prefect flow transfer_pipeline.
@@ -31,10 +32,15 @@ def run(
         if another run holds this project, wait up to SECONDS for it (default: stop)
     force_flow
         run the Prefect flow even when nothing changed (DVC still skips up-to-date stages)
+    new_store
+        start afresh on purpose when the tracking store or DVC remote the project last used
+        is gone or empty (.tlp/stores.json is rewritten after the run)
     """
     params = options.resolve(project)  # reject bad params before Prefect or any work starts
     project = project.resolve()
     preflight(params, project)  # and data, splits or strategies that cannot work
+    check_stores(params, project, new_store)  # the stores the project last used still there
+    check_task(params, project)  # the registered model belongs to this run's task
     from tasks.core.locking import run_lock
 
     # held before Prefect starts: two runs never share the ephemeral API's SQLite database
@@ -68,6 +74,28 @@ def preflight(params, project: Path) -> None:
     from tasks.stages.preflight import check
 
     check(params, project)
+
+
+def check_task(params, project: Path) -> None:
+    """tasks/stages/preflight.py ``check_task``: a registered model of another task stops
+    the run in one line, before any work."""
+    from tasks.stages.preflight import check_task as check
+
+    check(params, project)
+
+
+def check_stores(params, project: Path, new_store: bool) -> None:
+    """tasks/core/stores.py: the tracking store and DVC remote the last run used are still
+    there, unless ``--new-store`` starts afresh on purpose."""
+    from tasks.core import stores
+    from tasks.stages.preflight import PreflightError
+
+    if new_store:
+        return
+    try:
+        stores.check(params, project)
+    except stores.StoreMissing as exc:
+        raise PreflightError(str(exc)) from None
 
 
 def _check_checkpoint(project: Path, params, api) -> None:

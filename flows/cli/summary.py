@@ -26,6 +26,8 @@ def print_summary(summary: dict) -> None:
     _line("MLflow tracking URI", summary["tracking_uri"])
     _line("open the MLflow UI", summary["ui_command"])
     _print_model(summary, summary["aliases"])
+    for finding in summary.get("audit") or ():  # tasks/registry/reconcile.py
+        _line("audit", finding["message"])
     _print_accuracies(summary)
     _line("skipped (up to date)", ", ".join(summary["skipped_stages"]) or "none")
     _line("wall time", f"{summary['wall_seconds']:.1f} s  (reports/summary.json)")

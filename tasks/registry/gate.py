@@ -1,10 +1,12 @@
 """The promotion gate: a candidate replaces the champion only when it is better on the *same*
 frozen test examples with statistical support, so noise never moves ``@champion``.
 
-Both registered versions are loaded as the pyfunc users get and scored on the DVC-versioned
-target test split. The exact McNemar test looks only at the examples where the two disagree:
-under "no difference" a disagreement favours the candidate with probability 1/2, so the
-one-sided p-value is a binomial tail (``scipy.stats.binomtest``).
+Both registered versions are loaded as the pyfunc users get and scored on the test split of
+the champion's own DVC-versioned target (tasks/registry/frozen_target.py), and only versions
+of the same task are compared (tasks/registry/identity.py). The exact McNemar test looks
+only at the examples where the two disagree: under "no difference" a disagreement favours
+the candidate with probability 1/2, so the one-sided p-value is a binomial tail
+(``scipy.stats.binomtest``).
 """
 
 from __future__ import annotations
@@ -134,6 +136,8 @@ def load_test_split(target_dir: Path, data_hash: str = "unknown") -> TestSplit:
 def score_version(model_uri: str, split: TestSplit) -> np.ndarray:
     """Per-example correctness of a registered model, loaded exactly as users load it.
 
+    The images are decoded here and passed as uint8 arrays, the input every served model
+    takes (one that refuses file paths too), in the channels its card says it was trained on.
     The model is downloaded into a directory removed afterwards: ``load_model``'s default
     download directory is never cleaned, which left about 19 MB in /tmp per gate.
     """

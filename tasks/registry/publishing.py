@@ -134,6 +134,10 @@ def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
         client.set_model_version_tag(name, version, key, value)
 
 
+def version_tags(name: str, version: str) -> dict[str, str]:
+    return dict(MlflowClient().get_model_version(name, version).tags)
+
+
 def version_aliases(name: str, version: str) -> list[str]:
     return list(MlflowClient().get_model_version(name, version).aliases)
 

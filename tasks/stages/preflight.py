@@ -368,3 +368,40 @@ def _names(names) -> str:
     names = list(names)
     shown = ", ".join(repr(n) for n in names[:SHOWN_CLASSES])
     return shown + (f" and {len(names) - SHOWN_CLASSES} more" if len(names) > SHOWN_CLASSES else "")
+
+
+# ---- the task the registered model belongs to -----------------------------------------
+
+
+def task_of(params: Params, project_dir: Path):
+    """This run's task (tasks/registry/identity.py ``task_of``): the target's label space and
+    identity, the same the register stage records."""
+    from tasks.registry.identity import task_of as of
+
+    return of(params.data.target, project_dir)
+
+
+def check_task(params: Params, project_dir: Path, name: str | None = None) -> None:
+    """Stop when registered model ``name`` (default ``registry.model_name``) holds versions of
+    another task than this run's: it would register into it and the gate would compare
+    versions of different tasks. Reads the store only when it exists (a missing SQLite file
+    holds no model; tasks/core/stores.py says whether it should have been there)."""
+    from tasks.core.tracking import resolve_tracking_uri
+    from tasks.registry.identity import TaskConflict, check_model, check_model_sqlite
+
+    uri = resolve_tracking_uri(params.storage.tracking_uri, project_dir)
+    name = name or params.registry.model_name
+    task = task_of(params, project_dir)
+    try:
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///"))
+            if db.is_file():
+                check_model_sqlite(db, name, task)
+            return
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        check_model(name, task)
+    except TaskConflict as exc:
+        raise PreflightError(str(exc)) from None

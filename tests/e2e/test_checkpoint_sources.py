@@ -10,7 +10,7 @@ import pytest
 from flows.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-MODEL = "tlp-digits"
+MODEL = "tlp-uci-digits"
 SMALL = [
     "data.source.limit=300",
     "preprocess.image_size=16",

@@ -85,7 +85,7 @@ def test_two_waiting_runs_both_finish_one_after_the_other(project, tmp_path_fact
     holds_this_run = gate["champion_after"] == summary["version"]
     for _, out in results:
         assert f"  promotion gate      : {decision}: {gate['reason']}" in out, out[-3000:]
-        assert ("'models:/tlp-digits@champion')" in out) == holds_this_run
+        assert ("'models:/tlp-uci-digits@champion')" in out) == holds_this_run
     _assert_lock_whole(project)
 
 

@@ -14,7 +14,7 @@ from tasks.stages import STAGE_NAMES
 from tests.conftest import make_dvc_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-MODEL = "tlp-digits"
+MODEL = "tlp-uci-digits"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,12 @@ def test_first_run_registers_a_champion(pipeline_run):
     assert set(first["aliases"]) == {"champion", "challenger"}
     assert first["skipped_stages"] == []
     assert set(first["candidates"]) == {"scratch", "linear_probe", "full"}
+    assert first["audit"] == []  # no alias moved around tlp before the run
+    project = pipeline_run[0]
+    record = json.loads((project / ".tlp" / "stores.json").read_text())  # tasks/core/stores.py
+    assert record["tracking_uri"] == f"sqlite:///{project}/mlflow.db"
+    assert (record["model_name"], record["last_version"]) == (MODEL, "1")
+    assert record["dvc_remote"] == str(project / "dvc-storage")
     for metrics in first["candidates"].values():
         assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] > 0
 
@@ -89,6 +95,10 @@ def test_registered_version_carries_lineage(pipeline_run):
     assert len(tags["params_hash"]) == 16
     assert tags["prefect_flow_run_id"] not in ("", "none")
     assert tags["mlflow_parent_run_id"] == first["mlflow_run_id"]
+    assert tags["tlp.registration"] == "complete" and "tlp.registered_outside_flow" not in tags
+    assert tags["tlp.task.target"] == "builtin:uci-digits"
+    model_tags = MlflowClient().get_registered_model(MODEL).tags  # the model's task, once
+    assert tags["tlp.task.id"] == model_tags["tlp.task.id"]
     lock = (project / "dvc.lock").read_text()
     for path in ("data/source", "data/target", "models/source", "models/candidates"):
         assert tags[f"dvc.{path}"].endswith(".dir") and tags[f"dvc.{path}"] in lock
@@ -268,6 +278,15 @@ def test_dvc_repro_without_prefect_reproduces_the_outputs(pipeline_run):
     }
     for path in ("data/source", "data/target", "models/source", "models/candidates"):
         assert hashes[path] == before[path], f"{path} differs after dvc repro"
+    # its register stage ran outside the flow: a version, but no alias moved and no gate
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    versions = MlflowClient().search_model_versions(f"name='{MODEL}'")
+    newest = max(versions, key=lambda v: int(v.version))
+    assert int(newest.version) > 1 and newest.tags["tlp.registered_outside_flow"] == "true"
+    assert not newest.aliases and "gate.decision" not in newest.tags
 
 
 def test_first_run_was_promoted_by_the_gate(pipeline_run):

@@ -32,7 +32,7 @@ BIN = Path(sys.executable).parent
 # Tiny training: this checks the services, not model quality, so the promotion gate's
 # absolute minimum is lifted for it (a first version is then promoted to @champion).
 TINY = ["data.source.limit=300", "pretrain.epochs=1", "transfer.epochs=2", "promote.min_accuracy=0"]
-MODEL = "tlp-digits"
+MODEL = "tlp-uci-digits"
 
 
 @pytest.fixture(scope="module")

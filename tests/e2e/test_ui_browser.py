@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 BIN = Path(sys.executable).parent
 TINY = ["data.source.limit=300", "pretrain.epochs=1", "transfer.epochs=2"]
-MODEL = "tlp-digits"
+MODEL = "tlp-uci-digits"
 
 
 def _chromium() -> str:

@@ -14,15 +14,21 @@ from tests.integration.test_image_folder import MODEL, make_folder, registry_sta
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def _register_champion(uri: str, base) -> None:
+def _register_champion(uri: str, base, target) -> None:
+    """An earlier champion of the same task (the target's classes and folder), so the run
+    gets past the task check and is stopped by validate."""
     from mlflow import MlflowClient
+
+    from tasks.core.params import default_section
+    from tasks.registry.identity import task_of
 
     client = MlflowClient(uri, uri)
     exp = client.create_experiment("earlier", artifact_location=(base / "art").as_uri())
     run = client.create_run(exp)
     (base / "model.json").write_text("{}")
     client.log_artifact(run.info.run_id, str(base / "model.json"), "model")
-    client.create_registered_model(MODEL)
+    task = task_of(default_section("data.target", path=str(target)), base)
+    client.create_registered_model(MODEL, tags=task.tags())
     version = client.create_model_version(
         MODEL, f"{run.info.artifact_uri}/model", run_id=run.info.run_id
     )
@@ -40,15 +46,15 @@ def test_bad_data_stops_the_flow_at_validate(tmp_path, prefect_harness):
 
     project = make_dvc_project(tmp_path)
     uri = f"sqlite:///{project}/mlflow.db"
-    _register_champion(uri, tmp_path)
     remote = project / "dvc-storage"
     (remote / "files").mkdir(parents=True)
     (remote / "files" / "earlier-push").write_text("an object pushed by an earlier run")
-    remote_before, registry_before = _snapshot(remote), registry_state(uri)
 
     source = make_folder(tmp_path / "source", seed=3)
     target = make_folder(tmp_path / "target", seed=4)
     shutil.copyfile(target / "dog" / "05.png", target / "dog" / "05-again.png")  # leakage
+    _register_champion(uri, tmp_path, target)
+    remote_before, registry_before = _snapshot(remote), registry_state(uri)
     overrides = [
         f"storage.tracking_uri={uri}",
         f"data.source.path={source}",

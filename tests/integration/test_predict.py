@@ -17,7 +17,7 @@ from flows.cli import main
 from tests.registry_support import register_project, run_register
 
 pytestmark = pytest.mark.integration
-MODEL = "tlp-digits"  # params.yaml's registry.model_name
+MODEL = "tlp-uci-digits"  # params.yaml's registry.model_name
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_predict_on_a_folder_matches_pyfunc_predict(registered, folder, runtime,
     assert failed.label.isna().all() and failed.probability.isna().all()
     assert "not an image" in failed.error[str(root / "wrong_shape.npy")]
     scored = table[table.error == ""].set_index("path").loc[[str(p) for p in good]]
-    expected = mlflow.pyfunc.load_model(f"models:/{MODEL}@challenger").predict(
+    expected = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(
         [p.read_bytes() for p in good]  # PNG bytes: the model reads no paths
     )
     assert scored.label.tolist() == expected.label.tolist()

@@ -93,7 +93,7 @@ def test_rank_orders_sources_and_records_the_table(
             "not a readable timm checkpoint file",
         ),
         (lambda d: str(d), "is not a checkpoint folder"),
-        (lambda d: "models:/tlp-digits", "expected models:/NAME@ALIAS or models:/NAME/VERSION"),
+        (lambda d: "models:/tlp-uci-digits", "expected models:/NAME@ALIAS or models:/NAME/VERSION"),
     ],
 )
 def test_a_bad_candidate_is_named_and_nothing_is_logged(project, capsys, make, message):

@@ -19,8 +19,8 @@ def run(project, capsys, *args):
 
 
 def test_malformed_reference_is_named(project, capsys):
-    code, err = run(project, capsys, "lineage", "tlp-digits")
-    assert code == 1 and "'tlp-digits': expected NAME@ALIAS or NAME/VERSION" in err
+    code, err = run(project, capsys, "lineage", "tlp-uci-digits")
+    assert code == 1 and "'tlp-uci-digits': expected NAME@ALIAS or NAME/VERSION" in err
 
 
 def test_unknown_model_is_named(project, capsys):

@@ -103,7 +103,7 @@ def test_head_classes_without_building_a_model(tmp_path, project_root):
     assert classes("h.safetensors") == ()
     assert classes("folder") == ("cat", "dog")
     assert classes("efficientnet-lite0")[:2] == ("n01440764", "n01443537")
-    assert classes("models:/tlp-digits@champion") is None  # needs the registry: unknown here
+    assert classes("models:/tlp-uci-digits@champion") is None  # needs the registry: unknown here
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,7 @@ def test_help_lists_the_three_command_groups():
         *("params", "rank", "reproduce", "run", "serve", "stage", "validate"),
     ]
     assert sections["Registered models"] == [
-        *("lineage", "predict", "promote", "rollback", "serve-model"),
+        *("audit", "lineage", "predict", "promote", "rollback", "serve-model"),
     ]
     assert sections["Operations"] == ["server", "ui"]
     assert {"--project-dir", "--verbose", "--help"} <= set(sections["Global options"])
@@ -63,7 +63,7 @@ def test_help_lists_the_three_command_groups():
     "args, named",
     [
         (["run", "--bogus"], "--bogus"),
-        (["promote", "tlp-digits"], "VERSION"),
+        (["promote", "tlp-uci-digits"], "VERSION"),
         (["rank", "--score", "accuracy"], "accuracy"),
         (["train"], "train"),
     ],
@@ -87,11 +87,12 @@ PARAMS_COMMANDS = {
     "params": [],
     "validate": [],
     "rank": ["models/source"],
-    "reproduce": ["tlp-digits@champion"],
+    "reproduce": ["tlp-uci-digits@champion"],
     "serve": [],
-    "promote": ["tlp-digits", "3", "--reason", "why"],
-    "rollback": ["tlp-digits"],
-    "lineage": ["tlp-digits@champion"],
+    "promote": ["tlp-uci-digits", "3", "--reason", "why"],
+    "rollback": ["tlp-uci-digits"],
+    "lineage": ["tlp-uci-digits@champion"],
+    "audit": [],
     "predict": ["images/"],
     "serve-model": [],
     "ui": [],

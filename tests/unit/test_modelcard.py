@@ -61,7 +61,7 @@ def card_facts(**changes) -> dict:
     facts = {
         "generated": "2026-01-01T00:00:00+00:00",
         "model": {
-            "name": "tlp-digits",
+            "name": "tlp-uci-digits",
             "version": "7",
             "strategy": "full",
             "arch": "resnet10t",
@@ -121,7 +121,7 @@ def test_every_section_in_order_with_intervals_and_flags():
     card = model_card_markdown(card_facts())
     positions = [card.index(s) for s in SECTIONS]
     assert positions == sorted(positions)
-    assert card.startswith("# Model card: tlp-digits version 7")
+    assert card.startswith("# Model card: tlp-uci-digits version 7")
     assert "| **full** (registered) | 0.9000 (0.770-0.960) | 0.9500 (0.750-1.000) |" in card
     assert "| dann | 0.4000 (0.260-0.550) |" in card and "NEGATIVE TRANSFER" in card
     assert "dann fell below scratch by more than the margin (gain -0.1000, margin 0.0500)" in card
@@ -131,7 +131,7 @@ def test_every_section_in_order_with_intervals_and_flags():
     assert "`0`, `1`" in card and "**Out of scope:**" in card
     assert "Small test set: 40 images" in card and "0.770-0.960" in card
     assert "ECE 0.0800" in card and "| 0.80-1.00 | 0.950 | 1.000 | 30 |" in card
-    assert 'load_model("models:/tlp-digits/7")' in card and "@challenger" in card
+    assert 'load_model("models:/tlp-uci-digits/7")' in card and "@challenger" in card
     assert "Takes raw images" in card  # what the version takes: the old description
     assert "Pending at registration" in card
 

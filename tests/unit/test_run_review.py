@@ -55,7 +55,7 @@ def test_params_flattened_within_mlflow_limits():
 
 def summary(promotion=None, flags=None) -> dict:
     return {
-        "model_name": "tlp-digits",
+        "model_name": "tlp-uci-digits",
         "version": "4",
         "registered_strategy": "full",
         "selected_on": "val_accuracy",
@@ -74,7 +74,7 @@ def test_description_says_version_accuracy_and_the_gate():
         "reason": "gain +0.0100 is not significant",
     }
     text = run_description(summary(refused), "http://127.0.0.1:4200/runs/flow-run/x")
-    assert "Registered **tlp-digits version 4** (`full`" in text
+    assert "Registered **tlp-uci-digits version 4** (`full`" in text
     assert "test accuracy 0.9000 (95% CI 0.770-0.960) on 40 test images" in text
     assert "validation accuracy 0.9500 on 20" in text
     assert "kept out; @champion stays version 3: gain +0.0100 is not significant" in text

@@ -17,7 +17,7 @@ VAL = {"scratch": 0.90, "linear_probe": 0.80, "source_only": 0.70, "full": 0.92}
 def _gate(promote: bool, reason: str, champion_before: str | None) -> dict:
     """A promotion outcome as flows/promote.gate_and_promote returns it."""
     return {
-        "model": "tlp-digits",
+        "model": "tlp-uci-digits",
         "candidate": "3",
         "champion_before": champion_before,
         "champion_after": "3" if promote else champion_before,
@@ -38,7 +38,7 @@ def _summary(registered: str, negative: dict, promotion: dict | None = None) -> 
     return {
         "tracking_uri": "sqlite:///m.db",
         "ui_command": "mlflow ui",
-        "model_name": "tlp-digits",
+        "model_name": "tlp-uci-digits",
         "version": "3",
         "aliases": aliases,
         "registered_strategy": registered,
@@ -88,7 +88,7 @@ def _line(out: str, label: str) -> str:
 
 def test_a_refused_candidate_is_said_refused_and_not_loaded_as_champion(capsys):
     out = _out(capsys, _summary("full", {}, REFUSED))
-    assert _line(out, "registered model") == "tlp-digits version 3 (@challenger)"
+    assert _line(out, "registered model") == "tlp-uci-digits version 3 (@challenger)"
     assert _line(out, "promotion gate") == (
         "REFUSED: candidate accuracy 0.4993 is below the minimum 0.5000"
     )
@@ -96,30 +96,32 @@ def test_a_refused_candidate_is_said_refused_and_not_loaded_as_champion(capsys):
         "unchanged: version 1, an earlier model, not this run's version 3"
     )
     assert _line(out, "load this model") == (
-        "mlflow.pyfunc.load_model('models:/tlp-digits/3')  (or models:/tlp-digits@challenger)"
+        "mlflow.pyfunc.load_model('models:/tlp-uci-digits/3')  "
+        "(or models:/tlp-uci-digits@challenger)"
     )
-    assert "models:/tlp-digits@champion" not in out
+    assert "models:/tlp-uci-digits@champion" not in out
     assert "load it with" not in out
 
 
 def test_a_refused_candidate_without_any_champion_says_there_is_none(capsys):
     out = _out(capsys, _summary("full", {}, _gate(False, "candidate accuracy 0.1 is low", None)))
     assert _line(out, "@champion") == "none: no version has passed the gate yet"
-    assert "models:/tlp-digits@champion" not in out
+    assert "models:/tlp-uci-digits@champion" not in out
 
 
 def test_a_promoted_candidate_is_loaded_as_champion(capsys):
     out = _out(capsys, _summary("full", {}, PROMOTED))
     assert _line(out, "promotion gate") == "PROMOTED: gain +0.0300, McNemar p=0.01 < alpha 0.05"
     assert _line(out, "@champion") == "version 3, this run's model (was version 2)"
-    assert _line(out, "load it with") == "mlflow.pyfunc.load_model('models:/tlp-digits@champion')"
+    loaded = "mlflow.pyfunc.load_model('models:/tlp-uci-digits@champion')"
+    assert _line(out, "load it with") == loaded
 
 
 def test_the_first_champion_says_so(capsys):
     out = _out(capsys, _summary("full", {}, FIRST))
     assert _line(out, "promotion gate").startswith("PROMOTED: no champion yet;")
     assert _line(out, "@champion") == "version 3, this run's model (the first champion)"
-    assert "models:/tlp-digits@champion" in out
+    assert "models:/tlp-uci-digits@champion" in out
 
 
 def test_a_version_already_champion_is_not_gated_again(capsys):
@@ -132,7 +134,7 @@ def test_a_version_already_champion_is_not_gated_again(capsys):
     out = _out(capsys, summary)
     assert _line(out, "promotion gate") == "not run: version 3 is already @champion"
     assert _line(out, "@champion") == "version 3, this run's model"
-    assert "models:/tlp-digits@champion" in out
+    assert "models:/tlp-uci-digits@champion" in out
 
 
 def test_test_and_validation_accuracy_with_split_sizes_and_negative_transfer(capsys):
@@ -183,7 +185,7 @@ def test_up_to_date_says_the_same_about_the_gate(capsys):
     out = capsys.readouterr().out
     assert _line(out, "promotion gate").startswith("REFUSED: candidate accuracy 0.4993")
     assert _line(out, "@champion").startswith("unchanged: version 1")
-    assert "models:/tlp-digits@champion" not in out
+    assert "models:/tlp-uci-digits@champion" not in out
     assert "  negative transfer   : linear_probe, source_only fell" in out
 
 
@@ -206,7 +208,7 @@ def test_summaries_saved_by_older_versions_still_print(capsys, champion):
     assert "    full         0.9300 / n/a  (gain over scratch +0.0050)  <- registered" in out
     assert _line(out, "accuracy") == "test / validation; registered: best validation accuracy"
     if champion:
-        assert _line(out, "load it with").endswith("'models:/tlp-digits@champion')")
+        assert _line(out, "load it with").endswith("'models:/tlp-uci-digits@champion')")
     else:
         assert _line(out, "@champion") == "not this run's model (version 3 does not hold it)"
         assert _line(out, "load this model").startswith("mlflow.pyfunc.load_model('models:/tl")
@@ -224,6 +226,6 @@ def test_the_prefect_artifact_says_it_too():
     assert "**Negative transfer**: linear_probe, source_only fell below scratch" in text
     assert "**Promotion gate**: REFUSED: candidate accuracy 0.4993 is below" in text
     assert "**@champion**: unchanged: version 1" in text
-    assert "Load this model: `mlflow.pyfunc.load_model('models:/tlp-digits/3')" in text
+    assert "Load this model: `mlflow.pyfunc.load_model('models:/tlp-uci-digits/3')" in text
     assert "| full | 0.9300 | 0.9200 | 0.5000 | 0.1000 |" in text
     assert "(test: 400 images, validation: 50 images)" in text

@@ -25,7 +25,7 @@ stages:
       md5: 1.dir
 """
 SUMMARY = {
-    "model_name": "tlp-digits",
+    "model_name": "tlp-uci-digits",
     "version": "1",
     "registered_strategy": "full",
     "candidates": {"scratch": {"accuracy": 0.5}, "full": {"accuracy": 0.9}},
@@ -41,8 +41,8 @@ def _registry(db: Path, aliases: list[tuple[str, str]]) -> None:
     con.execute("CREATE TABLE IF NOT EXISTS registered_model_aliases (alias, version, name)")
     con.execute("DELETE FROM model_versions")
     con.execute("DELETE FROM registered_model_aliases")
-    con.execute("INSERT INTO model_versions VALUES ('tlp-digits', 1, 'None', 'READY')")
-    con.executemany("INSERT INTO registered_model_aliases VALUES (?, ?, 'tlp-digits')", aliases)
+    con.execute("INSERT INTO model_versions VALUES ('tlp-uci-digits', 1, 'None', 'READY')")
+    con.executemany("INSERT INTO registered_model_aliases VALUES (?, ?, 'tlp-uci-digits')", aliases)
     con.commit()
     con.close()
 
@@ -178,7 +178,7 @@ def test_tlp_run_prints_the_earlier_result(project):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Nothing changed: data and pipelines are up to date." in out.stdout
-    assert "tlp-digits version 1 (@champion)" in out.stdout
+    assert "tlp-uci-digits version 1 (@champion)" in out.stdout
     assert "clever-fox (abc)" in out.stdout
     assert "skipped (up to date): prepare, validate, pretrain, transfer, evaluate, register" in (
         out.stdout

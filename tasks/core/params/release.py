@@ -28,7 +28,9 @@ class EvaluateParams(Section):
 
 
 class RegistryParams(Section):
-    model_name: str = Field(min_length=1)
+    # null: derived from the target when params resolve (Params._derive_model_name), so a
+    # resolved tree always names a model, and a model holds one task (tasks/registry/identity.py)
+    model_name: str | None = Field(min_length=1)
     challenger_alias: str
     champion_alias: str
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -26,6 +27,26 @@ from tasks.core.params.training import (
     PretrainParams,
     TransferParams,
 )
+
+MODEL_PREFIX = "tlp-"
+
+
+def derived_model_name(builtin: str | None, path: str | None) -> str | None:
+    """``tlp-<slug>`` of a target: the built-in's name, or the folder's base name, lowercased,
+    each run of characters outside [a-z0-9-] replaced by one '-' (valid for MLflow and in a
+    URI). None when neither is given (the data section reports that)."""
+    if path:
+        from pathlib import Path
+
+        folder = Path(str(path)).expanduser()
+        stem = folder.name or folder.resolve().name
+    elif builtin:
+        stem = str(builtin)
+    else:
+        return None
+    slug = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-")
+    return MODEL_PREFIX + (slug or "target")
+
 
 # Sections that say where things are kept, not what a run computes: not in the hash.
 UNHASHED_SECTIONS = frozenset({"storage"})
@@ -77,6 +98,23 @@ class Params(Section):
         if pretrain.get("source_resolution") == "auto":
             pretrain["source_resolution"] = resolution
         return {**tree, "pretrain": pretrain}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_model_name(cls, tree):
+        """A null ``registry.model_name`` becomes ``tlp-<target>`` (``derived_model_name``):
+        a model is bound to one task, so each target registers under a name of its own unless
+        the user names one. Resolved here, so params.resolved.yaml and DVC hold the name."""
+        if not isinstance(tree, dict):
+            return tree
+        registry, data = tree.get("registry"), tree.get("data")
+        if not isinstance(registry, dict) or registry.get("model_name") is not None:
+            return tree
+        target = data.get("target") if isinstance(data, dict) else None
+        if not isinstance(target, dict):
+            return tree
+        name = derived_model_name(target.get("builtin"), target.get("path"))
+        return {**tree, "registry": {**registry, "model_name": name}} if name else tree
 
     @model_validator(mode="after")
     def _auto_needs_candidates(self) -> Params:

@@ -98,7 +98,7 @@ def test_two_runs_without_wait_one_stops_with_a_clear_message(project, tmp_path_
     assert busy_code == 3, busy_out[-2000:]
     assert (
         "tlp: run stopped:" in busy_out
-        and "another pipeline run holds the project lock" in busy_out
+        and "another tlp command holds the project lock" in busy_out
     )
     assert "--wait SECONDS" in busy_out
     assert "database is locked" not in busy_out + ok_out

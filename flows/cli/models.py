@@ -43,8 +43,8 @@ def promote(
     """
     from flows.promote import gate_and_promote
 
-    project, params = open_registry(project, options)
     with project_lock(project, wait, f"promote {name} {version}"):  # a run's gate moves it too
+        project, params = open_registry(project, options)
         outcome = gate_and_promote(project, params, name, version, reason, force, manual=True)
     if outcome["promoted"]:
         how = "FORCED past the gate" if outcome["forced"] else "gate passed"
@@ -72,8 +72,8 @@ def rollback(
     """
     from tasks.registry.aliases import rollback_champion
 
-    project, params = open_registry(project, options)
     with project_lock(project, wait, f"rollback {name}"):
+        project, params = open_registry(project, options)
         event = rollback_champion(
             project,
             name,

@@ -333,7 +333,12 @@ def serve(
         "infra/prefect.yaml to a work pool (README: Running for a team).",
         flush=True,
     )
-    serve_pipeline(project.resolve(), cfg, list(options.overrides), profile)
+    from flows import prefect_api
+
+    # each scheduled run holds the project's lock itself (flows/pipeline.py, holds_run_lock);
+    # without a configured server, the runs are stored in the project's Prefect database
+    with prefect_api.project_database(project.resolve()):
+        serve_pipeline(project.resolve(), cfg, list(options.overrides), profile)
     return 0
 
 

@@ -70,8 +70,7 @@ def test_the_users_own_prefect_choice_wins(tmp_path, monkeypatch):
     assert prefect_api.project_database_url(tmp_path) is None
     monkeypatch.delenv("PREFECT_HOME")
     profiles.write_text(
-        'active = "team"\n[profiles.team]\n'
-        'PREFECT_API_URL = "http://127.0.0.1:4200/api"\n'
+        'active = "team"\n[profiles.team]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n'
     )
     assert prefect_api.project_database_url(tmp_path) is None  # runs go to that server
     assert prefect_api.project_database_url(tmp_path, server=True) == url  # tlp server's db

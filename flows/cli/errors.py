@@ -52,8 +52,9 @@ def sigterm_unwinds() -> Iterator[None]:
 def interrupted(exc: BaseException) -> int | None:
     """The exit code of a signal that unwound the command (130 or 143), else None; says so
     in one line on stderr."""
-    name = type(exc).__name__
-    if isinstance(exc, Terminated) or name == "TerminationSignal":  # prefect.exceptions'
+    prefect = sys.modules.get("prefect.exceptions")  # raised it only if it is loaded
+    by_prefect = prefect is not None and isinstance(exc, prefect.TerminationSignal)
+    if isinstance(exc, Terminated) or by_prefect:
         print("tlp: terminated (SIGTERM)", file=sys.stderr)
         return TERMINATED
     if isinstance(exc, KeyboardInterrupt):

@@ -90,3 +90,30 @@ def test_the_holder_names_its_command(project):
 
     assert main(["-C", str(project), "params", "--set", "base.seed=3"]) == 0
     assert read_holder(lock_path(project))["what"] == "tlp params"
+
+
+def _sigterm_self() -> int:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises here
+    return 0
+
+
+def _prefect_termination() -> int:
+    from prefect.exceptions import TerminationSignal
+
+    raise TerminationSignal(15)  # what Prefect's own handler raises inside a flow
+
+
+@pytest.mark.parametrize("call", [_sigterm_self, _prefect_termination])
+def test_sigterm_unwinds_the_command_and_exits_143(tmp_path, call, capsys):
+    import signal
+
+    from flows.cli.errors import run_command
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_command("run", call, tmp_path, False, []) == 143
+    assert capsys.readouterr().err.strip().splitlines() == ["tlp: terminated (SIGTERM)"]
+    assert signal.getsignal(signal.SIGTERM) is before  # restored after the command

@@ -126,13 +126,15 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _is_our_server(pid: int) -> bool:
-    """Whether ``pid`` is a running temporary API server launched by tlp (its command line)."""
+def _is_our_server(pid: int, port: int) -> bool:
+    """Whether ``pid`` runs the temporary API server tlp launched on ``port`` (its command
+    line: a reused pid, or another project's server, does not match)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"uvicorn" in cmdline and SERVER_APP.encode() in cmdline
+    wanted = (b"uvicorn", SERVER_APP.encode(), b"--port", str(port).encode())
+    return all(part in cmdline for part in wanted)
 
 
 def stop_orphan(project: Path) -> int | None:
@@ -140,16 +142,14 @@ def stop_orphan(project: Path) -> int | None:
     (from its pid file); returns its pid, or None when there was none."""
     path = Path(project).resolve() / PID_FILE
     try:
-        pid = int(json.loads(path.read_text())["pid"])
+        recorded = json.loads(path.read_text())
+        pid, port = int(recorded["pid"]), int(recorded["port"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     found = None
-    if pid != os.getpid() and _is_our_server(pid):
+    if pid != os.getpid() and _is_our_server(pid, port):
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            try:
-                os.killpg(pid, signal.SIGTERM)  # its own session: the group is all of it
-            except ProcessLookupError:
-                os.kill(pid, signal.SIGTERM)  # launched by an older tlp, in tlp's group
+            os.killpg(pid, signal.SIGTERM)  # its own session: the group is all of it
             found = pid
     path.unlink(missing_ok=True)
     return found

@@ -129,6 +129,9 @@ def _start_in_a_terminal(project: Path, home: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # SIGINT as a terminal leaves it (a test runner started in the background ignores it,
+        # and a child inherits that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
 
 

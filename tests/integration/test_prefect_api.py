@@ -121,6 +121,11 @@ def test_an_orphan_server_of_ours_is_stopped(tmp_path):
     api.launch()
     process, api.process = api.process, None  # forgotten, as by a process that was killed
     try:
+        pid_file = tmp_path / prefect_api.PID_FILE
+        recorded = pid_file.read_text()
+        pid_file.write_text(recorded.replace('"port": ', '"port": 1'))  # another server's port
+        assert prefect_api.stop_orphan(tmp_path) is None and process.poll() is None
+        pid_file.write_text(recorded)
         assert prefect_api.stop_orphan(tmp_path) == process.pid
         assert process.wait(timeout=30) is not None
         assert not (tmp_path / prefect_api.PID_FILE).exists()

@@ -137,6 +137,12 @@ def _is_our_server(pid: int, port: int) -> bool:
     return all(part in cmdline for part in wanted)
 
 
+def left_by_a_killed_run(project: Path) -> bool:
+    """A temporary API's pid file outlives only a ``tlp run`` that was killed (``stop``
+    removes it, at exit or on Ctrl-C / SIGTERM)."""
+    return (Path(project).resolve() / PID_FILE).is_file()
+
+
 def stop_orphan(project: Path) -> int | None:
     """Stop a temporary API server that a killed ``tlp run`` of this project left running
     (from its pid file); returns its pid, or None when there was none."""

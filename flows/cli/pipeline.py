@@ -47,12 +47,12 @@ def run(
 
     # held before Prefect starts: two runs never share the ephemeral API's SQLite database
     with run_lock(project, wait=wait):
+        _clean_up_after_a_killed_run(project, params)
         why = None if force_flow else _changed(project, params)
         if why == "":
             return 0
         from flows import prefect_api
 
-        _clean_up_after_a_killed_run(project)
         api = prefect_api.start_early(project)  # a subprocess: starts during the imports below
         _check_checkpoint(project, params, api)
         if why:
@@ -71,14 +71,30 @@ def run(
     return 0
 
 
-def _clean_up_after_a_killed_run(project: Path) -> None:
-    """A temporary Prefect API that a killed run of this project left running is stopped
-    (the flow itself ends the rest: stale MLflow runs, partial DVC files)."""
+def _clean_up_after_a_killed_run(project: Path, params) -> None:
+    """Under the lock, before anything else: a run killed with no chance to clean up (its
+    temporary API's pid file is still there) left an API server, RUNNING MLflow runs and
+    half-copied DVC files; end them now, even if nothing else is to be done. (The flow does
+    the same at its start, for runs that used a configured Prefect server.)"""
     from flows import prefect_api
 
-    pid = prefect_api.stop_orphan(project)
-    if pid is not None:
-        print(f"tlp run: stopped a Prefect API (pid {pid}) a killed run left", file=sys.stderr)
+    if not prefect_api.left_by_a_killed_run(project):
+        return
+    from tasks.core import stale, tracking, versioning
+
+    api = prefect_api.stop_orphan(project)
+    experiment = tracking.configure(params.storage.tracking_uri, project, params.base.experiment)
+    runs = stale.end_stale_runs([experiment])
+    remote = versioning.ensure_remote(
+        project, params.storage.dvc_remote, params.storage.dvc_remote_endpoint
+    )
+    files = stale.remove_dvc_partials(project, remote)
+    server = f"its Prefect API (pid {api}) stopped, " if api else ""
+    print(
+        f"tlp run: an earlier run of this project was killed: {server}{len(runs)} MLflow "
+        f"run(s) it left RUNNING marked FAILED, {len(files)} unfinished DVC file(s) removed",
+        file=sys.stderr,
+    )
 
 
 def preflight(params, project: Path) -> None:

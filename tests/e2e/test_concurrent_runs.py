@@ -210,6 +210,7 @@ def test_ctrl_c_then_kill_9_then_a_rerun_gives_the_uninterrupted_metrics(project
     proc = _start_in_a_terminal(faults, home)
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out[-3000:]
+    assert "tlp run: an earlier run of this project was killed: " in out, out[:3000]
     statuses = _run_statuses(faults)
     assert all(statuses[run] == "FAILED" for run in left)
     assert "RUNNING" not in statuses.values()

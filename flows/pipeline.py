@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 
 from flows import outcome
 from flows.promote import promote_model
-from tasks.core import tracking, uptodate, versioning
+from tasks.core import stale, tracking, uptodate, versioning
 from tasks.core.context import StageContext, open_context, read_json, write_json
 from tasks.core.locking import holds_run_lock
 from tasks.core.logs import forward_to_prefect
@@ -177,6 +177,13 @@ def publish_source_choice(ctx: StageContext) -> None:
     tracking.set_tags({"source_choice": report["chosen"]}, run_id=ctx.parent_run_id)
 
 
+def end_what_a_killed_run_left(ctx: StageContext, remote_url: str) -> None:
+    """tasks/core/stale.py, under the run lock and before any stage: MLflow runs a killed
+    process left RUNNING are marked FAILED, DVC's unfinished copies removed."""
+    stale.end_stale_runs([ctx.experiment_id])
+    stale.remove_dvc_partials(ctx.project_dir, remote_url)
+
+
 def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClock):
     """Params resolved and saved, the DVC remote set, the MLflow parent run started."""
     with clock("setup"):
@@ -186,9 +193,10 @@ def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClo
         check_checkpoint(params, project)  # a bad pretrain.checkpoint: before any stage runs
         write_resolved(params, project)
         ctx = open_context(project, params, flow_run=_flow_run_info())
-        versioning.ensure_remote(
+        remote = versioning.ensure_remote(
             project, params.storage.dvc_remote, params.storage.dvc_remote_endpoint
         )
+        end_what_a_killed_run_left(ctx, remote)
         ctx.parent_run_id = tracking.start_parent_run(
             ctx.experiment_id,
             run_name=f"pipeline-{ctx.flow_run['name']}",
@@ -196,6 +204,7 @@ def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClo
                 "profile": profile,
                 "params_hash": params.digest(),
                 "prefect_flow_run_id": ctx.flow_run["id"],
+                **stale.process_tags(),
             },
         )
         resolved = params.model_dump(mode="json", exclude=set(UNHASHED_SECTIONS))

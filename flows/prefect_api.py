@@ -12,13 +12,29 @@ workers have sent what they hold.
 Nothing is launched when ``PREFECT_API_URL`` names a running server (environment or Prefect
 profile: it is used as it is), when Prefect's ephemeral mode is off, or with
 ``TLP_PREFECT_PRESTART=0`` (Prefect then starts its server itself, as it would without tlp).
+
+Where flow runs are stored: in the project, ``.tlp/prefect/prefect.db``, not the user-wide
+``~/.prefect/prefect.db`` where the flow runs of every project mixed. Only the server's
+database moves (Prefect's ``server.database.connection_url`` setting), not PREFECT_HOME, so
+the user's Prefect profiles and settings keep working. The user's own choice wins: a
+``PREFECT_API_URL``, a ``PREFECT_HOME``, or a database setting, in the environment or in the
+active Prefect profile, leaves Prefect where the user put it.
+
+The server runs in a session of its own, so a terminal's Ctrl-C (SIGINT to tlp's process
+group) reaches tlp, which stops the flow while the server records it; on Linux the kernel
+also sends it SIGTERM when tlp dies (``PR_SET_PDEATHSIG``), even by ``kill -9``. Its pid is
+written to ``.tlp/prefect/api.pid``: a server some older crash left behind is stopped by the
+next ``tlp run`` (only if its command line is this server's).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +47,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PORT_IN_USE = 3  # uvicorn's exit code when it cannot bind
+DATABASE_DIR = Path(".tlp") / "prefect"
+PID_FILE = DATABASE_DIR / "api.pid"
+SERVER_APP = "prefect.server.api.server:create_app"
+DATABASE_SETTING = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+# settings by which a user says where Prefect keeps its state (tlp then leaves it there)
+USER_CHOICES = (
+    "PREFECT_API_URL",
+    "PREFECT_HOME",
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PREFECT_SERVER_DATABASE_DRIVER",
+    "PREFECT_API_DATABASE_DRIVER",
+    "PREFECT_SERVER_DATABASE_NAME",
+    "PREFECT_API_DATABASE_NAME",
+)
+PR_SET_PDEATHSIG = 1
 
 
 class ApiStartFailed(RuntimeError):
@@ -43,12 +75,100 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _active_profile() -> dict[str, str]:
+    """The settings of the active Prefect profile, read from profiles.toml without importing
+    Prefect (``tlp run`` launches the server before Prefect is imported)."""
+    import tomllib
+
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    name = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    found = profiles.get("profiles", {}).get(name, {})
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def project_database_url(project: Path, server: bool = False) -> str | None:
+    """The project's own Prefect database (SQLite under ``.tlp/prefect``), or None when the
+    user chose where Prefect keeps its state (environment or active profile). For a
+    ``server`` (``tlp server``) an API URL is where clients look, not a choice of database."""
+    profile = _active_profile()
+    choices = USER_CHOICES[1:] if server else USER_CHOICES
+    if any(os.environ.get(key) or profile.get(key) for key in choices):
+        return None
+    folder = Path(project).resolve() / DATABASE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite+aiosqlite:///{folder / 'prefect.db'}"
+
+
+@contextlib.contextmanager
+def project_database(project: Path) -> Iterator[None]:
+    """Flows run inside the block by Prefect's own temporary server store their runs in the
+    project's database (Prefect passes its current settings to the server it starts)."""
+    url = project_database_url(project)
+    if url is None:
+        yield
+        return
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+
+    with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: url}):
+        yield
+
+
+def _die_with_parent() -> None:
+    """In the server's process, before it runs: SIGTERM when tlp dies, however it dies."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _is_our_server(pid: int, port: int) -> bool:
+    """Whether ``pid`` runs the temporary API server tlp launched on ``port`` (its command
+    line: a reused pid, or another project's server, does not match)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    wanted = (b"uvicorn", SERVER_APP.encode(), b"--port", str(port).encode())
+    return all(part in cmdline for part in wanted)
+
+
+def left_by_a_killed_run(project: Path) -> bool:
+    """A temporary API's pid file outlives only a ``tlp run`` that was killed (``stop``
+    removes it, at exit or on Ctrl-C / SIGTERM)."""
+    return (Path(project).resolve() / PID_FILE).is_file()
+
+
+def stop_orphan(project: Path) -> int | None:
+    """Stop a temporary API server that a killed ``tlp run`` of this project left running
+    (from its pid file); returns its pid, or None when there was none."""
+    path = Path(project).resolve() / PID_FILE
+    try:
+        recorded = json.loads(path.read_text())
+        pid, port = int(recorded["pid"]), int(recorded["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    found = None
+    if pid != os.getpid() and _is_our_server(pid, port):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)  # its own session: the group is all of it
+            found = pid
+    path.unlink(missing_ok=True)
+    return found
+
+
 class TemporaryApi:
     """One uvicorn process serving Prefect's API on 127.0.0.1, for this process only."""
 
-    def __init__(self) -> None:
+    def __init__(self, project: Path | None = None) -> None:
         self.port = 0
         self.process: subprocess.Popen | None = None
+        self.project = None if project is None else Path(project).resolve()
+        self.database_url = None if project is None else project_database_url(project)
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
 
     @property
@@ -59,23 +179,36 @@ class TemporaryApi:
         # where prefect is installed, without importing it: the server's code loads there only
         site = Path(importlib.util.find_spec("prefect").origin).parent.parent
         self.port = _free_port()
+        database = {DATABASE_SETTING: self.database_url} if self.database_url else {}
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 *("-m", "uvicorn", "--app-dir", str(site)),
-                *("--factory", "prefect.server.api.server:create_app"),
+                *("--factory", SERVER_APP),
                 *("--host", "127.0.0.1", "--port", str(self.port)),
                 *("--log-level", "error", "--lifespan", "on"),
             ],
             env={
                 **os.environ,
+                **database,
                 "PREFECT_UI_ENABLED": "0",
                 "PREFECT__SERVER_EPHEMERAL": "1",
                 "PREFECT__SERVER_FINAL": "1",
             },
             stdout=subprocess.DEVNULL,
             stderr=self._log,
+            start_new_session=True,  # a terminal's Ctrl-C is tlp's to handle, not the server's
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
+        self._write_pid_file()
+
+    def _write_pid_file(self) -> None:
+        if self.project is None:
+            return
+        path = self.project / PID_FILE
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"pid": self.process.pid, "port": self.port}))
 
     def wait_until_up(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -108,6 +241,8 @@ class TemporaryApi:
                 self.process.kill()
                 self.process.wait()
             self.process = None
+            if self.project is not None:
+                (self.project / PID_FILE).unlink(missing_ok=True)
         self._log.close()
 
     def _stderr(self) -> str:
@@ -115,12 +250,12 @@ class TemporaryApi:
         return self._log.read().decode(errors="replace")[-2000:].strip() or "no output"
 
 
-def start_early() -> TemporaryApi | None:
-    """Launch the server now, unless the environment names an API or asks for Prefect's own
-    start; ``use`` later checks the Prefect profile too."""
+def start_early(project: Path | None = None) -> TemporaryApi | None:
+    """Launch the server now (on ``project``'s own database), unless the environment names an
+    API or asks for Prefect's own start; ``use`` later checks the Prefect profile too."""
     if os.environ.get("TLP_PREFECT_PRESTART", "1") == "0" or os.environ.get("PREFECT_API_URL"):
         return None
-    api = TemporaryApi()
+    api = TemporaryApi(project)
     try:
         api.launch()
     except OSError:  # Prefect will start its own server and report what is wrong

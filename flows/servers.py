@@ -1,7 +1,7 @@
 """``tlp ui`` and ``tlp server``: the MLflow UI and local team servers, on 127.0.0.1 only.
 
 ``tlp ui`` opens the MLflow UI on the project's own store (``storage.tracking_uri``).
-``tlp server`` starts, in one supervised group, a Prefect server (SQLite under PREFECT_HOME)
+``tlp server`` starts, in one supervised group, a Prefect server (the project's SQLite)
 and an MLflow tracking server (the project's store, artifacts served by it) for a small team
 on one box; both stop together on Ctrl-C. Servers listen on 127.0.0.1: reach them from other
 machines through an SSH tunnel or a proxy you trust, or use infra/docker-compose.yml.
@@ -65,7 +65,8 @@ def mlflow_server_service(
 
 
 def prefect_server_service(port: int, database_url: str | None = None) -> Service:
-    """``prefect server start``: SQLite under PREFECT_HOME unless a database URL is given."""
+    """``prefect server start``: SQLite under PREFECT_HOME unless a database URL is given
+    (``tlp server`` gives the project's, flows/prefect_api.py)."""
     env = {
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_API_URL": f"http://{HOST}:{port}/api",

@@ -21,7 +21,7 @@ from cyclopts import App, Parameter
 from cyclopts.exceptions import CycloptsError
 
 from flows.cli import models, operations, pipeline, predict
-from flows.cli.errors import run_command
+from flows.cli.errors import interrupted, run_command
 from flows.cli.options import GLOBAL, MODELS, OPERATIONS, PIPELINE, ProjectDir, Verbose
 
 __all__ = ["app", "console", "main"]
@@ -107,9 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         helps = " ".join(["tlp", *(exc.command_chain or ())[:1], "--help"])
         print(f"tlp: usage error: {message} ({helps} lists the options)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("tlp: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # before or after the command ran
+        return interrupted(exc)
     return 0 if code is None else int(code)
 
 

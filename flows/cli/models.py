@@ -14,7 +14,9 @@ from flows.cli.options import (
     ModelRef,
     ParamsOptions,
     Project,
+    Wait,
     open_registry,
+    project_lock,
 )
 
 
@@ -26,6 +28,7 @@ def promote(
     reason: str,
     force: bool = False,
     options: ParamsOptions = DEFAULT_PARAMS,
+    wait: Wait = 0.0,
     project: Project,
 ) -> int:
     """Move @champion to a version if the gate passes (--force overrides).
@@ -41,9 +44,10 @@ def promote(
     """
     from flows.promote import gate_and_promote
 
-    project, params = open_registry(project, options)
-    check_task(params, project, name)
-    outcome = gate_and_promote(project, params, name, version, reason, force, manual=True)
+    with project_lock(project, wait, f"promote {name} {version}"):  # a run's gate moves it too
+        project, params = open_registry(project, options)
+        check_task(params, project, name)
+        outcome = gate_and_promote(project, params, name, version, reason, force, manual=True)
     if outcome["promoted"]:
         how = "FORCED past the gate" if outcome["forced"] else "gate passed"
         print(f"{name} version {version} is now @champion ({how}): {outcome['reason']}")
@@ -58,6 +62,7 @@ def rollback(
     *,
     reason: str = "rollback",
     options: ParamsOptions = DEFAULT_PARAMS,
+    wait: Wait = 0.0,
     project: Project,
 ) -> int:
     """Move @champion back to @previous_champion.
@@ -69,17 +74,18 @@ def rollback(
     """
     from tasks.registry.aliases import rollback_champion
 
-    project, params = open_registry(project, options)
-    check_task(params, project, name)
-    event = rollback_champion(
-        project,
-        name,
-        reason,
-        params.registry.champion_alias,
-        params.promote.previous_alias,
-        params.promote.retries,
-        params.promote.retry_delay,
-    )
+    with project_lock(project, wait, f"rollback {name}"):
+        project, params = open_registry(project, options)
+        check_task(params, project, name)
+        event = rollback_champion(
+            project,
+            name,
+            reason,
+            params.registry.champion_alias,
+            params.promote.previous_alias,
+            params.promote.retries,
+            params.promote.retry_delay,
+        )
     print(f"{name}: @champion rolled back from {event.from_version} to {event.to_version}")
     return 0
 

@@ -54,6 +54,9 @@ def server(
 ) -> int:
     """Start a Prefect server and an MLflow server on 127.0.0.1 (one box).
 
+    The Prefect server reads the project's own database, where `tlp run` records its flow
+    runs, unless PREFECT_HOME or a Prefect database setting says otherwise.
+
     Parameters
     ----------
     prefect_port
@@ -67,6 +70,7 @@ def server(
     basic_auth
         MLflow basic auth (admin from MLFLOW_AUTH_ADMIN_USERNAME/_PASSWORD)
     """
+    from flows.prefect_api import project_database_url
     from flows.servers import mlflow_server_service, prefect_server_service, supervise
     from tasks.core.tracking import resolve_tracking_uri
 
@@ -77,7 +81,8 @@ def server(
         store = resolve_tracking_uri("sqlite:///mlflow.db", project)
     artifacts = artifacts or str(project / "mlartifacts")
     services = [
-        prefect_server_service(prefect_port),
+        # the flow runs `tlp run` recorded in the project (.tlp/prefect/prefect.db)
+        prefect_server_service(prefect_port, project_database_url(project, server=True)),
         mlflow_server_service(store, artifacts, mlflow_port, basic_auth),
     ]
     print("Starting a Prefect server and an MLflow server on 127.0.0.1. Point runs at them with:")

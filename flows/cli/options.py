@@ -37,6 +37,16 @@ Verbose = Annotated[
 ]
 # What a command declares to receive the folder named by -C; not an option of its own.
 Project = Annotated[Path, Parameter(parse=False)]
+# How long a writing command queues behind another that holds the project's lock.
+Wait = Annotated[
+    float,
+    Parameter(
+        name="--wait",
+        metavar="SECONDS",
+        help="if another tlp command holds this project's lock, wait up to SECONDS for it "
+        "(default: stop at once, exit 3)",
+    ),
+]
 # The registered model a command acts on, by name or by reference.
 ModelName = Annotated[str, Parameter(name="NAME", help="registered model name")]
 ModelRef = Annotated[str, Parameter(name="NAME@ALIAS", help="NAME@ALIAS or NAME/VERSION")]
@@ -67,6 +77,14 @@ class ParamsOptions:
 
 
 DEFAULT_PARAMS = ParamsOptions()  # params.yaml's default profile, nothing overridden
+
+
+def project_lock(project: Path, wait: float, command: str):
+    """The project's run lock (tasks/core/locking.py) for a command that writes project
+    state; the holder is described as ``tlp COMMAND`` to whoever comes second."""
+    from tasks.core.locking import run_lock
+
+    return run_lock(project.resolve(), wait=wait, what=f"tlp {command}")
 
 
 def open_registry(project: Path, options: ParamsOptions):

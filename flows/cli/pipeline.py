@@ -12,7 +12,15 @@ from typing import Annotated, Literal
 
 from cyclopts import Parameter
 
-from flows.cli.options import DEFAULT_PARAMS, ModelRef, ParamsOptions, Project, open_registry
+from flows.cli.options import (
+    DEFAULT_PARAMS,
+    ModelRef,
+    ParamsOptions,
+    Project,
+    Wait,
+    open_registry,
+    project_lock,
+)
 from flows.cli.summary import print_summary, print_up_to_date
 
 
@@ -45,19 +53,20 @@ def run(
 
     # held before Prefect starts: two runs never share the ephemeral API's SQLite database
     with run_lock(project, wait=wait):
+        _clean_up_after_a_killed_run(project, params)
         why = None if force_flow else _changed(project, params)
         if why == "":
             return 0
         from flows import prefect_api
 
-        api = prefect_api.start_early()  # a subprocess: it starts during the imports below
+        api = prefect_api.start_early(project)  # a subprocess: starts during the imports below
         _check_checkpoint(project, params, api)
         if why:
             print(f"tlp run: running the flow ({why})", file=sys.stderr)
         from flows.pipeline import transfer_pipeline
 
         open_stores_early(project, params)
-        with prefect_api.use(api):
+        with prefect_api.use(api), prefect_api.project_database(project):
             summary = transfer_pipeline(
                 profile=options.profile,
                 overrides=list(options.overrides),
@@ -66,6 +75,32 @@ def run(
             )
     print_summary(summary)
     return 0
+
+
+def _clean_up_after_a_killed_run(project: Path, params) -> None:
+    """Under the lock, before anything else: a run killed with no chance to clean up (its
+    temporary API's pid file is still there) left an API server, RUNNING MLflow runs and
+    half-copied DVC files; end them now, even if nothing else is to be done. (The flow does
+    the same at its start, for runs that used a configured Prefect server.)"""
+    from flows import prefect_api
+
+    if not prefect_api.left_by_a_killed_run(project):
+        return
+    from tasks.core import stale, tracking, versioning
+
+    api = prefect_api.stop_orphan(project)
+    experiment = tracking.configure(params.storage.tracking_uri, project, params.base.experiment)
+    runs = stale.end_stale_runs([experiment])
+    remote = versioning.ensure_remote(
+        project, params.storage.dvc_remote, params.storage.dvc_remote_endpoint
+    )
+    files = stale.remove_dvc_partials(project, remote)
+    server = f"its Prefect API (pid {api}) stopped, " if api else ""
+    print(
+        f"tlp run: an earlier run of this project was killed: {server}{len(runs)} MLflow "
+        f"run(s) it left RUNNING marked FAILED, {len(files)} unfinished DVC file(s) removed",
+        file=sys.stderr,
+    )
 
 
 def preflight(params, project: Path) -> None:
@@ -141,8 +176,11 @@ def open_stores_early(project: Path, params) -> None:
         return
 
 
-def stage(name: str, /, *, project: Project) -> int:
+def stage(name: str, /, *, wait: Wait = 0.0, project: Project) -> int:
     """Run one stage with the resolved params (what dvc.yaml calls).
+
+    The flow runs its stages in its own process, not through this command, so a
+    ``tlp run`` never waits on itself; ``dvc repro`` beside a run is refused here.
 
     Parameters
     ----------
@@ -154,13 +192,17 @@ def stage(name: str, /, *, project: Project) -> int:
     from tasks.stages import get_stage
 
     found = get_stage(name)
-    found.run(open_context(project.resolve(), load_resolved(project)))
+    with project_lock(project, wait, f"stage {name}"):
+        found.run(open_context(project.resolve(), load_resolved(project)))
     return 0
 
 
-def params(*, options: ParamsOptions = DEFAULT_PARAMS, project: Project) -> int:
+def params(*, options: ParamsOptions = DEFAULT_PARAMS, wait: Wait = 0.0, project: Project) -> int:
     """Validate params against the data and this machine, write params.resolved.yaml and
-    print it."""
+    print it.
+
+    A run in progress commits its stages with params.resolved.yaml, so the file is written
+    under the project's lock: beside a run this stops (or queues, with --wait)."""
     import yaml
 
     from tasks.core.params import write_resolved
@@ -173,16 +215,18 @@ def params(*, options: ParamsOptions = DEFAULT_PARAMS, project: Project) -> int:
         from tasks.modeling.checkpoints import check_checkpoint
 
         check_checkpoint(resolved, project.resolve())
-    path = write_resolved(resolved, project)
+    with project_lock(project, wait, "params"):
+        path = write_resolved(resolved, project)
     print(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), end="")
     print(f"# written to {path}", file=sys.stderr)
     return 0
 
 
-def validate(*, options: ParamsOptions = DEFAULT_PARAMS, project: Project) -> int:
+def validate(*, options: ParamsOptions = DEFAULT_PARAMS, wait: Wait = 0.0, project: Project) -> int:
     """Prepare and validate the datasets only (GX), then print the Data Docs path.
 
-    Runs in this process without Prefect; dvc.lock is not touched.
+    Runs in this process without Prefect; dvc.lock is not touched. It rewrites data/ and
+    params.resolved.yaml, so it holds the project's lock (a run reads them).
     """
     from tasks.core.context import open_context, read_json
     from tasks.core.params import write_resolved
@@ -191,17 +235,18 @@ def validate(*, options: ParamsOptions = DEFAULT_PARAMS, project: Project) -> in
     resolved = options.resolve(project)
     project = project.resolve()
     preflight(resolved, project)
-    write_resolved(resolved, project)
-    ctx = open_context(project, resolved)
-    get_stage("prepare").run(ctx)
-    docs = ctx.layout.data_docs / "index.html"
-    try:
-        get_stage("validate").run(ctx)
-    except StageFailed:
-        if docs.is_file():
-            print(f"Data Docs (failed validation): {docs}", file=sys.stderr)
-        raise
-    report = read_json(ctx.layout.validation_report)
+    with project_lock(project, wait, "validate"):
+        write_resolved(resolved, project)
+        ctx = open_context(project, resolved)
+        get_stage("prepare").run(ctx)
+        docs = ctx.layout.data_docs / "index.html"
+        try:
+            get_stage("validate").run(ctx)
+        except StageFailed:
+            if docs.is_file():
+                print(f"Data Docs (failed validation): {docs}", file=sys.stderr)
+            raise
+        report = read_json(ctx.layout.validation_report)
     for role in ("source", "target"):
         r = report[role]
         warned = f", warned: {', '.join(r['warned'])}" if r["warned"] else ""
@@ -221,6 +266,7 @@ def rank(
     score: Literal["logme", "leep", "nce", "h_score"] | None = None,
     as_json: Annotated[bool, Parameter(name="--json")] = False,
     options: ParamsOptions = DEFAULT_PARAMS,
+    wait: Wait = 0.0,
     project: Project,
 ) -> int:
     """Rank candidate source models for the target without fine-tuning.
@@ -260,9 +306,12 @@ def rank(
     project = project.resolve()
     for spec in specs:  # fail before Prefect, MLflow or any training starts
         check_candidate(spec, resolved, project)
+    from flows import prefect_api
     from flows.rank import rank_sources
 
-    rows = rank_sources(params=resolved, candidates=specs, project_dir=str(project))
+    # it writes .tlp/rank/, the MLflow store and (pretrained candidates) checkpoints
+    with project_lock(project, wait, "rank"), prefect_api.project_database(project):
+        rows = rank_sources(params=resolved, candidates=specs, project_dir=str(project))
     print(json.dumps(rows, indent=2) if as_json else ranking_text(rows, resolved.rank.score))
     return 0
 
@@ -273,9 +322,13 @@ def reproduce(
     *,
     workdir: Path | None = None,
     options: ParamsOptions = DEFAULT_PARAMS,
+    wait: Wait = 0.0,
     project: Project,
 ) -> int:
     """Fetch a model's data from the DVC remote, rerun, compare metrics.
+
+    The project's lock is held while its history and remote are read (a run may be
+    pushing), then the work dir's own lock while the stages rerun there.
 
     Parameters
     ----------
@@ -289,7 +342,7 @@ def reproduce(
 
     project, _ = open_registry(project, options)
     workdir = workdir or Path(tempfile.mkdtemp(prefix="tlp-reproduce-")) / "work"
-    result = rerun(ref, project, workdir.resolve())
+    result = rerun(ref, project, workdir.resolve(), lock_wait=wait)
     shown = {k: v for k, v in result.items() if k not in ("logged_metrics", "rerun_metrics")}
     print(json.dumps(shown, indent=2))
     ok = result["metrics_match"]
@@ -332,7 +385,12 @@ def serve(
         "infra/prefect.yaml to a work pool (README: Running for a team).",
         flush=True,
     )
-    serve_pipeline(project.resolve(), cfg, list(options.overrides), profile)
+    from flows import prefect_api
+
+    # each scheduled run holds the project's lock itself (flows/pipeline.py, holds_run_lock);
+    # without a configured server, the runs are stored in the project's Prefect database
+    with prefect_api.project_database(project.resolve()):
+        serve_pipeline(project.resolve(), cfg, list(options.overrides), profile)
     return 0
 
 

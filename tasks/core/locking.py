@@ -1,11 +1,17 @@
-"""One pipeline run per project at a time: an OS file lock around the whole run.
+"""One writer per project at a time: an OS file lock around every command that writes.
 
 Two ``tlp run`` in one project would otherwise race on the same SQLite files (MLflow, the
-ephemeral Prefect API) and on ``dvc.lock``. The lock is ``filelock.FileLock`` on
-``.tlp/run.lock`` (``flock(2)`` underneath): the kernel drops it when the holding process
-ends, however it ends, so a crashed run never leaves a stale lock behind. The holder writes
-who it is into the file it locked; whoever comes second either waits (``wait`` seconds) or
-stops at once with a message naming the holder.
+ephemeral Prefect API) and on ``dvc.lock``; ``tlp params`` beside a run would rewrite the
+``params.resolved.yaml`` the run's stages are committed with (so ``dvc.lock`` records params
+the stages did not train with), ``tlp validate`` would rewrite ``data/`` under it. So every
+command that writes project state (run, stage, params, validate, rank, promote, rollback,
+reproduce, and the flow runs ``tlp serve`` starts) holds this lock.
+
+The lock is ``filelock.FileLock`` on ``.tlp/run.lock`` (``flock(2)`` underneath): the
+kernel drops it when the holding process ends, however it ends, so a crashed run never
+leaves a stale lock behind. The holder writes who it is (and which command) into the file it
+locked; whoever comes second either waits (``wait`` seconds) or stops at once with a
+message naming the holder.
 
 The lock is re-entrant inside one process (the CLI takes it before Prefect starts, the flow
 takes it again so that runs started by a Prefect worker are covered too).
@@ -77,7 +83,7 @@ def _busy(path: Path, wait: float) -> RunLockBusy:
     hint = "wait for it to finish, or pass --wait SECONDS to queue behind it"
     waited = f" after waiting {wait:.0f} s" if wait > 0 else ""
     return RunLockBusy(
-        f"{path.parent.parent}: another pipeline run holds the project lock {path}"
+        f"{path.parent.parent}: another tlp command holds the project lock {path}"
         f"{waited} ({_describe(read_holder(path))}); {hint}"
     )
 
@@ -125,7 +131,7 @@ def holds_run_lock(fn: F) -> F:
         bound.apply_defaults()
         project = Path(bound.arguments.get("project_dir", ".")).resolve()
         wait = float(bound.arguments.get("lock_wait", 0.0) or 0.0)
-        with run_lock(project, wait=wait, what=fn.__name__):
+        with run_lock(project, wait=wait, what=f"flow {fn.__name__}"):
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -57,12 +57,17 @@ def end_run(run_id: str, failed: bool = False) -> None:
 
 @contextmanager
 def child_run(name: str, experiment_id: str, parent_run_id: str | None) -> Iterator[str]:
-    """A run for one stage or strategy, nested under the pipeline's parent run when there is one."""
+    """A run for one stage or strategy, nested under the pipeline's parent run when there is one.
+
+    It names the process that opened it (tasks/core/stale.py ends it if that process dies)."""
+    from tasks.core.stale import process_tags
+
     with mlflow.start_run(
         run_name=name,
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,
         nested=parent_run_id is not None,
+        tags=process_tags(),
     ) as run:
         yield run.info.run_id
 

@@ -267,11 +267,19 @@ def rerun(workdir: Path) -> dict:
     }
 
 
-def reproduce(ref: str, project_dir: Path, workdir: Path) -> dict:
-    """Fetch, rerun, compare: metrics must match those logged at registration."""
-    info = lineage(ref, workdir.parent / f".{workdir.name}-lineage")
-    prepare_workdir(info, project_dir, workdir)
-    result = rerun(workdir)
+def reproduce(ref: str, project_dir: Path, workdir: Path, lock_wait: float = 0.0) -> dict:
+    """Fetch, rerun, compare: metrics must match those logged at registration.
+
+    The project is read (git history, registry, DVC remote) under its run lock, so a run
+    that is pushing or committing is never read half-way; the rerun writes only into
+    ``workdir``, under that folder's own lock."""
+    from tasks.core.locking import run_lock
+
+    with run_lock(project_dir, wait=lock_wait, what="tlp reproduce (reading the project)"):
+        info = lineage(ref, workdir.parent / f".{workdir.name}-lineage")
+        prepare_workdir(info, project_dir, workdir)
+    with run_lock(workdir, what=f"tlp reproduce of {ref}"):
+        result = rerun(workdir)
     logged = json.loads(Path(info["files"]["reports/metrics.json"]).read_text())
     hashes = {p: (info["dvc"].get(p), result["hashes"].get(p)) for p in CHECKED_OUTPUTS}
     return {

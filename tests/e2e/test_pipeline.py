@@ -139,7 +139,8 @@ def test_version_and_runs_are_reviewable_in_mlflow(pipeline_run):
     from tasks.core.versioning import output_hashes
 
     project, first, _, _ = pipeline_run
-    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    store = f"sqlite:///{project}/mlflow.db"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # not a registry set earlier
     card = (project / "reports" / "model_card.md").read_text()
     assert card.startswith(f"# Model card: {MODEL} version {first['version']}")
     assert "Pending at registration" in card and "## Limitations" in card

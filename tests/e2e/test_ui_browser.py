@@ -81,7 +81,8 @@ def test_browser_finds_the_latest_run_its_metrics_and_the_champion(reviewed_proj
     from mlflow import MlflowClient
 
     project, summary, base = reviewed_project
-    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    store = f"sqlite:///{project}/mlflow.db"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # not a registry set earlier
     parent = client.get_run(summary["mlflow_run_id"])
     experiment = parent.info.experiment_id
 

@@ -75,11 +75,8 @@ class Corrupted:
 
 def md5_file(path: Path) -> str:
     """The md5 DVC 3 records for a file (of its bytes as they are)."""
-    digest = hashlib.md5()
     with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "md5").hexdigest()
 
 
 def _recorded_files(out) -> list[tuple[str, str]] | None:

@@ -348,11 +348,8 @@ def verify(shapes: dict[str, tuple[int, ...]], arch: str, file: Path, fix: str) 
 
 
 def sha256_file(file: Path) -> str:
-    digest = hashlib.sha256()
     with file.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _fix(located: Located) -> str:

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import pytest
 
 from tasks.core.locking import RunLockBusy, lock_path, read_holder, run_lock
-
-HOLD = """
-import sys, time
-from pathlib import Path
-from tasks.core.locking import run_lock
-with run_lock(Path(sys.argv[1]), what="holder"):
-    print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
-"""
+from tests.lock_support import hold_lock
 
 
 def _hold(project, seconds: float) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(project), str(seconds)], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+    return hold_lock(project, seconds, "holder")
 
 
 def test_second_holder_stops_with_a_message_naming_the_first(tmp_path):

@@ -4,29 +4,16 @@ process holding the lock) it stops at once with one line and exit 3, or queues w
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import pytest
 
 from flows.cli import main
-
-HOLD = """
-import sys, time
-from pathlib import Path
-from tasks.core.locking import run_lock
-with run_lock(Path(sys.argv[1]), what="tlp run"):
-    print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
-"""
+from tests.lock_support import hold_lock
 
 
 def _hold(project, seconds: float) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(project), str(seconds)], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+    return hold_lock(project, seconds, "tlp run")
 
 
 @pytest.fixture

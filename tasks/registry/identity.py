@@ -8,8 +8,10 @@ on each version (the same tags, next to ``dvc.data/target``, the hash of the exa
 a run, ``tlp promote`` and ``tlp rollback`` refuse, before any work, a model of another task.
 
 The identity is the ordered class names of the target (the model's output order) and the
-target itself: ``builtin:<name>`` or ``path:<resolved folder>``; ``tlp.task.id`` is a short
-hash of both.
+target itself: ``builtin:<name>`` or ``folder:<folder name>``; ``tlp.task.id`` is a short
+hash of both. A folder is identified by its name, not its location: the same dataset at
+another path (a teammate's checkout against a shared tracking server, a moved project) is
+the same task; which data each version saw exactly is its ``dvc.data/target`` hash.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Task:
     """One task: the target's ordered class names and where the target comes from."""
 
     classes: tuple[str, ...]
-    target: str  # builtin:NAME | path:/resolved/folder
+    target: str  # builtin:NAME | folder:NAME
 
     @property
     def id(self) -> str:
@@ -61,12 +63,14 @@ class Task:
 
 
 def target_identity(spec, project_dir: Path) -> str:
-    """``builtin:NAME`` or ``path:/resolved/folder`` of a ``data.target`` section."""
+    """``builtin:NAME`` or ``folder:NAME`` (the folder's own name) of a ``data.target``."""
     if spec.builtin is not None:
         return f"builtin:{spec.builtin}"
-    from tasks.data.folders import resolve_dir
+    import os
 
-    return f"path:{resolve_dir(spec.path, project_dir).resolve()}"
+    # the folder as the user named it (the name the model is called after): neither a
+    # symlink's target nor the ``images/`` inside it that the loader may descend into
+    return f"folder:{Path(os.path.abspath(project_dir / Path(spec.path).expanduser())).name}"
 
 
 def task_of(spec, project_dir: Path) -> Task:
@@ -132,7 +136,7 @@ def _derived_name(task: Task) -> str | None:
 
     kind, _, value = task.target.partition(":")
     return derived_model_name(
-        value if kind == "builtin" else None, value if kind == "path" else None
+        value if kind == "builtin" else None, value if kind in ("folder", "path") else None
     )
 
 

@@ -43,15 +43,15 @@ def test_params_resolve_a_null_model_name_to_the_targets_and_keep_a_set_one(tmp_
 def test_the_task_id_depends_on_classes_their_order_and_the_target():
     assert DIGITS.id == Task(tuple("0123456789"), "builtin:uci-digits").id
     assert DIGITS.id != Task(tuple("1023456789"), "builtin:uci-digits").id
-    assert DIGITS.id != Task(tuple("0123456789"), "path:/data/inverted").id
+    assert DIGITS.id != Task(tuple("0123456789"), "folder:inverted").id
     assert from_tags(DIGITS.tags()) == DIGITS and from_tags({}) is None
 
 
 def test_a_model_of_another_task_is_named_with_both_tasks_and_the_fix():
-    photos = Task(("cat", "dog", "owl"), "path:/data/photos")
+    photos = Task(("cat", "dog", "owl"), "folder:photos")
     said = conflict("tlp-uci-digits", photos, DIGITS.tags(), versions=2)
     assert said.startswith("registry.model_name: model 'tlp-uci-digits' belongs to another task")
-    assert "10 classes" in said and "3 classes ('cat', 'dog', 'owl') of path:/data/photos" in said
+    assert "10 classes" in said and "3 classes ('cat', 'dog', 'owl') of folder:photos" in said
     assert "--set registry.model_name=NEW" in said and "\n" not in said
     assert said.endswith("or leave registry.model_name null to register under tlp-photos")
     assert conflict("tlp-uci-digits", DIGITS, DIGITS.tags(), versions=2) is None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.data.manifest import MANIFEST_COLUMNS, SPLITS
+from tasks.data.manifest import MANIFEST_COLUMNS, SHARD_COLUMNS, SPLITS
 
 # Columns derived from the manifest before validation, so GX can check per-class counts and
 # cross-split leakage as plain column expectations (with the offending paths in the result).
@@ -36,6 +36,7 @@ class ManifestCheck:
     manifest: pd.DataFrame
     label_space: tuple[str, ...]
     required_splits: tuple[str, ...] = ("train", "test")
+    shards: tuple[str, ...] | None = None  # the shard files found; None: no image check
 
 
 @dataclass
@@ -93,12 +94,19 @@ def build_expectations(check: ManifestCheck, bounds) -> list:
     labels = list(range(len(check.label_space)))
     low, high = bounds.mean_intensity
     side = {"min_value": bounds.min_side, "max_value": bounds.max_side}
+    columns = [*MANIFEST_COLUMNS, *SHARD_COLUMNS]
+    stored = []  # every image sits in a shard file of the dataset, at a row of its own
+    if check.shards is not None:
+        stored = [
+            gxe.ExpectColumnValuesToBeInSet(column="shard", value_set=list(check.shards)),
+            gxe.ExpectColumnValuesToBeBetween(column="row", min_value=0),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=list(SHARD_COLUMNS)),
+        ]
     return [
-        gxe.ExpectTableColumnsToMatchSet(
-            column_set=[*MANIFEST_COLUMNS, *DERIVED_COLUMNS], exact_match=True
-        ),
+        gxe.ExpectTableColumnsToMatchSet(column_set=[*columns, *DERIVED_COLUMNS], exact_match=True),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in MANIFEST_COLUMNS],
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in columns],
+        *stored,
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
         # the classes fit the configured label space (names and label indices)
         gxe.ExpectColumnValuesToBeInSet(column="class_name", value_set=list(check.label_space)),
@@ -266,6 +274,7 @@ def raise_on_failure(reports: list[DatasetReport]) -> None:
 
 def checks_for(ctx) -> list[ManifestCheck]:
     from tasks.data.manifest import read_classes, read_manifest
+    from tasks.data.shards import SHARD_DIR
 
     layout, data = ctx.layout, ctx.params.data
     checks = []
@@ -274,7 +283,13 @@ def checks_for(ctx) -> list[ManifestCheck]:
         ("target", layout.target_data, data.target),
     ):
         splits = ("train", "test", "val") if spec.val_per_class else ("train", "test")
+        shards = tuple(
+            sorted(
+                p.relative_to(directory).as_posix()
+                for p in (directory / SHARD_DIR).glob("*.parquet")
+            )
+        )
         checks.append(
-            ManifestCheck(role, read_manifest(directory), read_classes(directory), splits)
+            ManifestCheck(role, read_manifest(directory), read_classes(directory), splits, shards)
         )
     return checks

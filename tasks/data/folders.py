@@ -1,11 +1,12 @@
 """A user's ImageFolder directory (``<root>/<class>/<image>``) as a prepared dataset: images
-inspected and copied, bad files named (or skipped when ``skip_bad_files``), splits drawn."""
+inspected, bad files named (or skipped when ``skip_bad_files``), splits drawn, and the files'
+original bytes written into shards (never re-encoded: decoding them gives the pixels the
+user's files give), read one shard at a time."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,8 +76,10 @@ def _inspect(root: Path, spec: DatasetParams, role: str, max_pixels: int):
 def ingest_folder(
     root: Path, spec: DatasetParams, split_seed: int, out_dir: Path, role: str, max_pixels: int
 ) -> pd.DataFrame:
-    """The ImageFolder ``root`` (``spec.path`` resolved) -> copied images, manifest and info;
-    bad files named, or skipped with ``spec.skip_bad_files``."""
+    """The ImageFolder ``root`` (``spec.path`` resolved) -> shards of its files, manifest and
+    info; bad files named, or skipped with ``spec.skip_bad_files``. Nothing is written before
+    every file has been checked. The manifest's ``path`` stays the file's name in the folder
+    (``images/<class>/...``), which is what validation messages name."""
     scan, infos, kept, bad = _inspect(root, spec, role, max_pixels)
     label_space = spec.classes or scan.classes
     found = tuple(sorted({name for _, name in kept}))
@@ -84,16 +87,13 @@ def ingest_folder(
     labels = relabel(raw_labels, found, label_space)
     index = subsample(raw_labels, spec.limit, split_seed)
     splits = assign_splits(raw_labels[index], spec, split_seed, f"{role} ({root})", found)
-    fresh_dir(out_dir)
-    rows = []
+    rows, files = [], []
     for i, split in zip(index, splits, strict=True):
         (rel, name), info = kept[i], infos[i]
-        dest = out_dir / "images" / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(root / rel, dest)
+        files.append(root / rel)
         rows.append(
             (f"images/{rel}", int(labels[i]), name, split, info.width, info.height)
-            + (info.channels, info.mode, info.sha256, info.mean, info.std, dest.stat().st_size)
+            + (info.channels, info.mode, info.sha256, info.mean, info.std, info.bytes)
         )
     payload = {
         "name": root.name,
@@ -101,4 +101,5 @@ def ingest_folder(
         "classes": list(label_space),
         "skipped": [{"path": b.path, "problem": b.problem} for b in bad],
     }
-    return write_manifest(out_dir, rows, payload)
+    fresh_dir(out_dir)
+    return write_manifest(out_dir, rows, payload, lambda i: files[i].read_bytes())

@@ -49,6 +49,7 @@ class ImageInfo:
     sha256: str
     mean: float
     std: float
+    bytes: int = 0  # the file's size: what its shard will hold for it
 
 
 @dataclass
@@ -196,7 +197,8 @@ def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
         except (OSError, SyntaxError, EOFError) as exc:
             raise ValueError(f"unreadable or truncated image ({exc})") from None
     mean, std = intensity_stats(pixels)
-    return ImageInfo(width, height, channels, mode, pixel_sha256(pixels, mode), mean, std)
+    sha256 = pixel_sha256(pixels, mode)
+    return ImageInfo(width, height, channels, mode, sha256, mean, std, path.stat().st_size)
 
 
 def describe_error(bad: list[BadFile], root: Path, what: str) -> str:

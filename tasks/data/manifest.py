@@ -1,5 +1,7 @@
-"""A prepared dataset on disk: ``images/``, ``manifest.parquet`` (one row per image) and
-``dataset.json`` (name, source, classes, skipped files); reading and writing them.
+"""A prepared dataset on disk: ``shards/`` (the encoded images and their manifest columns,
+``tasks.data.shards``), ``manifest.parquet`` (one row per image, saying which shard and row
+holds it) and ``dataset.json`` (name, source, classes, skipped files, shard files); reading
+and writing them.
 
 Every stage after ``prepare`` reads datasets through these names, so the layout is declared
 once. pandas loads when a manifest is read or written, not when the module is imported.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +39,8 @@ MANIFEST_COLUMNS = (
     "std",
     "bytes",
 )
+# where each image is stored: the shard file (relative to the dataset folder) and its row there
+SHARD_COLUMNS = ("shard", "row")
 
 # PIL modes that hold grey pixels: decoded as "L" when a dataset is built, and counted as
 # grey images (1 channel) in a dataset's ``image_channels``; every other mode is colour
@@ -54,20 +59,43 @@ def relabel(labels: np.ndarray, names: tuple[str, ...], label_space: tuple[str, 
 
 
 def fresh_dir(out_dir: Path) -> None:
-    """An empty dataset folder: files of an earlier build must not linger in a new one."""
+    """An empty dataset folder: files of an earlier build (an older layout's ``images/``
+    folder too) must not linger in a new one, nor in what DVC versions."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    (out_dir / "images").mkdir(parents=True)
+    out_dir.mkdir(parents=True)
 
 
-def write_manifest(out_dir: Path, rows: list[tuple], info: dict) -> pd.DataFrame:
-    """The manifest (rows in ``MANIFEST_COLUMNS`` order) and the info file."""
+def write_manifest(
+    out_dir: Path,
+    rows: list[tuple] | pd.DataFrame,
+    info: dict,
+    image_bytes: Callable[[int], bytes] | None = None,
+) -> pd.DataFrame:
+    """The manifest (``rows`` as tuples in ``MANIFEST_COLUMNS`` order, or a frame with those
+    columns) and the info file. With ``image_bytes`` (row position -> encoded image, called one
+    shard at a time) the images are written as shards first, and the manifest and the info
+    file say where each one is (``SHARD_COLUMNS``, ``info["shards"]``)."""
     import pandas as pd
 
-    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    if isinstance(rows, pd.DataFrame):
+        manifest = rows.loc[:, list(MANIFEST_COLUMNS)].reset_index(drop=True)
+    else:
+        manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    if image_bytes is not None:
+        from tasks.data.shards import write_shards
+
+        manifest = write_shards(out_dir, manifest, image_bytes)
+        info = {**info, "shards": shard_files(manifest)}
     manifest.to_parquet(out_dir / MANIFEST, index=False)
     (out_dir / INFO).write_text(json.dumps(info, indent=2))
     return manifest
+
+
+def shard_files(manifest: pd.DataFrame) -> list[dict]:
+    """What ``dataset.json`` records of the shards: each file, its split and its image count."""
+    counts = manifest.groupby(["shard", "split"], sort=True).size()
+    return [{"file": f, "split": s, "images": int(n)} for (f, s), n in counts.items()]
 
 
 def read_manifest(dataset_dir: Path) -> pd.DataFrame:

@@ -367,3 +367,36 @@ def test_prepare_is_redone_when_the_users_folder_changes(tmp_path):
     assert still_valid(ctx)
     write_image(folders["t"] / "dog" / "new.png", 4242)
     assert not still_valid(ctx)
+
+
+def test_folder_round_trips_through_shards_with_its_original_bytes(tmp_path):
+    """A user's folder is ingested once into shards: each image's stored bytes are its file's
+    bytes (no re-encoding, so decoding gives the file's pixels exactly: JPEG too), labelled
+    by its class folder, and the dataset is a handful of files whatever its size."""
+    import io
+
+    from tasks.core.params import default_section
+    from tasks.data.datasets import prepare_dataset
+    from tasks.data.manifest import read_info
+    from tasks.data.shards import SHARD_DIR, read_image_bytes
+
+    folder = make_folder(tmp_path / "pets")
+    for i, (mode, fmt, ext) in enumerate([("RGB", "JPEG", ".jpg"), ("L", "PNG", ".png")]):
+        write_image(folder / "dog" / "nested" / "deeper" / f"n{i}{ext}", 900 + i, mode, 9, fmt)
+    spec = default_section("data.source", path=str(folder), test_fraction=0.25, val_per_class=2)
+    out = tmp_path / "out"
+    manifest = prepare_dataset(spec, 0, out)
+    assert len(manifest) == 2 * PER_CLASS + 2 and not (out / "images").exists()
+    stored = read_image_bytes(out, manifest)
+    classes = read_info(out)["classes"]
+    for row, data in zip(manifest.itertuples(), stored, strict=True):
+        original = folder / row.path.removeprefix("images/")
+        assert data == original.read_bytes() and len(data) == row.bytes
+        with Image.open(io.BytesIO(data)) as a, Image.open(original) as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b)) and a.mode == b.mode == row.mode
+        assert row.class_name == row.path.split("/")[1] == classes[row.label]
+    assert "images/dog/nested/deeper/n0.jpg" in set(manifest["path"])
+    files = [p for p in out.rglob("*") if p.is_file()]
+    shards = sorted(p.name for p in (out / SHARD_DIR).iterdir())
+    assert shards == [f"{s}-000.parquet" for s in ("test", "train", "val")]
+    assert len(files) == 2 + len(shards)  # manifest.parquet, dataset.json, one shard a split

@@ -79,12 +79,33 @@ def test_subsample_is_stratified():
 
 
 def test_materialised_dataset_round_trips(tmp_path, digits):
-    manifest = prepare_dataset(_spec(labels_per_class=2), 0, tmp_path / "target")
-    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    """A built-in is written as one shard per split (no file per image), and every image
+    decoded from the shards is the recipe's pixels, hashed and labelled as the manifest says."""
+    import io
+
+    from tasks.data.ingest import intensity_stats, pixel_sha256
+    from tasks.data.manifest import SHARD_COLUMNS, read_info, read_manifest
+    from tasks.data.shards import read_image_bytes
+
+    out = tmp_path / "target"
+    manifest = prepare_dataset(_spec(labels_per_class=2), 0, out)
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS + SHARD_COLUMNS
+    assert manifest.equals(read_manifest(out))
     assert len(manifest) == 1797 and manifest["sha256"].is_unique
-    first = manifest.iloc[0]
-    pixels = np.asarray(Image.open(tmp_path / "target" / first["path"]))
-    assert pixels.shape == (8, 8) and first["class_name"] == first["path"].split("/")[1]
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    shards = [f"shards/{split}-000.parquet" for split in ("test", "train", "unlabeled", "val")]
+    assert files == ["dataset.json", "manifest.parquet", *shards]  # no images/ folder
+    assert [s["file"] for s in read_info(out)["shards"]] == shards
+    for row, data in zip(manifest.itertuples(), read_image_bytes(out, manifest), strict=True):
+        pixels = np.asarray(Image.open(io.BytesIO(data)))
+        original = digits.images[int(row.path.split("/")[-1].removesuffix(".png"))]
+        assert np.array_equal(pixels, original) and len(data) == row.bytes
+        assert pixel_sha256(pixels, "L") == row.sha256
+        assert (row.mean, row.std) == intensity_stats(pixels)
+        assert digits.classes[row.label] == row.class_name == row.path.split("/")[1]
+    again = prepare_dataset(_spec(labels_per_class=2), 0, tmp_path / "again")
+    for name in ("manifest.parquet", *shards):  # rebuilt byte for byte: reproducible
+        assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     train = load_split(tmp_path / "target", "train", channels=1)
     assert len(train) == 20 and train.classes == digits.classes
     assert train.images[0].dtype == np.uint8

@@ -1,4 +1,4 @@
-"""Stage ``prepare``: source and target as image files plus a manifest each (``data/``)."""
+"""Stage ``prepare``: source and target as a few shard files plus a manifest each (``data/``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict:
-    """Stage ``prepare``: materialise source and target as image files plus a manifest each."""
+    """Stage ``prepare``: materialise source and target as shards plus a manifest each."""
     p, layout = ctx.params, ctx.layout
     counts = {}
     with tracking.child_run("prepare", ctx.experiment_id, ctx.parent_run_id):
@@ -27,22 +27,40 @@ def run(ctx: StageContext) -> dict:
                 spec, p.data.split_seed, out, role, p.data.max_image_pixels, ctx.project_dir
             )
             counts[role] = manifest["split"].value_counts().to_dict()
-            counts[f"{role}_skipped_files"] = len(read_info(out)["skipped"])
+            info = read_info(out)
+            counts[f"{role}_skipped_files"] = len(info["skipped"])
+            counts[f"{role}_shards"] = len(info["shards"])
             tracking.log_metrics({f"{role}_{split}_images": n for split, n in counts[role].items()})
-            tracking.log_metrics({f"{role}_skipped_files": counts[f"{role}_skipped_files"]})
+            tracking.log_metrics(
+                {
+                    f"{role}_skipped_files": counts[f"{role}_skipped_files"],
+                    f"{role}_shards": counts[f"{role}_shards"],
+                }
+            )
             tracking.log_params({f"{role}.dataset": describe_spec(spec)})
             splits = ", ".join(f"{n} {split}" for split, n in sorted(counts[role].items()))
-            log.info("prepare: %s %s: %s images", role, describe_spec(spec), splits)
+            log.info(
+                "prepare: %s %s: %s images in %d shard(s)",
+                role,
+                describe_spec(spec),
+                splits,
+                counts[f"{role}_shards"],
+            )
     return counts
 
 
 def still_valid(ctx: StageContext) -> bool:
-    """DVC cannot see a user's folder outside the project: rebuild when its files changed."""
+    """DVC cannot see a user's folder outside the project: rebuild when its files changed,
+    and when a dataset was prepared before its images were stored as shards (no
+    ``shards`` in its info file: the older one-file-per-image layout)."""
     layout = ctx.layout
     for out in (layout.source_data, layout.target_data):
         try:
-            source = read_info(out).get("source", {})
+            info = read_info(out)
         except (OSError, ValueError):
+            return False
+        source = info.get("source", {})
+        if "shards" not in info:
             return False
         if "path" in source:
             root = Path(source["path"])

@@ -202,6 +202,13 @@ def test_dvc_recorded_and_pushed_everything(pipeline_run):
         assert repo.status(cloud=True) == {}
         assert {s.name for s in repo.index.stages} == set(STAGE_NAMES)
     assert any((project / "dvc-storage").rglob("*"))
+    # the prepared data is a handful of shard files per dataset, all inside DVC's outs
+    for role in ("source", "target"):
+        files = [p for p in (project / "data" / role).rglob("*") if p.is_file()]
+        assert not (project / "data" / role / "images").exists()
+        assert len(files) <= 2 + 4 and any(p.suffix == ".parquet" for p in files)
+    outs = {project / "data" / "source", project / "data" / "target"}
+    assert set((project / "data").iterdir()) <= outs | {project / "data" / ".gitignore"}
 
 
 def test_summary_splits_the_time_into_compute_and_orchestration(pipeline_run):

@@ -103,7 +103,7 @@ def test_materialised_dataset_round_trips(tmp_path, digits):
         assert pixel_sha256(pixels, "L") == row.sha256
         assert (row.mean, row.std) == intensity_stats(pixels)
         assert digits.classes[row.label] == row.class_name == row.path.split("/")[1]
-    again = prepare_dataset(_spec(labels_per_class=2), 0, tmp_path / "again")
+    prepare_dataset(_spec(labels_per_class=2), 0, tmp_path / "again")
     for name in ("manifest.parquet", *shards):  # rebuilt byte for byte: reproducible
         assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     train = load_split(tmp_path / "target", "train", channels=1)

@@ -50,8 +50,11 @@ def test_limit_subsamples_before_any_image_is_written(tmp_path):
         "data.target", builtin="fashion-mnist", limit=300, val_per_class=2, labels_per_class=5
     )
     manifest = prepare_dataset(spec, 0, tmp_path / "out")
-    written = list((tmp_path / "out" / "images").rglob("*.png"))
-    assert len(written) == len(manifest) == 300  # not 70,000
+    import pyarrow.parquet as pq
+
+    shards = sorted((tmp_path / "out" / "shards").glob("*.parquet"))
+    written = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    assert written == len(manifest) == 300 and len(shards) == 4  # not 70,000
     assert manifest["class_name"].value_counts().tolist() == [30] * 10
     assert manifest["split"].value_counts().to_dict() == {
         "unlabeled": 10 * 14,

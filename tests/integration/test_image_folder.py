@@ -385,6 +385,7 @@ def test_folder_round_trips_through_shards_with_its_original_bytes(tmp_path):
         write_image(folder / "dog" / "nested" / "deeper" / f"n{i}{ext}", 900 + i, mode, 9, fmt)
     spec = default_section("data.source", path=str(folder), test_fraction=0.25, val_per_class=2)
     out = tmp_path / "out"
+    write_image(out / "images" / "cat" / "stale.png", 1)  # an older layout's files: removed
     manifest = prepare_dataset(spec, 0, out)
     assert len(manifest) == 2 * PER_CLASS + 2 and not (out / "images").exists()
     stored = read_image_bytes(out, manifest)

@@ -302,33 +302,6 @@ def startup_section(r: dict, out: Path) -> tuple[list[str], dict]:
     return lines, {"startup_help_seconds": med["tlp --help"]}
 
 
-def shards_section(r: dict, out: Path) -> tuple[list[str], dict]:
-    sec, files, ok = r["seconds"], r["files"], r["acceptance"]
-    verdict = (
-        f"acceptance (total <= {ok['total_limit_s']:.0f} s, DVC <= {ok['dvc_limit_s']:.0f} s): "
-        f"{'met' if ok['total_ok'] and ok['dvc_ok'] else 'NOT met'}"
-        if ok["applies"]
-        else "a subsample: the acceptance applies to all 70,000 images"
-    )
-    lines = [
-        "## Prepared data as shards",
-        "",
-        f"`{r['command']}`: {r['images']['target']:,} Fashion-MNIST images as the target "
-        f"({r['images']['source']:,} mnist5k as the source), each step its own process: "
-        f"prepare {sec['prepare']:.1f} s, validate {sec['validate']:.1f} s, DVC commit "
-        f"{sec['dvc_commit']:.1f} s, push {sec['dvc_push']:.1f} s: **{r['total_seconds']:.1f} s** "
-        f"in all, DVC {r['dvc_seconds']:.1f} s; {verdict}. DVC handled "
-        f"{files['data_source'] + files['data_target']} files "
-        f"({files['remote_objects']} objects pushed); `dvc status` clean: "
-        f"{r['dvc_status_clean']}.",
-        "",
-    ]
-    return lines, {
-        "shards_total_seconds": r["total_seconds"],
-        "shards_dvc_seconds": r["dvc_seconds"],
-    }
-
-
 def pretrained_section(r: dict, out: Path) -> tuple[list[str], dict]:
     from benchmarks.transfer_strategies import markdown
 
@@ -412,7 +385,6 @@ SECTIONS = {
     "startup": startup_section,
     "training_throughput": throughput_section,
     "orchestration": orchestration_section,
-    "shards": shards_section,
     "scaling": scaling_section,
     "data_efficiency": data_efficiency_section,
     "pretrained_transfer": pretrained_section,

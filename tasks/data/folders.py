@@ -102,4 +102,25 @@ def ingest_folder(
         "skipped": [{"path": b.path, "problem": b.problem} for b in bad],
     }
     fresh_dir(out_dir)
-    return write_manifest(out_dir, rows, payload, lambda i: files[i].read_bytes())
+    sizes = [row[-1] for row in rows]
+    return write_manifest(out_dir, rows, payload, _file_reader(root, files, sizes, role))
+
+
+def _file_reader(root: Path, files: list[Path], sizes: list[int], role: str):
+    """``image_bytes`` for ``write_shards``: file ``i``'s bytes as they were inspected; a file
+    changed or removed since (its size differs) is named rather than stored unchecked."""
+
+    def read(i: int) -> bytes:
+        rel = files[i].relative_to(root).as_posix()
+        try:
+            data = files[i].read_bytes()
+        except OSError as exc:
+            raise DataError(f"data.{role}.path: {root}: {rel!r}: unreadable ({exc})") from None
+        if len(data) != sizes[i]:
+            raise DataError(
+                f"data.{role}.path: {root}: {rel!r}: changed while it was being prepared "
+                "(run prepare again)"
+            )
+        return data
+
+    return read

@@ -4,7 +4,7 @@
 
 Builds the folder in a temp dir (RGB PNGs, random content, so every image is distinct), then
 times, separately: the manifest build (scan, decode and check every file, hash, statistics,
-seeded splits, copy into the dataset directory) and the Great Expectations validation (the
+seeded splits, the files stored into shards) and the Great Expectations validation (the
 suite through a GX Checkpoint, with Data Docs written). Prints one JSON object.
 """
 

@@ -98,6 +98,19 @@ def test_warn_only_downgrades_named_expectations(manifest):
         validate_manifests([_check(manifest)], warn_only=("expect_nothing",))
 
 
+def test_every_image_must_sit_in_a_shard_of_the_dataset(manifest):
+    """The manifest's ``shard, row`` point into the dataset's own shard files, once each."""
+    shards = tuple(sorted(set(manifest["shard"])))
+    bad = manifest.copy()
+    bad.loc[bad.index[0], "shard"] = "shards/gone-000.parquet"
+    bad.loc[bad.index[2], ["shard", "row"]] = bad.loc[bad.index[1], ["shard", "row"]].to_list()
+    check = ManifestCheck("target", bad, CLASSES, ("train", "test", "val"), shards)
+    (report,) = validate_manifests([check])
+    failed = {o.key: o for o in report.failures()}
+    assert failed["expect_column_values_to_be_in_set:shard"].rows == [bad["path"].iloc[0]]
+    assert "expect_compound_columns_to_be_unique" in failed
+
+
 def test_target_classes_must_fit_the_label_space(manifest):
     (report,) = validate_manifests([_check(manifest, classes=tuple("012345678"))])
     failed = {o.key for o in report.failures()}

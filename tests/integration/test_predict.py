@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from flows.cli import main
-from tests.registry_support import register_project, run_register
+from tests.registry_support import first_test_files, register_project, run_register
 
 pytestmark = pytest.mark.integration
 MODEL = "tlp-uci-digits"  # params.yaml's registry.model_name
@@ -36,14 +36,13 @@ def registered(gate_candidates, tmp_path_factory):
 def folder(registered) -> tuple[Path, list[Path]]:
     """24 test images in nested folders, one corrupt PNG, one array that is not an image."""
     project = registered[0]
-    target = project / "data" / "target"
-    test = pd.read_parquet(target / "manifest.parquet").query("split == 'test'").head(24)
+    exported = first_test_files(project / "data" / "target", 24, project / "exported")
     root = project / "incoming"
     good = []
-    for i, rel in enumerate(test.path):
+    for i, src in enumerate(exported):
         dst = root / f"batch{i % 3}" / f"{i:03d}.png"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(target / rel, dst)
+        shutil.copy(src, dst)
         good.append(dst)
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     np.save(root / "wrong_shape.npy", np.zeros((2, 3, 4, 5), np.uint8))

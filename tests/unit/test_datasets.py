@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,6 +9,7 @@ from tasks.data.builtins import BUILTINS, load_builtin
 from tasks.data.datasets import prepare_dataset
 from tasks.data.loading import load_split
 from tasks.data.manifest import MANIFEST_COLUMNS, DataError
+from tasks.data.shards import export_images, read_image_bytes
 from tasks.data.splits import assign_splits, subsample
 
 
@@ -80,11 +83,24 @@ def test_subsample_is_stratified():
 
 def test_materialised_dataset_round_trips(tmp_path, digits):
     manifest = prepare_dataset(_spec(labels_per_class=2), 0, tmp_path / "target")
-    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    assert tuple(manifest.columns) == (*MANIFEST_COLUMNS, "shard", "row")
     assert len(manifest) == 1797 and manifest["sha256"].is_unique
-    first = manifest.iloc[0]
-    pixels = np.asarray(Image.open(tmp_path / "target" / first["path"]))
-    assert pixels.shape == (8, 8) and first["class_name"] == first["path"].split("/")[1]
+    first = manifest.iloc[:1]
+    data = read_image_bytes(tmp_path / "target", first)[0]
+    pixels = np.asarray(Image.open(io.BytesIO(data)))
+    assert (
+        pixels.shape == (8, 8)
+        and first["class_name"].iloc[0] == first["path"].iloc[0].split("/")[1]
+    )
     train = load_split(tmp_path / "target", "train", channels=1)
     assert len(train) == 20 and train.classes == digits.classes
     assert train.images[0].dtype == np.uint8
+    rows = manifest[manifest["split"] == "train"]
+    assert train.names == rows["path"].tolist()
+    expected = [digits.images[int(p.rsplit("/", 1)[1][:-4])] for p in rows.path]  # <i>.png
+    assert all(np.array_equal(a, b) for a, b in zip(train.images, expected, strict=True))
+    files = export_images(tmp_path / "target", rows.head(3), tmp_path / "files")
+    assert [f.relative_to(tmp_path / "files").as_posix() for f in files] == rows.path.head(
+        3
+    ).tolist()
+    assert np.array_equal(np.asarray(Image.open(files[0])), train.images[0])

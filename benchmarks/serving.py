@@ -19,9 +19,9 @@
    that cost per image (``tasks.data.preprocessing.preprocess``) is measured and reported
    next to it. Each server answers 10 warm-up requests first, not counted.
 4. Batch prediction: ``tlp predict`` on the target's manifest (every image of the target,
-   read from its shards) with ``--runtime onnx`` and ``--runtime pyfunc``, alternating, the images/s it
-   reports (reading, preprocessing and inference; model loading excluded) and the wall time
-   of the whole command.
+   read from its shards) with ``--runtime onnx`` and ``--runtime pyfunc``, alternating, the
+   images/s it reports (reading, preprocessing and inference; model loading excluded) and the
+   wall time of the whole command.
 
 Prints the JSON and writes ``serving.json`` and ``serving.md`` to ``--out``.
 """

@@ -105,6 +105,29 @@ def test_predict_on_a_folder_matches_pyfunc_predict(registered, folder, runtime,
     assert (scored.class_index.to_numpy() == scored[classes].to_numpy().argmax(1)).all()
 
 
+def test_predict_on_a_prepared_manifest_reads_the_shards(registered, folder, capsys):
+    """``tlp predict data/target/manifest.parquet``: a prepared dataset holds no image files;
+    its rows are read from the shards and named by their manifest path."""
+    from tasks.data.manifest import read_manifest
+    from tasks.registry.export import OnnxClassifier
+
+    project = registered[0]
+    target = project / "data" / "target"
+    assert not (target / "images").exists()
+    out = project / "prepared.parquet"
+    args = ("data/target/manifest.parquet", "--runtime", "onnx", "--batch-size", "256")
+    assert tlp(registered, *args, "--out", out.name) == 0
+    manifest = read_manifest(target)
+    assert f"predicted {len(manifest)} of {len(manifest)} inputs" in capsys.readouterr().out
+    table = pd.read_parquet(out)
+    assert table.path.tolist() == [str(target.resolve() / p) for p in manifest.path]
+    assert (table.error == "").all()
+    first = [str(target.resolve() / p) for p in manifest[manifest.split == "test"].path[:24]]
+    local = OnnxClassifier(project / "models" / "export" / "model.onnx")
+    expected = local.predict([p.read_bytes() for p in folder[1]]).label.tolist()  # same images
+    assert table.set_index("path").label[first].tolist() == expected
+
+
 def test_predict_is_an_mlflow_run_with_its_input_dataset(registered, folder):
     from mlflow import MlflowClient
 

@@ -19,9 +19,9 @@
    that cost per image (``tasks.data.preprocessing.preprocess``) is measured and reported
    next to it. Each server answers 10 warm-up requests first, not counted.
 4. Batch prediction: ``tlp predict`` on the target's manifest (every image of the target,
-   as files) with ``--runtime onnx`` and ``--runtime pyfunc``, alternating, the images/s it
-   reports (reading, preprocessing and inference; model loading excluded) and the wall time
-   of the whole command.
+   read from its shards) with ``--runtime onnx`` and ``--runtime pyfunc``, alternating, the
+   images/s it reports (reading, preprocessing and inference; model loading excluded) and the
+   wall time of the whole command.
 
 Prints the JSON and writes ``serving.json`` and ``serving.md`` to ``--out``.
 """
@@ -203,14 +203,15 @@ def summary_ms(times: list[float]) -> dict:
 
 
 def test_images(project: Path, channels: int, n: int):
-    import pandas as pd
-
-    from tasks.data.preprocessing import read_image
+    """``n`` test images (the split repeated as needed), decoded from the target's shards."""
+    from tasks.data.loading import decode_rows
+    from tasks.data.manifest import read_manifest
 
     target = project / "data" / "target"
-    test = pd.read_parquet(target / "manifest.parquet").query("split == 'test'")
-    rows = [test.iloc[i % len(test)] for i in range(n)]
-    return [read_image(target / r.path, channels) for r in rows], [r.class_name for r in rows]
+    manifest = read_manifest(target)
+    test = manifest[manifest["split"] == "test"]
+    rows = test.iloc[[i % len(test) for i in range(n)]]
+    return decode_rows(target, rows, channels), rows["class_name"].tolist()
 
 
 def log_onnx_flavor(onnx_path: Path, example, threads: int) -> str:

@@ -64,16 +64,25 @@ def _params(args, work: Path):
 
 
 def shuffle_labels(data_dir: Path, seed: int = 0) -> None:
-    """Permute the labels of every split of a prepared dataset: random-label pretraining."""
+    """Permute the labels of every split of a prepared dataset: random-label pretraining.
+
+    The shards hold the labels too (a streaming loader reads them there), so they are
+    written again with the permuted labels, the same images in the same order."""
+    import shutil
+
     import numpy as np
     import pandas as pd
 
     from tasks.data.manifest import MANIFEST
+    from tasks.data.shards import SHARD_DIR, read_image_bytes, write_shards
 
     manifest = pd.read_parquet(data_dir / MANIFEST)
     rng = np.random.default_rng(seed)
     manifest["label"] = rng.permutation(manifest["label"].to_numpy())
-    manifest.to_parquet(data_dir / MANIFEST)
+    images = read_image_bytes(data_dir, manifest)
+    shutil.rmtree(data_dir / SHARD_DIR)
+    written = write_shards(data_dir, manifest.drop(columns=["shard", "row"]), images.__getitem__)
+    written.to_parquet(data_dir / MANIFEST, index=False)
 
 
 def build_pool(ctx, args) -> dict[str, Path]:

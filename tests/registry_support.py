@@ -29,6 +29,36 @@ def build_target(project: Path) -> Path:
     return project / "data" / "target"
 
 
+def first_test_rows(target: Path, n: int):
+    """The first ``n`` manifest rows of the target's test split."""
+    from tasks.data.manifest import read_manifest
+
+    manifest = read_manifest(target)
+    return manifest[manifest["split"] == "test"].head(n)
+
+
+def first_test_bytes(target: Path, n: int) -> list[bytes]:
+    """The encoded bytes of the first ``n`` test images, read from the target's shards."""
+    from tasks.data.shards import read_image_bytes
+
+    return read_image_bytes(target, first_test_rows(target, n))
+
+
+def first_test_images(target: Path, n: int, channels: int = 1) -> list:
+    """The first ``n`` test images decoded (uint8 arrays), read from the target's shards."""
+    from tasks.data.loading import decode_rows
+
+    return decode_rows(target, first_test_rows(target, n), channels)
+
+
+def first_test_files(target: Path, n: int, out_dir: Path) -> list[Path]:
+    """The first ``n`` test images written back as files under ``out_dir`` (their original
+    relative names), for what reads files: ``tlp predict`` on paths, a pyfunc given paths."""
+    from tasks.data.shards import export_images
+
+    return export_images(target, first_test_rows(target, n), out_dir)
+
+
 def train_checkpoint(target: Path, out: Path, epochs: int) -> Path:
     """resnet10t on uci-digits' train split; ``epochs=0`` leaves the seeded random init."""
     import torch
@@ -83,7 +113,7 @@ def register(ckpt: Path, project: Path, experiment_id: str, name: str = MODEL) -
 
     from tasks.registry import publishing as registry
 
-    example = next((project / "data" / "target" / "images" / "0").glob("*.png"))
+    example = first_test_bytes(project / "data" / "target", 1)[0]
     with mlflow.start_run(experiment_id=experiment_id):
         info = registry.log_model(ckpt, name, example)
     return str(info.registered_model_version)

@@ -13,11 +13,15 @@ from tasks.data.manifest import read_classes, read_manifest
 
 @dataclass(frozen=True)
 class Split:
-    """One split of a materialised dataset, ready for training or evaluation."""
+    """One split of a materialised dataset, ready for training or evaluation.
+
+    ``names``: each image's manifest ``path`` (its original relative name), for messages and
+    for finding it again with ``tasks.data.shards.export_images``; the images themselves live
+    in the dataset's shards, not in files of these names."""
 
     images: list[np.ndarray]
     labels: np.ndarray
-    paths: list[Path]
+    names: list[str]
     classes: tuple[str, ...]
 
     def __len__(self) -> int:
@@ -25,14 +29,25 @@ class Split:
 
 
 def load_split(dataset_dir: Path, split: str, channels: int) -> Split:
-    """Decode the images of one split (``train``, ``val``, ``test`` or ``unlabeled``)."""
-    from tasks.data.preprocessing import read_image
-
+    """Decode the images of one split (``train``, ``val``, ``test`` or ``unlabeled``) from the
+    dataset's shards; an image that does not decode is named by its dataset and original path."""
     manifest = read_manifest(dataset_dir)
     rows = manifest[manifest["split"] == split]
-    paths = [dataset_dir / p for p in rows["path"]]
-    images = [read_image(p, channels) for p in paths]
-    return Split(images, rows["label"].to_numpy(np.int64), paths, read_classes(dataset_dir))
+    names = [str(p) for p in rows["path"]]
+    images = decode_rows(dataset_dir, rows, channels)
+    return Split(images, rows["label"].to_numpy(np.int64), names, read_classes(dataset_dir))
+
+
+def decode_rows(dataset_dir: Path, rows, channels: int) -> list[np.ndarray]:
+    """The decoded images of manifest ``rows`` (any subset, any order), read from the shards."""
+    from tasks.data.preprocessing import decode_image
+    from tasks.data.shards import read_image_bytes
+
+    blobs = read_image_bytes(dataset_dir, rows)
+    return [
+        decode_image(data, channels, f"{dataset_dir}: {name}")
+        for data, name in zip(blobs, rows["path"], strict=True)
+    ]
 
 
 def load_tensors(

@@ -1,8 +1,9 @@
 """The prepared splits as MLflow datasets, so each run's "Datasets" panel names what it read:
 ``target/train``, ``source/test``, ... with the split's manifest rows as the dataset (its
-schema and row count; the images are not copied), ``data/<role>`` (the DVC path) as the
-source, and dvc.lock's hash of that directory as the digest while it still describes the
-files (``tasks.core.versioning.current_dir_hashes``), MLflow's hash of the rows otherwise.
+schema and row count; the images stay in the dataset's shards), ``data/<role>`` (the DVC
+path) as the source, and dvc.lock's hash of that directory as the digest while it still
+describes the files (``tasks.core.versioning.current_dir_hashes``), MLflow's hash of the
+rows otherwise.
 
 The context of each is its split's role: ``training`` (train, and the unlabelled pool),
 ``validation`` or ``test``.

@@ -33,11 +33,23 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
 
     A file that cannot be decoded raises one ValueError naming the file and the reason.
     """
+    return _decode(path, channels, str(path))
+
+
+def decode_image(data: bytes, channels: int, name: str) -> np.ndarray:
+    """``read_image`` for an encoded image held in memory (a prepared dataset's shard row):
+    the same conversions, and the same one ValueError, naming ``name`` (where it came from)."""
+    import io
+
+    return _decode(io.BytesIO(data), channels, name)
+
+
+def _decode(source, channels: int, name: str) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             return np.asarray(img.convert("L" if channels == 1 else "RGB"))
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: cannot read image ({exc})") from None
+        raise ValueError(f"{name}: cannot read image ({exc})") from None
 
 
 def _to_float_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -140,3 +140,42 @@ def read_image_bytes(dataset_dir: Path, rows: pd.DataFrame) -> list[bytes]:
         for i, data in zip(positions, column.to_pylist(), strict=True):
             out[i] = data
     return out  # type: ignore[return-value]
+
+
+def export_images(dataset_dir: Path, rows: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Write the original bytes of manifest ``rows`` as files under ``out_dir``, each at its
+    original relative name (the manifest ``path``); return the files in ``rows``' order.
+
+    For people and tests that want image files back (to look at them, or to hand them to a
+    tool that reads files): the prepared dataset itself keeps only the shards."""
+    files = []
+    for data, rel in zip(read_image_bytes(dataset_dir, rows), rows["path"], strict=True):
+        path = out_dir / str(rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        files.append(path)
+    return files
+
+
+def read_shard_rows(shard: Path, rows: Sequence[int]) -> list[bytes]:
+    """The encoded images at ``rows`` (any order) of one shard, reading only the row groups
+    that hold them: a batch of a few rows costs a row group or two, not the whole shard."""
+    import bisect
+    import itertools
+
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(shard)
+    meta = file.metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    starts = list(itertools.accumulate(sizes, initial=0))
+    bad = [r for r in rows if not 0 <= r < starts[-1]]
+    if bad:
+        raise IndexError(f"{shard}: no row {bad[0]} (it holds {starts[-1]})")
+    group_of = {r: bisect.bisect_right(starts, r) - 1 for r in rows}
+    groups = sorted(set(group_of.values()))
+    before = itertools.accumulate((sizes[g] for g in groups), initial=0)  # one extra: the total
+    offsets = dict(zip(groups, before, strict=False))
+    table = file.read_row_groups(groups, columns=[IMAGE_COLUMN])
+    local = [offsets[group_of[r]] + r - starts[group_of[r]] for r in rows]
+    return table.column(IMAGE_COLUMN).take(local).to_pylist()

@@ -3,8 +3,8 @@
 The gate compares two versions on the test split the champion was judged on: the version tag
 ``dvc.data/target`` (tasks/registry/publishing.py ``lineage_tags``) names that data exactly.
 When the workspace's ``data/target`` is that data (its manifest is the recorded one), it is
-read in place; otherwise the manifest and the test images are copied out of the DVC cache
-by that hash, pulling the missing objects from the DVC remote first. When neither holds
+read in place; otherwise the manifest and the test split's shards are copied out of the DVC
+cache by that hash, pulling the missing objects from the DVC remote first. When neither holds
 them, ``TargetUnavailable`` says which data is missing, and the gate keeps the champion.
 """
 
@@ -33,7 +33,7 @@ def workspace_hash(project_dir: Path) -> str | None:
 
 @contextmanager
 def target_dir(project_dir: Path, digest: str | None) -> Iterator[tuple[Path, str]]:
-    """A folder holding the manifest and test images of ``data/target`` at DVC hash
+    """A folder holding the manifest and test shards of ``data/target`` at DVC hash
     ``digest``, and that hash; None (a version registered without it): the workspace's."""
     here = workspace_hash(project_dir)
     if digest in (None, "", "unknown") or digest == here:
@@ -44,7 +44,7 @@ def target_dir(project_dir: Path, digest: str | None) -> Iterator[tuple[Path, st
 
 
 def materialize(project_dir: Path, digest: str, out: Path) -> Path:
-    """Copy the manifest and the test images of the directory object ``digest`` from the
+    """Copy the manifest and the test shards of the directory object ``digest`` from the
     project's DVC cache into ``out`` (pulled from the default remote when missing)."""
     from tasks.core import versioning
 
@@ -101,7 +101,8 @@ def _listing(repo, digest: str) -> dict[str, str]:
 
 
 def _test_entries(repo, entries: dict[str, str], out: Path) -> list[tuple[str, str]]:
-    """The manifest (copied first, to read) and the test split's images it lists."""
+    """The manifest (copied first, to read) and the test split's shards it lists (for data
+    prepared before shards: the test images)."""
     from tasks.data.manifest import read_manifest
 
     if MANIFEST not in entries:
@@ -110,8 +111,11 @@ def _test_entries(repo, entries: dict[str, str], out: Path) -> list[tuple[str, s
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(repo.cache.local.oid_to_path(entries[MANIFEST]), out / MANIFEST)
     manifest = read_manifest(out)
-    test = [str(p) for p in manifest.loc[manifest["split"] == "test", "path"]]
-    missing = [p for p in test if p not in entries]
+    test = manifest[manifest["split"] == "test"]
+    # the test split's shards; data prepared before shards lists one file per image
+    column = "shard" if "shard" in manifest.columns else "path"
+    needed = sorted({str(p) for p in test[column]})
+    missing = [p for p in needed if p not in entries]
     if missing:
         raise TargetUnavailable(f"data/target object lacks {missing[0]}")
-    return [(p, entries[p]) for p in test]
+    return [(p, entries[p]) for p in needed]

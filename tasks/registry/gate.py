@@ -114,23 +114,31 @@ def decide(
 
 @dataclass(frozen=True)
 class TestSplit:
-    """The frozen target test split, as image paths and their true class names."""
+    """The frozen target test split: each image's encoded bytes, its manifest path (for
+    messages) and its true class name."""
 
-    paths: list[Path]
+    images: list[bytes]
+    names: list[str]
     classes: list[str]
     data_hash: str  # DVC hash of data/target when known, else "unknown"
 
 
 def load_test_split(target_dir: Path, data_hash: str = "unknown") -> TestSplit:
+    """The test rows of a prepared target, read from its shards (or, for data prepared before
+    shards, a champion's ``images/`` files listed by the manifest)."""
     from tasks.data.manifest import read_manifest
+    from tasks.data.shards import read_image_bytes
 
     manifest = read_manifest(target_dir)
     test = manifest[manifest["split"] == "test"]
     if test.empty:
         raise ValueError(f"{target_dir}: the manifest has no test rows")
-    return TestSplit(
-        [target_dir / p for p in test["path"]], [str(c) for c in test["class_name"]], data_hash
-    )
+    if "shard" in test.columns:
+        images = read_image_bytes(target_dir, test)
+    else:
+        images = [(target_dir / p).read_bytes() for p in test["path"]]
+    names = [str(p) for p in test["path"]]
+    return TestSplit(images, names, [str(c) for c in test["class_name"]], data_hash)
 
 
 def score_version(model_uri: str, split: TestSplit) -> np.ndarray:
@@ -154,11 +162,14 @@ def score_version(model_uri: str, split: TestSplit) -> np.ndarray:
 def read_split(split: TestSplit, model) -> list[np.ndarray]:
     """The split's images as arrays, decoded as the model decodes them (its channels): a
     registered model reads no file paths (``model_inputs``)."""
-    from tasks.data.preprocessing import read_image
+    from tasks.data.preprocessing import decode_image
 
     preprocess = (model.metadata.metadata or {}).get("preprocess", {})
     channels = int(preprocess.get("channels") or 3)  # RGB when unknown: the model converts
-    return [read_image(p, channels) for p in split.paths]
+    return [
+        decode_image(data, channels, f"test image {name}")
+        for data, name in zip(split.images, split.names, strict=True)
+    ]
 
 
 def gate_markdown(name: str, candidate: str, champion: str | None, result: GateResult) -> str:

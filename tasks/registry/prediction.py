@@ -14,7 +14,9 @@ prediction: the other files are scored (``--strict`` makes any such row fatal, i
 context ``prediction``) and the table as its artifact.
 
 Inputs are image files (png, jpg, bmp, webp, tif) or ``.npy`` arrays (uint8 HxW or HxWxC,
-or floats in [0, 1]): what the pyfunc takes as arrays, saved one per file.
+or floats in [0, 1]): what the pyfunc takes as arrays, saved one per file. A prepared
+dataset's ``manifest.parquet`` (with ``shard`` and ``row`` columns) is read from its shards
+(``ShardItem``): its rows keep their manifest path under the dataset folder as their name.
 """
 
 from __future__ import annotations
@@ -82,9 +84,23 @@ def _list_s3(prefix: str, fs) -> list[str]:
     return [f"s3://{key}" for key in sorted(found) if Path(key).suffix.lower() in suffixes]
 
 
+class ShardItem(str):
+    """An image of a prepared dataset: named by its manifest path under the dataset folder
+    (the string, what the predictions table shows), read from row ``row`` of ``shard``."""
+
+    shard: Path
+    row: int
+
+    def __new__(cls, name: str, shard: Path, row: int) -> ShardItem:
+        item = super().__new__(cls, name)
+        item.shard, item.row = shard, row
+        return item
+
+
 def _read_manifest(path: Path) -> list[str]:
     """A CSV or Parquet table with a ``path`` column; relative paths are relative to the
-    manifest's folder (as in a prepared dataset's ``manifest.parquet``)."""
+    manifest's folder. A prepared dataset's ``manifest.parquet`` (``shard`` and ``row``
+    columns) lists its images in its shards: they are read from there."""
     import pandas as pd
 
     try:
@@ -94,6 +110,12 @@ def _read_manifest(path: Path) -> list[str]:
     if "path" not in table.columns:
         columns = ", ".join(map(str, table.columns[:8]))
         raise PredictionError(f"{path}: a manifest needs a 'path' column (it has: {columns})")
+    folder = path.parent.resolve()
+    if {"shard", "row"} <= set(table.columns):
+        return [
+            ShardItem(str(folder / p), folder / s, int(r))
+            for p, s, r in zip(table["path"].astype(str), table["shard"], table["row"], strict=True)
+        ]
     out = []
     for value in table["path"].astype(str):
         out.append(value if is_s3(value) else str((path.parent / value).resolve()))
@@ -258,12 +280,28 @@ def decode(name: str, data: bytes | None, channels: int) -> np.ndarray:
         raise ValueError(str(exc).removeprefix(f"{source}: ")) from None
 
 
+def _read_shard_items(items: list[ShardItem]) -> dict[str, Any]:
+    """``{item: encoded bytes, or the exception}``, one read per shard (its row groups)."""
+    from tasks.data.shards import read_shard_rows
+
+    contents: dict[str, Any] = {}
+    for shard in dict.fromkeys(x.shard for x in items):
+        chosen = [x for x in items if x.shard == shard]
+        try:
+            found = read_shard_rows(shard, [x.row for x in chosen])
+        except Exception as exc:  # a missing or damaged shard: its rows fail, others score
+            found = [exc] * len(chosen)
+        contents |= {str(x): data for x, data in zip(chosen, found, strict=True)}
+    return contents
+
+
 def _read_batch(items: list[str], channels: int, fs) -> list[np.ndarray | str]:
     """Each item decoded, or the error message saying why it could not be."""
     contents: dict[str, Any] = {}
     remote = [x for x in items if is_s3(x)]
     if remote:
         contents = fs.cat(remote, on_error="return")
+    contents |= _read_shard_items([x for x in items if isinstance(x, ShardItem)])
     out: list[np.ndarray | str] = []
     for item in items:
         data = contents.get(item.removeprefix("s3://"), contents.get(item))
@@ -358,9 +396,9 @@ def score(
 
 def _row(path: str, result: np.ndarray | str, classes: list[str]) -> dict[str, Any]:
     if isinstance(result, str):
-        return {"path": path, "error": result}
+        return {"path": str(path), "error": result}
     best = int(np.argmax(result))
-    row = {"path": path, "label": classes[best], "class_index": best}
+    row = {"path": str(path), "label": classes[best], "class_index": best}
     row["probability"] = float(result[best])
     row |= {f"{PROBABILITY_PREFIX}{c}": float(p) for c, p in zip(classes, result, strict=True)}
     return {**row, "error": ""}
@@ -397,7 +435,7 @@ def input_dataset(items: list[str], inputs: Sequence[str]):
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": local files
         warnings.simplefilter("ignore", UserWarning)
         return mlflow.data.from_pandas(
-            pd.DataFrame({"path": items}), source=source, name="prediction-input"
+            pd.DataFrame({"path": [str(x) for x in items]}), source=source, name="prediction-input"
         )
 
 

@@ -32,14 +32,15 @@ def _pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in packages] + [f"mlflow=={mlflow.__version__}"]
 
 
-def input_example(example_image: Path | None, size: int, channels: int) -> list:
-    """One raw uint8 image as nested lists (what a REST client sends in ``inputs``)."""
+def input_example(example_image: bytes | None, size: int, channels: int) -> list:
+    """One raw uint8 image as nested lists (what a REST client sends in ``inputs``);
+    ``example_image``: an encoded image (a prepared dataset's shard row), or None (zeros)."""
     import numpy as np
 
     if example_image is not None:
-        from tasks.data.preprocessing import read_image
+        from tasks.data.preprocessing import decode_image
 
-        image = read_image(example_image, channels)
+        image = decode_image(example_image, channels, "the input example")
     else:
         shape = (size, size) if channels == 1 else (size, size, channels)
         image = np.zeros(shape, np.uint8)
@@ -67,7 +68,7 @@ def serving_config(max_image_pixels: int | None = None) -> dict:
 def log_model(
     ckpt_dir: Path,
     registered_model_name: str,
-    example_image: Path | None = None,
+    example_image: bytes | None = None,
     max_image_pixels: int | None = None,
 ):
     """Log the checkpoint as a models-from-code pyfunc (nothing pickled) and register it.
@@ -185,12 +186,14 @@ def lineage_tags(ctx: StageContext) -> dict[str, str]:
     return {**tags, **source_tags(ctx)}
 
 
-def first_test_image(layout) -> Path | None:
+def first_test_image(layout) -> bytes | None:
+    """The encoded bytes of the target's first test image (the model's input example)."""
     from tasks.data.manifest import read_manifest
+    from tasks.data.shards import read_image_bytes
 
     manifest = read_manifest(layout.target_data)
     test = manifest[manifest["split"] == "test"]
-    return layout.target_data / test["path"].iloc[0] if len(test) else None
+    return read_image_bytes(layout.target_data, test.head(1))[0] if len(test) else None
 
 
 LINEAGE_FILES = ("params.resolved.yaml", "dvc.lock", "reports/metrics.json")

@@ -234,20 +234,25 @@ def test_champion_predicts_raw_arrays_and_paths_in_a_fresh_process(pipeline_run)
     project, _, _, _ = pipeline_run
     code = f"""
 import json, mlflow, numpy as np, pandas as pd
+from pathlib import Path
 mlflow.set_tracking_uri("sqlite:///{project}/mlflow.db")
 model = mlflow.pyfunc.load_model("models:/{MODEL}@champion")
 manifest = pd.read_parquet("{project}/data/target/manifest.parquet")
 test = manifest[manifest.split == "test"].head(60)
 from PIL import Image
-arrays = np.stack([np.asarray(Image.open("{project}/data/target/" + p)) for p in test.path])
+from tasks.data.shards import export_images
+import tempfile
+exported = tempfile.mkdtemp()  # image files back from the shards, outside the project
+files = export_images(Path("{project}/data/target"), test, Path(exported))
+arrays = np.stack([np.asarray(Image.open(f)) for f in files])
 by_array = model.predict(arrays)
-paths = ["{project}/data/target/" + p for p in test.path]
+paths = [str(f) for f in files]
 try:
     model.predict(paths[:1])
     raise SystemExit("a path was read without allow_paths_under")
 except ValueError as exc:
     assert "base64-encoded PNG or JPEG" in str(exc), exc
-allowed = {{"allow_paths_under": "{project}/data/target"}}
+allowed = {{"allow_paths_under": exported}}
 by_path = mlflow.pyfunc.load_model("models:/{MODEL}@champion", model_config=allowed).predict(paths)
 print(json.dumps({{
     "shape": list(arrays.shape), "dtype": str(arrays.dtype),

@@ -21,7 +21,7 @@ from tasks.registry.export import (
     int8_report,
     quantize_int8,
 )
-from tests.registry_support import register_project, run_register
+from tests.registry_support import first_test_images, register_project, run_register
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +37,7 @@ def _target(gate_candidates) -> Path:
 
 
 def _test_images(target: Path, n: int) -> list[np.ndarray]:
-    import pandas as pd
-
-    from tasks.data.preprocessing import read_image
-
-    test = pd.read_parquet(target / "manifest.parquet").query("split == 'test'").head(n)
-    return [read_image(target / p, 1) for p in test.path]
+    return first_test_images(target, n, 1)
 
 
 def test_export_matches_torch_on_the_whole_test_split(exported, gate_candidates):

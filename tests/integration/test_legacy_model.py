@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.registry_support import open_store, register
+from tests.registry_support import (
+    first_test_bytes,
+    first_test_files,
+    first_test_rows,
+    open_store,
+    register,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,7 +65,7 @@ def _log_legacy(ckpt, project, experiment_id, entry) -> str:
     from tasks.registry.publishing import input_example
     from tasks.registry.serving import CHECKPOINT_ARTIFACT
 
-    example = next((project / "data" / "target" / "images" / "0").glob("*.png"))
+    example = first_test_bytes(project / "data" / "target", 1)[0]
     with mlflow.start_run(experiment_id=experiment_id):
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -76,7 +82,6 @@ def test_version_logged_with_the_old_entry_loads_and_predicts_like_a_new_one(
     gate_candidates, tmp_path
 ):
     import numpy as np
-    import pandas as pd
 
     project = gate_candidates.project
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -87,8 +92,8 @@ def test_version_logged_with_the_old_entry_loads_and_predicts_like_a_new_one(
     assert register(gate_candidates.strong, project, experiment, name="tlp-current") == "1"
 
     target = project / "data" / "target"
-    test = pd.read_parquet(target / "manifest.parquet").query("split == 'test'").head(12)
-    paths = [str(target / p) for p in test.path]
+    test = first_test_rows(target, 12)
+    paths = [str(f) for f in first_test_files(target, 12, tmp_path / "images")]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),

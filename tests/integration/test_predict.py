@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from flows.cli import main
-from tests.registry_support import register_project, run_register
+from tests.registry_support import first_test_files, register_project, run_register
 
 pytestmark = pytest.mark.integration
 MODEL = "tlp-uci-digits"  # params.yaml's registry.model_name
@@ -36,14 +36,13 @@ def registered(gate_candidates, tmp_path_factory):
 def folder(registered) -> tuple[Path, list[Path]]:
     """24 test images in nested folders, one corrupt PNG, one array that is not an image."""
     project = registered[0]
-    target = project / "data" / "target"
-    test = pd.read_parquet(target / "manifest.parquet").query("split == 'test'").head(24)
+    exported = first_test_files(project / "data" / "target", 24, project / "exported")
     root = project / "incoming"
     good = []
-    for i, rel in enumerate(test.path):
+    for i, src in enumerate(exported):
         dst = root / f"batch{i % 3}" / f"{i:03d}.png"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(target / rel, dst)
+        shutil.copy(src, dst)
         good.append(dst)
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     np.save(root / "wrong_shape.npy", np.zeros((2, 3, 4, 5), np.uint8))
@@ -104,6 +103,29 @@ def test_predict_on_a_folder_matches_pyfunc_predict(registered, folder, runtime,
         scored[classes].to_numpy(), np.stack(expected.probabilities), atol=1e-5
     )
     assert (scored.class_index.to_numpy() == scored[classes].to_numpy().argmax(1)).all()
+
+
+def test_predict_on_a_prepared_manifest_reads_the_shards(registered, folder, capsys):
+    """``tlp predict data/target/manifest.parquet``: a prepared dataset holds no image files;
+    its rows are read from the shards and named by their manifest path."""
+    from tasks.data.manifest import read_manifest
+    from tasks.registry.export import OnnxClassifier
+
+    project = registered[0]
+    target = project / "data" / "target"
+    assert not (target / "images").exists()
+    out = project / "prepared.parquet"
+    args = ("data/target/manifest.parquet", "--runtime", "onnx", "--batch-size", "256")
+    assert tlp(registered, *args, "--out", out.name) == 0
+    manifest = read_manifest(target)
+    assert f"predicted {len(manifest)} of {len(manifest)} inputs" in capsys.readouterr().out
+    table = pd.read_parquet(out)
+    assert table.path.tolist() == [str(target.resolve() / p) for p in manifest.path]
+    assert (table.error == "").all()
+    first = [str(target.resolve() / p) for p in manifest[manifest.split == "test"].path[:24]]
+    local = OnnxClassifier(project / "models" / "export" / "model.onnx")
+    expected = local.predict([p.read_bytes() for p in folder[1]]).label.tolist()  # same images
+    assert table.set_index("path").label[first].tolist() == expected
 
 
 def test_predict_is_an_mlflow_run_with_its_input_dataset(registered, folder):

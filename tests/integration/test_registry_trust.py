@@ -13,7 +13,10 @@ from mlflow import MlflowClient
 
 from flows.cli import main
 from flows.promote import PromotionRefused, evaluate_gate, gate_and_promote
-from tasks.registry import aliases, identity
+from tasks.data.manifest import read_manifest
+from tasks.data.shards import export_images
+from tasks.registry import aliases, frozen_target, identity
+from tasks.registry.gate import load_test_split
 from tests.registry_support import gate_params, open_store, register, register_project, run_register
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -27,7 +30,9 @@ def project(gate_candidates, tmp_path_factory):
     other digits (``inverted-digits``: a user's folder target)."""
     base = tmp_path_factory.mktemp("identity")
     project = register_project(base, gate_candidates.project, gate_candidates.strong)
-    (base / "inverted-digits").symlink_to(gate_candidates.project / "data" / "target" / "images")
+    target = gate_candidates.project / "data" / "target"
+    export_images(target, read_manifest(target), base / "files")  # files/images/<class>/...
+    (base / "inverted-digits").symlink_to(base / "files" / "images")
     registration = run_register(project)
     return project, f"sqlite:///{base}/mlflow.db", registration
 
@@ -126,6 +131,10 @@ def test_the_gate_scores_on_the_champions_own_target_not_the_workspace(project, 
     changed["class_name"] = changed["class_name"].sample(frac=1.0, random_state=0).to_numpy()
     changed.to_parquet(manifest)  # another data/target in the workspace: labels shuffled
     after = evaluate_gate(project, params, name, candidate, champion)
+    frozen = frozen_target.materialize(project, digest, project.parent / "frozen")
+    held = sorted(str(p.relative_to(frozen)) for p in frozen.rglob("*") if p.is_file())
+    assert held == ["manifest.parquet", "shards/test-000.parquet"]  # only what the gate reads
+    assert len(load_test_split(frozen).images) == after.n
     assert before.n == after.n > 0 and before.candidate_accuracy > 0.5
     assert (after.candidate_accuracy, after.champion_accuracy) == (
         before.candidate_accuracy,

@@ -32,20 +32,25 @@ def _images() -> list[np.ndarray]:
 
 
 def _dataset(root: Path, images: list[np.ndarray]) -> Path:
-    """The images as a prepared dataset (PNG files + manifest), as the prepare stage writes."""
+    """The images as a prepared dataset (PNG shards + manifest), as the prepare stage writes."""
+    import io
+
     from PIL import Image
 
-    from tasks.data.manifest import MANIFEST_COLUMNS, write_manifest
+    from tasks.data.manifest import MANIFEST, MANIFEST_COLUMNS, write_manifest
+    from tasks.data.shards import write_shards
 
-    (root / "images").mkdir(parents=True)
-    rows = []
+    root.mkdir(parents=True)
+    rows, encoded = [], []
     for i, image in enumerate(images):
-        rel = f"images/{i}.png"
-        Image.fromarray(image).save(root / rel)
-        values = {**dict.fromkeys(MANIFEST_COLUMNS, 0), "path": rel, "label": i % 3}
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+        values = {**dict.fromkeys(MANIFEST_COLUMNS, 0), "path": f"images/{i}.png", "label": i % 3}
         values.update(split="test", mode="L" if image.ndim == 2 else "RGB")
         rows.append(tuple(values.values()))
-    write_manifest(root, rows, {"classes": list(CLASSES)})
+    manifest = write_manifest(root, rows, {"classes": list(CLASSES)})
+    write_shards(root, manifest, encoded.__getitem__).to_parquet(root / MANIFEST, index=False)
     return root
 
 

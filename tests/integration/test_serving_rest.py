@@ -20,6 +20,7 @@ import pytest
 from tasks.registry import aliases
 from tests.registry_support import (
     MODEL,
+    first_test_images,
     free_port,
     open_store,
     register,
@@ -58,9 +59,6 @@ def png_base64(height: int, width: int) -> str:
 def champion(gate_candidates, tmp_path_factory):
     """(store URI, 20 test images, their labels as the pyfunc predicts them in-process)."""
     import mlflow
-    import pandas as pd
-
-    from tasks.data.preprocessing import read_image
 
     base = tmp_path_factory.mktemp("rest")
     project = gate_candidates.project
@@ -68,9 +66,7 @@ def champion(gate_candidates, tmp_path_factory):
     exp = open_store(uri, project)
     version = register(gate_candidates.strong, project, exp)
     aliases.move_champion(base, MODEL, version, None, "manual-promote", "serve test")
-    target = project / "data" / "target"
-    test = pd.read_parquet(target / "manifest.parquet").query("split == 'test'").head(20)
-    images = np.stack([read_image(target / p, 1) for p in test.path])
+    images = np.stack(first_test_images(project / "data" / "target", 20, 1))
     local = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(images)
     return uri, images, local["label"].tolist()
 

@@ -17,24 +17,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def registered(gate_candidates, tmp_path_factory):
     """The strong candidate registered in a fresh store, loaded back as a pyfunc."""
     import mlflow
-    import pandas as pd
 
-    from tasks.data.preprocessing import read_image
+    from tasks.data.loading import decode_rows
+    from tasks.data.manifest import read_manifest
+    from tasks.data.shards import export_images
 
     base = tmp_path_factory.mktemp("behaviour")
     exp = open_store(f"sqlite:///{base}/mlflow.db", gate_candidates.project)
     version = register(gate_candidates.strong, gate_candidates.project, exp)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
     target = gate_candidates.project / "data" / "target"
-    manifest = pd.read_parquet(target / "manifest.parquet")
+    manifest = read_manifest(target)
     test = manifest[manifest.split == "test"]
-    images = np.stack([read_image(target / p, 1) for p in test.path])
-    return (
-        model,
-        images,
-        test.class_name.astype(str).to_numpy(),
-        [str(target / p) for p in test.path],
-    )
+    images = np.stack(decode_rows(target, test, 1))
+    files = export_images(target, test, base / "files")  # for what the model reads from files
+    return model, images, test.class_name.astype(str).to_numpy(), [str(f) for f in files]
 
 
 def shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:

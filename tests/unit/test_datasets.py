@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,6 +9,7 @@ from tasks.data.builtins import BUILTINS, load_builtin
 from tasks.data.datasets import prepare_dataset
 from tasks.data.loading import load_split
 from tasks.data.manifest import MANIFEST_COLUMNS, DataError
+from tasks.data.shards import export_images, read_image_bytes
 from tasks.data.splits import assign_splits, subsample
 
 
@@ -81,11 +84,9 @@ def test_subsample_is_stratified():
 def test_materialised_dataset_round_trips(tmp_path, digits):
     """A built-in is written as one shard per split (no file per image), and every image
     decoded from the shards is the recipe's pixels, hashed and labelled as the manifest says."""
-    import io
 
     from tasks.data.ingest import intensity_stats, pixel_sha256
     from tasks.data.manifest import SHARD_COLUMNS, read_info, read_manifest
-    from tasks.data.shards import read_image_bytes
 
     out = tmp_path / "target"
     manifest = prepare_dataset(_spec(labels_per_class=2), 0, out)
@@ -109,3 +110,12 @@ def test_materialised_dataset_round_trips(tmp_path, digits):
     train = load_split(tmp_path / "target", "train", channels=1)
     assert len(train) == 20 and train.classes == digits.classes
     assert train.images[0].dtype == np.uint8
+    rows = manifest[manifest["split"] == "train"]
+    assert train.names == rows["path"].tolist()
+    expected = [digits.images[int(p.rsplit("/", 1)[1][:-4])] for p in rows.path]  # <i>.png
+    assert all(np.array_equal(a, b) for a, b in zip(train.images, expected, strict=True))
+    files = export_images(tmp_path / "target", rows.head(3), tmp_path / "files")
+    assert [f.relative_to(tmp_path / "files").as_posix() for f in files] == rows.path.head(
+        3
+    ).tolist()
+    assert np.array_equal(np.asarray(Image.open(files[0])), train.images[0])

@@ -66,8 +66,18 @@ def prepare_dataset(
     """Build one dataset directory from its params: recipe or folder, subsample, splits, files."""
     if spec.path is not None:
         root = resolve_dir(spec.path, base_dir)
-        return ingest_folder(root, spec, split_seed, out_dir, role, max_pixels)
-    raw = load_builtin(spec.builtin)
-    index = subsample(raw.labels, spec.limit, split_seed)
-    splits = assign_splits(raw.labels[index], spec, split_seed, raw.name, raw.classes)
-    return materialize(raw, splits, index, out_dir, spec.classes)
+        manifest = ingest_folder(root, spec, split_seed, out_dir, role, max_pixels)
+    else:
+        raw = load_builtin(spec.builtin)
+        index = subsample(raw.labels, spec.limit, split_seed)
+        splits = assign_splits(raw.labels[index], spec, split_seed, raw.name, raw.classes)
+        manifest = materialize(raw, splits, index, out_dir, spec.classes)
+    # TEMPORARY SHIM (dropped at merge): the PREP slice makes prepare write shards instead of
+    # images/; until then the shards are written from the PNG files, which stay for the other
+    # readers of this branch.
+    from tasks.data.manifest import MANIFEST
+    from tasks.data.shards import write_shards
+
+    manifest = write_shards(out_dir, manifest, lambda i: (out_dir / manifest.path[i]).read_bytes())
+    manifest.to_parquet(out_dir / MANIFEST, index=False)
+    return manifest

@@ -1,4 +1,4 @@
-"""Where runs and data are kept: the MLflow store and the DVC remote.
+"""Where runs and data are kept: the MLflow store, the DVC remote, the decoded-image cache.
 
 Kept apart from every other section because it says *where*, not *what*: it is left out of
 ``Params.digest()`` (the params hash on runs and registered versions, the resume keys, the
@@ -23,11 +23,18 @@ class StorageParams(Section):
     dvc_remote_endpoint: str | None = Field(
         description="S3-compatible endpoint of the DVC remote (MinIO, moto); null = AWS"
     )
+    decoded_cache_mb: int = Field(
+        ge=0,
+        description="disk budget (MiB) of the decoded, preprocessed training images under "
+        ".tlp/cache/decoded (tasks.data.streaming); 0 = decode every epoch",
+    )
 
 
 # The keys' former place (before they left ``base``): a user's file or ``--set`` naming one
 # is told where it went, in the usual one-line params error.
-MOVED_KEYS = {f"base.{key}": f"storage.{key}" for key in StorageParams.model_fields}
+MOVED_KEYS = {
+    f"base.{key}": f"storage.{key}" for key in ("tracking_uri", "dvc_remote", "dvc_remote_endpoint")
+}
 MOVED_KEYS["pretrain.checkpoint_file"] = (
     "pretrain.checkpoint (with pretrain.train_on_source=true to train it further on the source)"
 )

@@ -260,9 +260,18 @@ class ShardImages:
         return DecodedCache(self.cache_dir, key, shape, budget)
 
     def part(self, rank: int, size: int, seed: int) -> ShardImages:
-        """This dataset's part for rank (or worker) ``rank`` of ``size`` (``partition``)."""
+        """This dataset's part for DDP rank ``rank`` of ``size`` (``partition``: disjoint,
+        padded to equal lengths)."""
+        return self._view(partition(self.pieces, rank, size, seed))
+
+    def worker(self, k: int, workers: int) -> ShardImages:
+        """DataLoader worker ``k``'s share of this dataset: a contiguous run of its row
+        groups (``cut``; no padding, a DataLoader takes what each worker yields)."""
+        return self._view(cut(self.pieces, workers)[k])
+
+    def _view(self, pieces: list[Piece]) -> ShardImages:
         view = copy.copy(self)
-        view._use(partition(self.pieces, rank, size, seed))
+        view._use(pieces)
         return view
 
     def __len__(self) -> int:
@@ -345,8 +354,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         mine = self.images
         if info is not None and info.num_workers > 1:
-            mine = copy.copy(self.images)
-            mine._use(cut(self.images.pieces, info.num_workers)[info.id])
+            mine = mine.worker(info.id, info.num_workers)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = mine.epoch_order(gen)
         for i in range(0, len(order), self.batch_size):

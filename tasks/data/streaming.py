@@ -259,6 +259,11 @@ class ShardImages:
         key = cache_key(self.cfg, self.degrade_to, self.fit_frame, hashes)
         return DecodedCache(self.cache_dir, key, shape, budget)
 
+    def __getstate__(self) -> dict:
+        """Pickled for a DataLoader worker: without the LRU and the open cache file, which
+        the worker opens for itself."""
+        return {**self.__dict__, "_lru": OrderedDict(), "_cache": None, "_cache_opened": False}
+
     def part(self, rank: int, size: int, seed: int) -> ShardImages:
         """This dataset's part for DDP rank ``rank`` of ``size`` (``partition``: disjoint,
         padded to equal lengths)."""

@@ -125,7 +125,7 @@ class DecodedCache:
         return self.shape[0] * self.row_bytes
 
     def read(self, rows: np.ndarray) -> torch.Tensor:
-        """Rows ``rows`` (sorted, unique), one positioned read per run of consecutive rows."""
+        """Rows ``rows`` in that order, one positioned read per run of consecutive rows."""
         out = np.empty((len(rows), *self.shape[1:]), dtype=np.float32)
         for first, count in _runs(rows):
             at = self.offset + int(rows[first]) * self.row_bytes
@@ -163,7 +163,7 @@ class DecodedCache:
 
 
 def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
-    """(position, length) of each run of consecutive values in sorted ``rows``."""
+    """(position, length) of each run of consecutive increasing values in ``rows``."""
     starts = [0, *(np.flatnonzero(np.diff(rows) != 1) + 1).tolist()]
     return [(a, b - a) for a, b in zip(starts, [*starts[1:], len(rows)], strict=True)]
 
@@ -305,10 +305,12 @@ class ShardImages:
         return torch.cat(windows) if windows else torch.empty(0, dtype=torch.int64)
 
     def _batch(self, rows: np.ndarray) -> torch.Tensor:
+        cache = self.cache
+        if cache is not None and cache.complete:  # later epochs: straight from the file
+            return cache.read(rows)
         wanted, where = np.unique(rows, return_inverse=True)
         size = self.cfg.image_size
         out = torch.empty(len(wanted), self.cfg.channels, size, size)
-        cache = self.cache
         cached = cache.filled[wanted] if cache else np.zeros(len(wanted), bool)
         if cached.any():
             out[torch.from_numpy(cached)] = cache.read(wanted[cached])

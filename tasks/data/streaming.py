@@ -34,10 +34,12 @@ same model whether the cache is on, off, cold or warm.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
 import json
+import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ import torch
 
 from tasks.data.shards import RowGroup, read_row_group, row_groups
 
+log = logging.getLogger(__name__)
 CACHE_SUBDIR = Path("cache") / "decoded"  # under the project's .tlp work folder
 CACHE_VERSION = 1  # bump when preprocessing changes what the same params produce
 WINDOW_GROUPS = 4  # rows are shuffled within this many row groups
@@ -246,8 +249,21 @@ class ShardImages:
     def cache(self) -> DecodedCache | None:
         """Opened on first use, so a dataset only ever cut into parts leaves no file."""
         if not self._cache_opened:
-            self._cache, self._cache_opened = self._open_cache(), True
+            self._cache_opened = True
+            try:
+                self._cache = self._open_cache()
+            except OSError as exc:
+                self._drop_cache(exc)
         return self._cache
+
+    def _drop_cache(self, exc: OSError) -> None:
+        """The cache only saves time: a full disk or an unwritable folder turns it off for
+        this dataset (one warning), and training goes on decoding, with the same results."""
+        log.warning("decoded cache off for this run (%s); images are decoded every epoch", exc)
+        if self._cache is not None:
+            with contextlib.suppress(OSError):
+                self._cache.close()
+        self._cache = None
 
     def _open_cache(self) -> DecodedCache | None:
         size = self.cfg.image_size
@@ -319,7 +335,10 @@ class ShardImages:
             fresh = self._decode(todo)
             out[torch.from_numpy(~cached)] = fresh
             if cache is not None:
-                cache.write(todo, fresh)
+                try:
+                    cache.write(todo, fresh)
+                except OSError as exc:
+                    self._drop_cache(exc)
         return out[torch.from_numpy(where.reshape(-1))]
 
     def _decode(self, rows: np.ndarray) -> torch.Tensor:

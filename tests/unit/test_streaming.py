@@ -152,6 +152,19 @@ def test_a_half_written_cache_is_not_used_and_over_budget_is_off(source, in_memo
     assert tiny.cache is None
 
 
+def test_a_full_disk_turns_the_cache_off_not_the_training(source, in_memory, tmp_path):
+    import errno
+
+    x, _, _ = in_memory
+    files, _, _ = _streamed(source, tmp_path, cache_mb=16)
+    with pytest.MonkeyPatch.context() as patch:
+        full = OSError(errno.ENOSPC, "No space left on device")
+        patch.setattr(streaming.os, "pwrite", lambda *a: (_ for _ in ()).throw(full))
+        assert torch.equal(files[:20], x[:20])
+    assert files.cache is None and not list(tmp_path.iterdir())
+    assert torch.equal(files[10:30], x[10:30])
+
+
 def test_the_oldest_cache_entries_are_evicted_beyond_the_budget(tmp_path):
     import os
 

@@ -215,14 +215,17 @@ class ShardImages:
         cache_dir: Path | None = None,
         cache_mb: int = 0,
     ):
-        from tasks.data.manifest import read_manifest
+        from tasks.data.manifest import DataError, read_manifest
 
         self.cfg, self.degrade_to, self.fit_frame = cfg, degrade_to, fit_frame
         self.groups: list[RowGroup] = row_groups(dataset_dir, split)
         rows = read_manifest(dataset_dir)
         rows = rows[rows["split"] == split]
         if len(rows) != sum(g.rows for g in self.groups):
-            raise ValueError(f"{dataset_dir}: the {split} shards do not match the manifest")
+            raise DataError(
+                f"{dataset_dir}: the {split} shards hold {sum(g.rows for g in self.groups)} "
+                f"images, the manifest {len(rows)} (prepare the data again)"
+            )
         self._labels = rows["label"].to_numpy(np.int64)
         self._hashes = rows["sha256"].to_numpy()
         self.cache_dir, self.cache_mb = cache_dir, cache_mb

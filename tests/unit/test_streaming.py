@@ -59,6 +59,16 @@ def test_streamed_rows_equal_the_in_memory_rows(source, degrade, fit_frame):
     assert torch.equal(files[3], x[3])
 
 
+def test_a_dataset_without_its_shards_is_named(source, tmp_path):
+    import shutil
+
+    from tasks.data.manifest import DataError
+
+    shutil.copy(source / MANIFEST, tmp_path / MANIFEST)
+    with pytest.raises(DataError, match=r"train shards hold 0 images, the manifest \d+"):
+        streaming.ShardImages(tmp_path, "train", PRE)
+
+
 def test_epoch_order_is_seeded_and_covers_every_row_once(source):
     files, _, _ = _streamed(source)
 

@@ -172,17 +172,19 @@ def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _evict(root: Path, budget: int, keep: tuple[Path, ...]) -> None:
-    """Delete the least recently used entries until the folder holds at most ``budget``."""
-    entries = sorted(
-        (p for p in root.iterdir() if p.is_file() and p not in keep),
-        key=lambda p: p.stat().st_mtime,
-    )
-    used = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
-    for path in entries:
+    """Delete the least recently used entries until the folder holds at most ``budget``
+    (another process may be evicting or publishing at the same time: a file gone is fine)."""
+    entries = []
+    for path in root.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            entries.append((path.stat(), path))
+    used = sum(stat.st_size for stat, _ in entries)
+    for stat, path in sorted(entries, key=lambda e: e[0].st_mtime):
         if used <= budget:
             break
-        used -= path.stat().st_size
-        path.unlink(missing_ok=True)
+        if path not in keep:
+            used -= stat.st_size
+            path.unlink(missing_ok=True)
 
 
 def cache_key(cfg, degrade_to: int | None, fit_frame: bool, pixel_hashes: list[str]) -> str:

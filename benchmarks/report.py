@@ -231,8 +231,8 @@ def scaling_section(r: dict, out: Path) -> tuple[list[str], dict]:
             )
     lines += [
         "",
-        "`stream` is the stage as it is: the source is decoded from its PNG files batch by "
-        "batch (`tasks.data.loading.ImageFiles`); `memory` swaps in the earlier whole-split "
+        "`stream` is the stage as it is: the source is streamed from its shards row group by "
+        "row group and decoded once (`tasks.data.streaming`); `memory` swaps in whole-split "
         "`load_tensors`, for comparison. Same results for a seed either way "
         "(tests/unit/test_streaming.py).",
         "",

@@ -26,7 +26,7 @@ QUICK = {
     "training_throughput": ["--rounds", "4", "--images", "1024", "--epochs", "1"],
     "orchestration": ["--profiles", "smoke"],
     "shards": ["--limit", "3000"],
-    "scaling": ["--factors", "1", "2", "4", "--base-images", "1250", "--image-size", "16"],
+    "scaling": ["--factors", "1", "4", "12", "--base-images", "500", "--image-size", "16"],
     "data_efficiency": [
         *("--labels", "1", "5", "all", "--seeds", "0"),
         *("--strategies", "scratch", "linear_probe", "full"),
@@ -46,7 +46,7 @@ FULL = {
     "training_throughput": ["--rounds", "8", "--images", "2048", "--epochs", "2"],
     "orchestration": ["--profiles", "smoke", "default"],
     "shards": [],  # all 70,000 Fashion-MNIST images
-    "scaling": ["--factors", "1", "2", "4", "--base-images", "5000", "--epochs", "2"],
+    "scaling": ["--factors", "1", "4", "12", "--base-images", "5000", "--epochs", "1"],
     "data_efficiency": [],  # every strategy, labels 1 2 5 10 20 all, seeds 0 1 2, params.yaml
     "pretrained_transfer": [],  # 6 candidates + 2 control sources, labels 1 5 10 50, 3 seeds
     "serving": [],  # the default experiment, 200 requests per server, 3 batch rounds

@@ -6,6 +6,16 @@ speed).
 
     python benchmarks/training_throughput.py [--rounds 6] [--images 2048] [--epochs 2]
 
+    python benchmarks/training_throughput.py --shards [--images 5000] [--epochs 3]
+
+``--shards`` measures something else (issue 15): pretraining epochs streamed from the
+prepared shards (``tasks.data.streaming``: decoded in epoch 1 into the decoded cache, read
+from it later) against whole-split in-memory loading, in the same row order and seed, on
+the default pretrain params (mnist5k, fit-frame and 8-pixel source resolution, 32x32 grey).
+It reports the seconds of each epoch, the whole-split load time, the ratios (epoch 1 against
+load + epoch 1, later epochs against later epochs: acceptance within 1.05x) and whether both
+trained identical weights; written to ``training_throughput_shards.json``.
+
 Both loops do the same work per step: forward, cross-entropy, backward, AdamW step, LR
 update (timm's cosine schedule). The project loop adds what it does for every run: timm
 parameter groups, seeded shuffling, per-step metric accumulation, the (disabled, no
@@ -130,6 +140,78 @@ def measure(args) -> dict:
     }
 
 
+def shard_epochs(args) -> dict:
+    """Epoch seconds of pretraining from shards (cache on) and from the whole split in memory,
+    in the same order: the in-memory inputs borrow the streamed dataset's epoch order."""
+    import shutil
+    import tempfile
+
+    import torch
+
+    from tasks.core.params import resolve_params
+    from tasks.data.datasets import prepare_dataset
+    from tasks.data.loading import load_source_tensors
+    from tasks.modeling.distributed import weights_digest
+    from tasks.modeling.models import create_model
+    from tasks.modeling.training import fit
+
+    torch.set_num_threads(args.threads)
+    overrides = [f"pretrain.epochs={args.epochs}", f"base.threads={args.threads}"]
+    if args.images < 5000:
+        overrides.append(f"data.source.limit={args.images}")
+    p = resolve_params(ROOT / "params.yaml", "default", overrides)
+    work = Path(tempfile.mkdtemp(prefix="tlp-bench-shards-"))
+    try:
+        source = work / "source"
+        prepare_dataset(p.data.source, p.data.split_seed, source)
+        started = time.perf_counter()
+        x, _, classes = load_source_tensors(source, "train", p)  # decodes the split up front
+        load_seconds = time.perf_counter() - started
+        streamed, labels, _ = load_source_tensors(
+            source, "train", p, stream=True, cache_dir=work / "cache"
+        )
+
+        class InMemory:  # the whole split as one tensor, in the streamed order
+            epoch_order = streamed.epoch_order
+
+            def __len__(self):
+                return len(x)
+
+            def __getitem__(self, idx):
+                return x[idx]
+
+        def epochs(data) -> tuple[list[float], str]:
+            model = create_model(p.model.arch, len(classes), p.preprocess.channels, p.base.seed)
+            marks = [time.perf_counter()]
+            fit(model, (data, labels), p.pretrain, seed=p.base.seed,
+                on_epoch=lambda *_: marks.append(time.perf_counter()))  # fmt: skip
+            return [b - a for a, b in zip(marks, marks[1:], strict=False)], weights_digest(model)
+
+        memory, memory_weights = epochs(InMemory())
+        shards, shard_weights = epochs(streamed)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    later = slice(1, None)
+    later_ratio = (sum(shards[later]) / sum(memory[later])) if len(shards) > 1 else None
+    return {
+        "mode": "shards",
+        "train_images": len(labels),
+        "epochs": args.epochs,
+        "threads": args.threads,
+        "arch": p.model.arch,
+        "batch_size": p.pretrain.batch_size,
+        "memory_load_seconds": load_seconds,
+        "memory_epoch_seconds": memory,
+        "shard_epoch_seconds": shards,
+        "decoded_in_shard_epochs": streamed.decoded,
+        "epoch1_ratio": shards[0] / (load_seconds + memory[0]),
+        "later_epochs_ratio": later_ratio,
+        "total_ratio": sum(shards) / (load_seconds + sum(memory)),
+        "within_1_05": later_ratio is not None and later_ratio <= 1.05,
+        "same_weights": memory_weights == shard_weights,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet10t")
@@ -139,13 +221,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=6, help="even: each loop first as often")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--shards", action="store_true", help="shards against in-memory")
     args = parser.parse_args(argv)
     result = {
         "command": "python benchmarks/training_throughput.py " + " ".join(argv or sys.argv[1:]),
-        **measure(args),
+        **(shard_epochs(args) if args.shards else measure(args)),
     }
+    name = "training_throughput_shards.json" if args.shards else "training_throughput.json"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "training_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
     return result
 

@@ -1,5 +1,5 @@
-"""Reading a prepared split back: decoded images, preprocessed tensors, or ``ImageFiles``
-that decode per batch so a source of any size streams from disk."""
+"""Reading a prepared split back: decoded images, preprocessed tensors, or a stream from the
+split's shards (``tasks.data.streaming``) so a source of any size trains with flat memory."""
 
 from __future__ import annotations
 
@@ -63,61 +63,44 @@ def load_tensors(
     return inputs, torch.from_numpy(data.labels.copy()), data.classes
 
 
-def load_source_tensors(dataset_dir: Path, split: str, params, stream: bool = False):
+def load_source_tensors(
+    dataset_dir: Path,
+    split: str,
+    params,
+    stream: bool = False,
+    cache_dir: Path | None = None,
+):
     """A source split with the source-only preprocessing that matches it to the target
     (``pretrain.source_fit_frame`` and ``pretrain.source_resolution``); ``stream``: the
-    inputs are decoded per batch from disk (``stream_tensors``)."""
-    load = stream_tensors if stream else load_tensors
-    return load(
+    inputs are streamed from the shards (``stream_tensors``), decoded once into the
+    decoded cache under ``cache_dir`` when it fits ``storage.decoded_cache_mb``."""
+    args = (
         dataset_dir,
         split,
         params.preprocess,
         params.pretrain.source_resolution,
         params.pretrain.source_fit_frame,
     )
-
-
-class ImageFiles:
-    """A split's images, decoded from their files and preprocessed only when indexed.
-
-    ``files[idx]`` (a tensor or list of indices, or a slice) gives exactly the rows of
-    ``load_tensors(...)[0][idx]`` without holding the split in memory, so the training loop
-    streams a source of any size from disk, batch by batch, with the same results. It is a
-    map-style dataset (``len`` and indexing), so a torch ``DataLoader`` can read it too.
-    """
-
-    def __init__(
-        self, paths: list[Path], cfg, degrade_to: int | None = None, fit_frame: bool = False
-    ):
-        self.paths, self.cfg = list(paths), cfg
-        self.degrade_to, self.fit_frame = degrade_to, fit_frame
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, idx):
-        if isinstance(idx, int):
-            return self._load([self.paths[idx]])[0]
-        if isinstance(idx, slice):
-            chosen = self.paths[idx]
-        else:
-            chosen = [self.paths[i] for i in np.asarray(idx).reshape(-1).tolist()]
-        return self._load(chosen)
-
-    def _load(self, paths: list[Path]):
-        from tasks.data.preprocessing import preprocess
-
-        return preprocess(paths, self.cfg, degrade_to=self.degrade_to, fit_frame=self.fit_frame)
+    if not stream:
+        return load_tensors(*args)
+    return stream_tensors(*args, cache_dir=cache_dir, cache_mb=params.storage.decoded_cache_mb)
 
 
 def stream_tensors(
-    dataset_dir: Path, split: str, cfg, degrade_to: int | None = None, fit_frame: bool = False
+    dataset_dir: Path,
+    split: str,
+    cfg,
+    degrade_to: int | None = None,
+    fit_frame: bool = False,
+    *,
+    cache_dir: Path | None = None,
+    cache_mb: int = 0,
 ):
-    """Like ``load_tensors``, but the inputs are ``ImageFiles``: decoded per batch from disk."""
-    import torch
+    """Like ``load_tensors``, but the inputs are ``tasks.data.streaming.ShardImages``:
+    streamed from the split's shards, decoded per batch (or read from the decoded cache)."""
+    from tasks.data.streaming import ShardImages
 
-    manifest = read_manifest(dataset_dir)
-    rows = manifest[manifest["split"] == split]
-    files = ImageFiles([dataset_dir / p for p in rows["path"]], cfg, degrade_to, fit_frame)
-    labels = torch.from_numpy(rows["label"].to_numpy(np.int64).copy())
-    return files, labels, read_classes(dataset_dir)
+    images = ShardImages(
+        dataset_dir, split, cfg, degrade_to, fit_frame, cache_dir=cache_dir, cache_mb=cache_mb
+    )
+    return images, images.labels, read_classes(dataset_dir)

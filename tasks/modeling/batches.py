@@ -32,13 +32,18 @@ def steps_per_epoch(cfg: TrainParams, images: int) -> int:
     return max(math.ceil(images / cfg.batch_size), math.ceil(cfg.min_steps / cfg.epochs))
 
 
-def epoch_batches(images: int, steps: int, batch_size: int, gen: torch.Generator):
+def epoch_batches(images: int, steps: int, batch_size: int, gen: torch.Generator, order=None):
     """Index batches of one epoch: a seeded permutation cut into ``batch_size`` slices, and
-    further permutations after it when the epoch takes more steps than one pass gives."""
+    further permutations after it when the epoch takes more steps than one pass gives.
+
+    ``order(gen)``, when given, makes each pass's permutation instead: a streamed dataset's
+    own ``epoch_order`` (``tasks.data.streaming``), which shuffles within windows of shard
+    row groups so that an epoch reads each row group about once."""
     size = min(batch_size, images)
     one_pass = math.ceil(images / size)
     passes = 1 if steps <= one_pass else math.ceil(steps * size / images)
-    order = torch.cat([torch.randperm(images, generator=gen) for _ in range(passes)])
+    permute = order or (lambda g: torch.randperm(images, generator=g))
+    order = torch.cat([permute(gen) for _ in range(passes)])
     return [order[i * size : (i + 1) * size] for i in range(steps)]
 
 

@@ -1,8 +1,9 @@
 """Multi-GPU training: the project's one training loop (``tasks.modeling.training.fit``) under
 ``torchrun`` with DistributedDataParallel.
 
-Each process trains on its own shard of the data (padded to equal length, as
-``DistributedSampler`` does, so every rank takes the same number of steps) and DDP averages
+Each process trains on its own part of the data, streamed from its own run of the prepared
+shards' row groups (padded to equal length, as ``DistributedSampler`` does, so every rank
+takes the same number of steps) and DDP averages
 the gradients, so all ranks hold identical weights after every step. NCCL on GPUs, gloo on
 CPU (what the tests use: two processes on one machine).
 
@@ -70,11 +71,14 @@ def process_group(device: torch.device) -> Iterator[tuple[int, int]]:
         dist.destroy_process_group()
 
 
-def shard(
-    train: tuple[torch.Tensor, torch.Tensor], rank: int, size: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's part of a seeded shuffle, padded so every rank has the same length."""
+def shard(train: tuple[Any, torch.Tensor], rank: int, size: int, seed: int) -> tuple[Any, Any]:
+    """This rank's part, padded so every rank has the same length: of streamed inputs
+    (``tasks.data.streaming.ShardImages``), a disjoint run of the shards' row groups (so a
+    rank reads only its own); of in-memory tensors, a part of a seeded shuffle."""
     inputs, labels = train
+    if hasattr(inputs, "part"):
+        mine = inputs.part(rank, size, seed)
+        return mine, mine.labels
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     per_rank = -(-len(order) // size)  # ceil
     order = torch.cat([order, order[: per_rank * size - len(order)]])
@@ -119,12 +123,19 @@ def pretrain_distributed(project_dir: Path, out_dir: Path) -> dict[str, Any] | N
     from tasks.data.loading import load_source_tensors
     from tasks.modeling.batches import accuracy
     from tasks.modeling.models import ModelCard, create_model, resolve_device, save_checkpoint
+    from tasks.modeling.pretraining import decoded_cache_dir
 
     p = load_resolved(project_dir)
     layout = Layout(project_dir)
     torch.set_num_threads(p.base.threads)
-    x_train, y_train, classes = load_source_tensors(layout.source_data, "train", p)
-    x_test, y_test, _ = load_source_tensors(layout.source_data, "test", p)
+    # streamed: each rank reads its own row groups, decoded once into its own cache entry
+    cache = decoded_cache_dir(project_dir)
+    x_train, y_train, classes = load_source_tensors(
+        layout.source_data, "train", p, stream=True, cache_dir=cache
+    )
+    x_test, y_test, _ = load_source_tensors(
+        layout.source_data, "test", p, stream=True, cache_dir=cache
+    )
     device = resolve_device(p.base.device)
     model = create_model(p.model.arch, len(classes), p.preprocess.channels, seed=p.base.seed)
     with process_group(device) as (rank, size):

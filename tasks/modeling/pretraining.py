@@ -22,6 +22,7 @@ from tasks.core.context import WORK_DIR, StageContext, write_json
 from tasks.data.loading import load_source_tensors
 from tasks.data.manifest import MANIFEST
 from tasks.data.mlflow_datasets import log_splits
+from tasks.data.streaming import CACHE_SUBDIR
 from tasks.modeling.batches import accuracy
 from tasks.modeling.checkpoints import Pretrained, record_tags
 from tasks.modeling.models import ModelCard, create_model, resolve_device, save_checkpoint
@@ -72,13 +73,25 @@ def _state_dir(ctx: StageContext) -> Path:
     return ctx.project_dir / WORK_DIR / "resume" / f"pretrain-{key[:16]}"
 
 
+def decoded_cache_dir(project_dir: Path) -> Path:
+    """Where streamed training keeps decoded images: in the project's work folder, which
+    neither git nor DVC versions (``tasks.data.streaming``)."""
+    return project_dir / WORK_DIR / CACHE_SUBDIR
+
+
 def train_source(ctx: StageContext, start: Pretrained | None = None) -> dict:
     """Pretrain ``model.arch`` on ``data/source`` into ``models/source``, from random weights
     or from the checkpoint ``start`` (``pretrain.train_on_source``)."""
     p, layout = ctx.params, ctx.layout
-    # streamed from the PNG files batch by batch: memory does not grow with the source
-    x_train, y_train, classes = load_source_tensors(layout.source_data, "train", p, stream=True)
-    x_test, y_test, _ = load_source_tensors(layout.source_data, "test", p, stream=True)
+    # streamed from the shards batch by batch: memory does not grow with the source; decoded
+    # once into the cache when it fits storage.decoded_cache_mb (the same results either way)
+    cache = decoded_cache_dir(ctx.project_dir)
+    x_train, y_train, classes = load_source_tensors(
+        layout.source_data, "train", p, stream=True, cache_dir=cache
+    )
+    x_test, y_test, _ = load_source_tensors(
+        layout.source_data, "test", p, stream=True, cache_dir=cache
+    )
     device = resolve_device(p.base.device)
     model = _initial_model(ctx, classes, start)
     arch = start.arch if start else p.model.arch

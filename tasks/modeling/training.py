@@ -130,7 +130,9 @@ def _trainable(model: torch.nn.Module, extra: torch.nn.Module | None) -> torch.n
 def _train_epoch(model, objective, optimizer, scheduler, train, cfg, ctx, epoch, steps) -> dict:
     inputs, labels = train
     model.train()
-    batches = epoch_batches(len(labels), steps, cfg.batch_size, ctx.gen)
+    # a streamed dataset brings its own epoch order (shuffled within windows of row groups)
+    order = getattr(inputs, "epoch_order", None)
+    batches = epoch_batches(len(labels), steps, cfg.batch_size, ctx.gen, order)
     # summed on the device and read once per epoch: a .item() per step would make the host
     # wait for the GPU at every step
     sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # target CE, objective, hits

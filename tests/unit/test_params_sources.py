@@ -162,6 +162,15 @@ def test_the_old_place_of_a_storage_key_names_the_new_one(project_root, tmp_path
         resolve_params(tmp_path / "params.yaml")
 
 
+def test_a_resolved_file_from_before_the_decoded_cache_still_loads(project_root, tmp_path):
+    params = resolve_params(project_root / "params.yaml")
+    tree = yaml.safe_load(resolved_text(params))
+    del tree["storage"]["decoded_cache_mb"]
+    (tmp_path / "params.resolved.yaml").write_text(yaml.safe_dump(tree))
+    assert load_resolved(tmp_path).storage.decoded_cache_mb == 0  # that run decoded always
+    assert load_resolved(tmp_path).digest() == params.digest()
+
+
 def test_a_resolved_file_from_before_the_move_still_loads(project_root, tmp_path):
     """tlp wrote it (an older run, or a version's lineage files): read, keys moved."""
     params = resolve_params(project_root / "params.yaml")

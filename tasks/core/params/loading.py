@@ -66,12 +66,17 @@ def read_params_file(path: Path) -> dict[str, Any]:
 
 def _move_storage_keys(tree: dict[str, Any]) -> None:
     """A resolved file written before storage left ``base`` (an older run, or the lineage
-    files of a version registered then): tlp wrote it, so its keys are moved, not refused."""
+    files of a version registered then): tlp wrote it, so its keys are moved, not refused,
+    and a storage key added since (``decoded_cache_mb``) is filled with what that run did."""
     base = tree.get("base")
-    if not isinstance(base, dict) or "storage" in tree:
-        return
-    leaves = [old.removeprefix("base.") for old in MOVED_KEYS]
-    tree["storage"] = {leaf: base.pop(leaf) for leaf in leaves if leaf in base}
+    if isinstance(base, dict) and "storage" not in tree:
+        leaves = [old.removeprefix("base.") for old in MOVED_KEYS]
+        tree["storage"] = {leaf: base.pop(leaf) for leaf in leaves if leaf in base}
+    storage = tree.get("storage")
+    if isinstance(storage, dict) and "decoded_cache_mb" not in storage:
+        # written before the decoded cache existed: that run decoded every epoch (0 = off;
+        # the cache never changes results, only how often images are decoded)
+        storage["decoded_cache_mb"] = 0
 
 
 def resolve_params(

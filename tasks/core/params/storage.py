@@ -1,4 +1,4 @@
-"""Where runs and data are kept: the MLflow store and the DVC remote.
+"""Where runs and data are kept: the MLflow store, the DVC remote, the decoded-image cache.
 
 Kept apart from every other section because it says *where*, not *what*: it is left out of
 ``Params.digest()`` (the params hash on runs and registered versions, the resume keys, the
@@ -22,6 +22,11 @@ class StorageParams(Section):
     dvc_remote: str = Field(min_length=1, description="DVC remote URL or local dir")
     dvc_remote_endpoint: str | None = Field(
         description="S3-compatible endpoint of the DVC remote (MinIO, moto); null = AWS"
+    )
+    decoded_cache_mb: int = Field(
+        ge=0,
+        description="disk budget (MiB) of the decoded, preprocessed training images under "
+        ".tlp/cache/decoded (tasks.data.streaming); 0 = decode every epoch",
     )
 
 

@@ -59,8 +59,25 @@ def stage_changes(project_dir: Path, stage: str) -> dict:
         return repo.status(targets=[stage]).get(stage, {}) or {}
 
 
+def recorded_stages(project_dir: Path) -> set[str]:
+    """The stages dvc.lock records (read after any commit in flight: ``DVC_LOCK``)."""
+    import yaml
+
+    with DVC_LOCK:
+        try:
+            text = (project_dir / "dvc.lock").read_text()
+        except FileNotFoundError:
+            return set()
+    loaded = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    return set(loaded.get("stages") or {})
+
+
 def is_up_to_date(project_dir: Path, stage: str) -> bool:
-    """True when the stage's deps, params and outs match dvc.lock."""
+    """True when the stage's deps, params and outs match dvc.lock. A stage dvc.lock does not
+    record is not, without asking DVC (which would parse dvc.yaml and dvc.lock and hash the
+    stage's deps first: on a first run the commit hashes them, off the critical path)."""
+    if stage not in recorded_stages(project_dir):
+        return False
     with open_repo(project_dir) as repo:
         return not repo.status(targets=[stage])
 

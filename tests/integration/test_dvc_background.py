@@ -44,6 +44,8 @@ def project(tmp_path) -> Path:
 
 
 def test_background_commits_and_push_record_what_commits_in_line_do(project, tmp_path):
+    assert versioning.recorded_stages(project) == set()
+    assert not versioning.is_up_to_date(project, "first")  # not recorded: DVC is not asked
     bg = versioning.Background(project)
     try:
         bg.commit("first")
@@ -54,7 +56,8 @@ def test_background_commits_and_push_record_what_commits_in_line_do(project, tmp
     finally:
         bg.close()
     lock = (project / "dvc.lock").read_text()
-    assert bg.seconds > 0 and versioning.stage_changes(project, "second") == {}
+    assert bg.seconds > 0 and versioning.recorded_stages(project) == {"first", "second"}
+    assert versioning.is_up_to_date(project, "second")
     (project / "dvc.lock").unlink()
     for stage in ("first", "second"):
         versioning.commit_stage(project, stage)

@@ -158,11 +158,24 @@ def served_first_run(base: Path, profile: str, extra: list[str], env: dict) -> d
     from flows import prefect_api, servers
 
     project = make_project(base)
-    port = prefect_api._free_port()
-    database = prefect_api.project_database_url(project, server=True)
+    # the project's own Prefect database, as by default: PREFECT_HOME would be a choice of
+    # the user's (flows/prefect_api.py), so the server and the run get no PREFECT_HOME, and
+    # a profiles file of their own instead of the user's
+    env = {k: v for k, v in env.items() if k != "PREFECT_HOME"}
+    env["PREFECT_PROFILES_PATH"] = str(base / "profiles.toml")
+    saved = {k: os.environ.pop(k, None) for k in ("PREFECT_HOME", "PREFECT_PROFILES_PATH")}
+    os.environ["PREFECT_PROFILES_PATH"] = env["PREFECT_PROFILES_PATH"]
+    try:
+        port = prefect_api._free_port()
+        database = prefect_api.project_database_url(project, server=True)
+    finally:
+        os.environ.pop("PREFECT_PROFILES_PATH")
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
     service = servers.prefect_server_service(
         port, database, prefect_api.server_record(project, port, database)
     )
+    service.env["PREFECT_PROFILES_PATH"] = env["PREFECT_PROFILES_PATH"]
+    service.env["PREFECT_HOME"] = str(base / "server-home")  # the server's own files
     proc = servers.start(service, base / "logs")
     try:
         servers.wait_healthy(service, proc, timeout=300)
@@ -171,10 +184,7 @@ def served_first_run(base: Path, profile: str, extra: list[str], env: dict) -> d
         argv += [a for s in extra for a in ("--set", s)]
         wall, _ = timed(argv, env)
         summary = json.loads((project / "reports" / "summary.json").read_text())
-        used = (
-            summary.get("prefect_flow_run_id") not in (None, "none")
-            and not (project / prefect_api.PID_FILE).exists()
-        )
+        used = summary.get("prefect_api_url") == service.record[1]["api_url"]
         return {"first_run_seconds": wall, "used_the_server": used, **overhead(wall, summary)}
     finally:
         servers.remove_record(service, proc)

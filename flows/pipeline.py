@@ -76,6 +76,14 @@ def _process_age() -> float | None:
         return None
 
 
+def _prefect_api_url() -> str:
+    """The Prefect API this run reports to: a temporary one, the server serving the project
+    (flows/prefect_api.py), or a configured one."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value() or "none")
+
+
 def _flow_run_info() -> dict[str, str]:
     from prefect.settings import PREFECT_UI_URL
 
@@ -329,6 +337,7 @@ def transfer_pipeline(
         summary["audit"] = findings
         summary["process_seconds_before_flow"] = before_flow
         summary["dvc_background_seconds"] = round(dvc.seconds, 3)  # off the critical path
+        summary["prefect_api_url"] = _prefect_api_url()
         write_json(ctx.layout.summary, summary)
         tracking.finish_parent_run(ctx.parent_run_id, summary, ctx.flow_run.get("url"))
         create_markdown_artifact(summary_markdown(summary), key="transfer-pipeline-summary")

@@ -262,10 +262,13 @@ def _run_stages(ctx: StageContext, clock: PhaseClock, dvc: versioning.Background
     project = ctx.project_dir
     timings, compute, skipped = {}, {}, []
     ran = None  # the stage that ran and is not yet committed
+    # only a stage's own commit records it: what dvc.lock held at the start is what it holds
+    # for each stage still to come (no waiting for the commit in flight to know it)
+    recorded = versioning.recorded_stages(project)
     for stage in STAGES:
         t0 = time.perf_counter()
         with clock("dvc_status"):
-            up_to_date = versioning.is_up_to_date(project, stage.name)
+            up_to_date = versioning.is_up_to_date(project, stage.name, recorded)
             up_to_date = up_to_date and stage.still_valid(ctx) and _intact(project, stage.name)
         if ran is not None:
             with clock("dvc_commit"):  # waits only for the commit before it, if still running
@@ -318,9 +321,11 @@ def transfer_pipeline(
         dvc = versioning.Background(project)
         try:
             timings, compute, skipped = _run_stages(ctx, clock, dvc)
-            dvc.push()  # after the last commit, while the parent run's report is logged
             with clock("report"):  # the data every stage read, in the parent's Datasets panel
-                log_datasets(split_datasets(project, ALL), ctx.parent_run_id)
+                datasets = split_datasets(project, ALL)  # reads dvc.lock: before the push
+            dvc.push()  # after the last commit, while the parent run's report is logged
+            with clock("report"):
+                log_datasets(datasets, ctx.parent_run_id)
             if params.transfer.source == "auto":
                 with clock("report"):
                     publish_source_choice(ctx)

@@ -72,11 +72,12 @@ def recorded_stages(project_dir: Path) -> set[str]:
     return set(loaded.get("stages") or {})
 
 
-def is_up_to_date(project_dir: Path, stage: str) -> bool:
+def is_up_to_date(project_dir: Path, stage: str, recorded: set[str] | None = None) -> bool:
     """True when the stage's deps, params and outs match dvc.lock. A stage dvc.lock does not
-    record is not, without asking DVC (which would parse dvc.yaml and dvc.lock and hash the
-    stage's deps first: on a first run the commit hashes them, off the critical path)."""
-    if stage not in recorded_stages(project_dir):
+    record (``recorded``: ``recorded_stages``, read now when not given) is not, without
+    asking DVC (which would parse dvc.yaml and dvc.lock and hash the stage's deps first: on
+    a first run the commit hashes them, off the critical path)."""
+    if stage not in (recorded_stages(project_dir) if recorded is None else recorded):
         return False
     with open_repo(project_dir) as repo:
         return not repo.status(targets=[stage])

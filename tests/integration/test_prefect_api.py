@@ -218,6 +218,14 @@ def test_a_stale_server_record_is_ignored(tmp_path, monkeypatch):
         assert prefect_api.serving_server(tmp_path) is None and record.exists()
         _record(tmp_path, other.pid, 1, prefect_api.project_database_url(tmp_path))
         assert prefect_api.serving_server(tmp_path) is None  # does not answer: not used
+        from flows.servers import Service, remove_record
+
+        service = Service("prefect", [], "", record=(record, {}))
+        remove_record(service, type("Proc", (), {"pid": other.pid + 1})())
+        assert record.exists()  # another server's record: left to it
+        remove_record(service, other)
+        assert not record.exists()  # its server stopped
+        _record(tmp_path, other.pid, 1, prefect_api.project_database_url(tmp_path))
         record.write_text("{not json")
         assert prefect_api.serving_server(tmp_path) is None and not record.exists()
     finally:

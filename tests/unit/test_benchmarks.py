@@ -55,7 +55,7 @@ def test_overhead_is_wall_time_outside_the_stages():
     }
     split = overhead(100.0, summary)
     parts = split["split"]
-    assert parts["before_flow"] == 6.0 and parts["dvc"] == 4.0 and parts["prefect"] == 4.0
+    assert parts["before_flow"] == 6.0 and parts["dvc"] == 4.0 and parts["after_flow"] == 4.0
     assert sum(parts.values()) == pytest.approx(split["overhead_seconds"])
     assert split["goal"] == {"max_percent": 5.0, "passed": False}
     assert split["overhead_seconds"] == pytest.approx(20.0)

@@ -188,6 +188,11 @@ class Background:
         from concurrent.futures import ThreadPoolExecutor
 
         self.project_dir = project_dir
+        # a symlink cache replaces each output file by a link as it commits: the next stage
+        # could find one missing, so such a project commits in line (copies, reflinks and
+        # hardlinks leave the workspace's files where they are)
+        with open_repo(project_dir) as repo:
+            self.in_line = "symlink" in (repo.cache.local.cache_types or ())
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvc")
         self._pending = None
         self.seconds = 0.0  # spent in the thread: DVC work taken off the critical path
@@ -213,8 +218,11 @@ class Background:
             pass  # it failed before it held the lock: check() or wait() raises it
 
     def commit(self, stage: str) -> None:
-        """Commit ``stage`` once what is in flight is done; returns when it holds the lock."""
+        """Commit ``stage`` once what is in flight is done; returns when it holds the lock
+        (in line: when it is done)."""
         self._submit(commit_stage, self.project_dir, stage, hold=True)
+        if self.in_line:
+            self.wait()
 
     def push(self) -> None:
         """Push once every commit in flight succeeded; returns at once."""

@@ -78,3 +78,19 @@ def test_a_failed_background_commit_fails_the_run_before_the_push(project):
         bg.close()
     assert not (project / "remote").exists()  # the remote changed only if all succeeded
     assert "second" not in (project / "dvc.lock").read_text()
+
+
+def test_a_symlink_cache_commits_in_line(project):
+    """A symlink cache swaps each output file for a link as it commits: not beside a stage."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo, repo.config.edit("local") as conf:
+        conf["cache"]["type"] = "symlink"
+    bg = versioning.Background(project)
+    try:
+        assert bg.in_line
+        bg.commit("first")
+        assert bg._pending is None and (project / "first").is_symlink() is False
+        assert (project / "first" / "a.bin").is_symlink()  # done before commit returned
+    finally:
+        bg.close()

@@ -86,6 +86,8 @@ def _breakdown_lines(profiles: dict) -> list[str]:
         runs = [("first run", p)]
         if p.get("changed_run"):
             runs.append((f"rerun, `--set {p['changed_run']['change']}`", p["changed_run"]))
+        if p.get("running_server"):
+            runs.append(("first run, a running Prefect server", p["running_server"]))
         for label, run in runs:
             wall = run.get("wall_seconds", run.get("first_run_seconds"))
             inside = run.get("orchestration_inside_flow") or {}
@@ -147,6 +149,8 @@ def orchestration_section(r: dict, out: Path) -> tuple[list[str], dict]:
             f"{p['forced_flow_rerun_seconds']:.1f} |"
         )
         metrics[f"{name}_overhead_percent"] = p["overhead_percent"]
+        if p.get("running_server"):
+            metrics[f"{name}_served_overhead_percent"] = p["running_server"]["overhead_percent"]
         metrics[f"{name}_cached_rerun_fraction"] = p["cached_rerun_fraction"]
         if p.get("changed_run"):
             metrics[f"{name}_changed_run_overhead_percent"] = p["changed_run"]["overhead_percent"]

@@ -1,8 +1,10 @@
 """Prefect flow ``transfer_pipeline``: the DVC stages as tasks, skipped when DVC says up to date.
 
 Each stage runs in this process (heavy libraries are imported once), then is committed to
-dvc.lock and the DVC cache exactly as ``dvc repro`` would record it; outputs are pushed to
-the DVC remote only after every stage succeeded, so a failed run leaves the remote as it was.
+dvc.lock and the DVC cache exactly as ``dvc repro`` would record it, in a background thread
+while the next stage computes; outputs are pushed to the DVC remote only after every stage
+and every commit succeeded (and before the promotion gate), so a failed run leaves the
+remote as it was.
 """
 
 from __future__ import annotations
@@ -72,6 +74,14 @@ def _process_age() -> float | None:
         return round(time.time() - psutil.Process().create_time(), 2)
     except Exception:
         return None
+
+
+def _prefect_api_url() -> str:
+    """The Prefect API this run reports to: a temporary one, the server serving the project
+    (flows/prefect_api.py), or a configured one."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value() or "none")
 
 
 def _flow_run_info() -> dict[str, str]:
@@ -240,16 +250,30 @@ def record_stores(ctx: StageContext, summary: dict) -> None:
     )
 
 
-def _run_stages(ctx: StageContext, clock: PhaseClock):
+def _run_stages(ctx: StageContext, clock: PhaseClock, dvc: versioning.Background):
     """Each stage DVC does not report up to date, as a Prefect task, committed to dvc.lock.
-    Returns seconds per stage (all of it, and the stage's own work) and the skipped stages."""
+
+    A stage's commit runs in the background (``versioning.Background``) while the next
+    stage computes; it is handed over after the next stage's status is known (the status
+    reads the stage's outputs as deps, not dvc.lock's record of them), and anything that
+    reads DVC meanwhile waits for it. The last stage's commit is left in flight for the
+    caller. Returns seconds per stage (all of it, and the stage's own work) and the skipped
+    stages."""
     project = ctx.project_dir
     timings, compute, skipped = {}, {}, []
+    ran = None  # the stage that ran and is not yet committed
+    # only a stage's own commit records it: what dvc.lock held at the start is what it holds
+    # for each stage still to come (no waiting for the commit in flight to know it)
+    recorded = versioning.recorded_stages(project)
     for stage in STAGES:
         t0 = time.perf_counter()
         with clock("dvc_status"):
-            up_to_date = versioning.is_up_to_date(project, stage.name)
+            up_to_date = versioning.is_up_to_date(project, stage.name, recorded)
             up_to_date = up_to_date and stage.still_valid(ctx) and _intact(project, stage.name)
+        if ran is not None:
+            with clock("dvc_commit"):  # waits only for the commit before it, if still running
+                dvc.commit(ran)
+            ran = None
         if up_to_date:
             skipped.append(stage.name)
             log.info("%s: up to date, skipped", stage.name)
@@ -258,9 +282,11 @@ def _run_stages(ctx: StageContext, clock: PhaseClock):
                 seconds = run_stage.with_options(name=stage.name)(stage.name, ctx)
             clock.seconds["prefect_task"] -= seconds  # the stage's own work is not overhead
             compute[stage.name] = round(seconds, 3)
-            with clock("dvc_commit"):
-                versioning.commit_stage(project, stage.name)
+            ran = stage.name
         timings[stage.name] = round(time.perf_counter() - t0, 3)
+    if ran is not None:
+        with clock("dvc_commit"):
+            dvc.commit(ran)
     return timings, compute, skipped
 
 
@@ -292,14 +318,21 @@ def transfer_pipeline(
         with clock("setup"):
             tracking.log_run_artifact(ctx.parent_run_id, project / "params.resolved.yaml")
             findings = reconcile_aliases(ctx)
-        timings, compute, skipped = _run_stages(ctx, clock)
-        with clock("report"):  # the data every stage read, in the parent's Datasets panel
-            log_datasets(split_datasets(project, ALL), ctx.parent_run_id)
-        if params.transfer.source == "auto":
+        dvc = versioning.Background(project)
+        try:
+            timings, compute, skipped = _run_stages(ctx, clock, dvc)
+            with clock("report"):  # the data every stage read, in the parent's Datasets panel
+                datasets = split_datasets(project, ALL)  # reads dvc.lock: before the push
+            dvc.push()  # after the last commit, while the parent run's report is logged
             with clock("report"):
-                publish_source_choice(ctx)
-        with clock("dvc_push"):
-            versioning.push(project)
+                log_datasets(datasets, ctx.parent_run_id)
+            if params.transfer.source == "auto":
+                with clock("report"):
+                    publish_source_choice(ctx)
+            with clock("dvc_push"):  # the remote has it all before the gate moves an alias
+                dvc.wait()
+        finally:
+            dvc.close()
         with clock("promotion_gate"):
             promotion = promote_model(project_dir=str(project))  # moves @champion, or not
         log.info("promotion gate: %s", promotion["reason"])
@@ -308,6 +341,8 @@ def transfer_pipeline(
         summary["promotion"] = promotion
         summary["audit"] = findings
         summary["process_seconds_before_flow"] = before_flow
+        summary["dvc_background_seconds"] = round(dvc.seconds, 3)  # off the critical path
+        summary["prefect_api_url"] = _prefect_api_url()
         write_json(ctx.layout.summary, summary)
         tracking.finish_parent_run(ctx.parent_run_id, summary, ctx.flow_run.get("url"))
         create_markdown_artifact(summary_markdown(summary), key="transfer-pipeline-summary")

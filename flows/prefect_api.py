@@ -12,6 +12,11 @@ workers have sent what they hold.
 Nothing is launched when ``PREFECT_API_URL`` names a running server (environment or Prefect
 profile: it is used as it is), when Prefect's ephemeral mode is off, or with
 ``TLP_PREFECT_PRESTART=0`` (Prefect then starts its server itself, as it would without tlp).
+Nor when a server already serves this project: ``tlp server`` records its pid, URL and
+database in ``.tlp/prefect/server.json`` once it answers (and removes it when it stops);
+``tlp run`` uses that server after a fast health check (no start, no wait, and its flow run
+is on that server's UI). A record whose process is gone, is not that server (a reused pid,
+another port) or names another database is stale: it is removed and the run starts its own.
 
 Where flow runs are stored: in the project, ``.tlp/prefect/prefect.db``, not the user-wide
 ``~/.prefect/prefect.db`` where the flow runs of every project mixed. Only the server's
@@ -32,6 +37,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import signal
@@ -49,6 +55,8 @@ from pathlib import Path
 PORT_IN_USE = 3  # uvicorn's exit code when it cannot bind
 DATABASE_DIR = Path(".tlp") / "prefect"
 PID_FILE = DATABASE_DIR / "api.pid"
+SERVER_RECORD = DATABASE_DIR / "server.json"  # a `tlp server` serving this project
+HEALTH_TIMEOUT = 1.0  # seconds a recorded server has to answer before a run starts its own
 SERVER_APP = "prefect.server.api.server:create_app"
 DATABASE_SETTING = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
 # settings by which a user says where Prefect keeps its state (tlp then leaves it there)
@@ -250,11 +258,82 @@ class TemporaryApi:
         return self._log.read().decode(errors="replace")[-2000:].strip() or "no output"
 
 
-def start_early(project: Path | None = None) -> TemporaryApi | None:
+class RunningServer:
+    """A Prefect server that already serves this project (``tlp server``): used, never
+    started or stopped by the run."""
+
+    process = None
+
+    def __init__(self, api_url: str) -> None:
+        self.api_url = api_url.rstrip("/")
+
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
+    def wait_until_up(self, timeout: float) -> None:
+        """Checked already (``serving_server``)."""
+
+    def stop(self) -> None:
+        """Not the run's to stop."""
+
+
+def server_record(project: Path, port: int, database_url: str | None) -> tuple[Path, dict] | None:
+    """Where ``tlp server`` records the Prefect server it starts for ``project``, and what:
+    None when the server does not use the project's database (the user chose another)."""
+    if database_url is None:
+        return None
+    info = {"api_url": f"http://127.0.0.1:{port}/api", "port": port, "database": database_url}
+    return Path(project).resolve() / SERVER_RECORD, info
+
+
+def _serves_port(pid: int, port: int) -> bool:
+    """Whether ``pid`` is a server started with ``--port port`` (``prefect server start``,
+    uvicorn): its command line says so, not a reused pid's."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(a == b"--port" and b == str(port).encode() for a, b in itertools.pairwise(cmdline))
+
+
+def _answers(api_url: str, timeout: float = HEALTH_TIMEOUT) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def serving_server(project: Path) -> RunningServer | None:
+    """The Prefect server recorded as serving ``project`` on the database a run of it would
+    use, when it is alive and answers within ``HEALTH_TIMEOUT``; a stale record is removed."""
+    path = Path(project).resolve() / SERVER_RECORD
+    try:
+        recorded = json.loads(path.read_text())
+        pid, port, api_url = int(recorded["pid"]), int(recorded["port"]), recorded["api_url"]
+        database = recorded["database"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    if not _serves_port(pid, port):
+        path.unlink(missing_ok=True)  # gone, or a reused pid, or another port
+        return None
+    if database != project_database_url(project):  # not where this run's flow runs belong
+        return None
+    return RunningServer(api_url) if _answers(api_url) else None
+
+
+def start_early(project: Path | None = None) -> TemporaryApi | RunningServer | None:
     """Launch the server now (on ``project``'s own database), unless the environment names an
-    API or asks for Prefect's own start; ``use`` later checks the Prefect profile too."""
+    API or asks for Prefect's own start, or a server already serves the project (then that
+    one); ``use`` later checks the Prefect profile too."""
     if os.environ.get("TLP_PREFECT_PRESTART", "1") == "0" or os.environ.get("PREFECT_API_URL"):
         return None
+    if project is not None and (running := serving_server(project)) is not None:
+        return running
     api = TemporaryApi(project)
     try:
         api.launch()
@@ -266,7 +345,7 @@ def start_early(project: Path | None = None) -> TemporaryApi | None:
 
 
 @contextmanager
-def use(api: TemporaryApi | None) -> Iterator[None]:
+def use(api: TemporaryApi | RunningServer | None) -> Iterator[None]:
     """Prefect in this process talks to ``api`` inside the block."""
     from prefect.settings import (
         PREFECT_API_URL,
@@ -276,6 +355,10 @@ def use(api: TemporaryApi | None) -> Iterator[None]:
         temporary_settings,
     )
 
+    if isinstance(api, RunningServer) and not PREFECT_API_URL.value():
+        with temporary_settings({PREFECT_API_URL: api.api_url, PREFECT_UI_URL: api.ui_url}):
+            yield  # the project's server: its UI shows the run
+        return
     if api is None or PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         if api is not None:
             api.stop()

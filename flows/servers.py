@@ -10,6 +10,7 @@ machines through an SSH tunnel or a proxy you trust, or use infra/docker-compose
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -32,6 +33,9 @@ class Service:
     argv: list[str]
     health_url: str
     env: dict[str, str] = field(default_factory=dict)
+    # a file where the server's pid and ``info`` are written once it answers, removed when it
+    # stops: how ``tlp run`` finds the Prefect server serving its project (flows/prefect_api.py)
+    record: tuple[Path, dict] | None = None
 
 
 def _tool(name: str) -> str:
@@ -64,9 +68,12 @@ def mlflow_server_service(
     return Service("mlflow", argv, f"http://{HOST}:{port}/health", env)
 
 
-def prefect_server_service(port: int, database_url: str | None = None) -> Service:
+def prefect_server_service(
+    port: int, database_url: str | None = None, record: tuple[Path, dict] | None = None
+) -> Service:
     """``prefect server start``: SQLite under PREFECT_HOME unless a database URL is given
-    (``tlp server`` gives the project's, flows/prefect_api.py)."""
+    (``tlp server`` gives the project's, flows/prefect_api.py, and a ``record`` so that
+    ``tlp run`` in the project uses this server)."""
     env = {
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_API_URL": f"http://{HOST}:{port}/api",
@@ -74,7 +81,7 @@ def prefect_server_service(port: int, database_url: str | None = None) -> Servic
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     argv = [_tool("prefect"), "server", "start", "--host", HOST, "--port", str(port)]
-    return Service("prefect", argv, f"http://{HOST}:{port}/api/health", env)
+    return Service("prefect", argv, f"http://{HOST}:{port}/api/health", env, record)
 
 
 def start(service: Service, log_dir: Path | None = None) -> subprocess.Popen:
@@ -125,6 +132,27 @@ def stop(procs: Sequence[subprocess.Popen], timeout: float = 8.0) -> None:
         proc.wait()
 
 
+def write_record(service: Service, proc: subprocess.Popen) -> None:
+    if service.record is None:
+        return
+    path, info = service.record
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**info, "pid": proc.pid}))
+        tmp.replace(path)  # a run never reads half a record
+
+
+def remove_record(service: Service, proc: subprocess.Popen) -> None:
+    """The record goes with its server (only if it is still this server's)."""
+    if service.record is None:
+        return
+    path = service.record[0]
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        if json.loads(path.read_text())["pid"] == proc.pid:
+            path.unlink()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -138,6 +166,7 @@ def supervise(services: Sequence[Service], log_dir: Path | None = None) -> int:
             proc = start(service, log_dir)
             procs.append(proc)
             wait_healthy(service, proc)
+            write_record(service, proc)
             base = service.health_url.rsplit("/health", 1)[0].removesuffix("/api")
             print(f"  {service.name:<10} {base}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
@@ -149,5 +178,7 @@ def supervise(services: Sequence[Service], log_dir: Path | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        for service, proc in zip(services, procs, strict=False):
+            remove_record(service, proc)
         stop(procs)
         signal.signal(signal.SIGTERM, previous)

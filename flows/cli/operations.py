@@ -55,7 +55,8 @@ def server(
     """Start a Prefect server and an MLflow server on 127.0.0.1 (one box).
 
     The Prefect server reads the project's own database, where `tlp run` records its flow
-    runs, unless PREFECT_HOME or a Prefect database setting says otherwise.
+    runs, unless PREFECT_HOME or a Prefect database setting says otherwise. While it runs,
+    `tlp run` in this project uses it instead of starting a temporary one per run.
 
     Parameters
     ----------
@@ -70,7 +71,7 @@ def server(
     basic_auth
         MLflow basic auth (admin from MLFLOW_AUTH_ADMIN_USERNAME/_PASSWORD)
     """
-    from flows.prefect_api import project_database_url
+    from flows.prefect_api import project_database_url, server_record
     from flows.servers import mlflow_server_service, prefect_server_service, supervise
     from tasks.core.tracking import resolve_tracking_uri
 
@@ -80,9 +81,13 @@ def server(
     if store.startswith(("http://", "https://")):
         store = resolve_tracking_uri("sqlite:///mlflow.db", project)
     artifacts = artifacts or str(project / "mlartifacts")
+    database = project_database_url(project, server=True)
     services = [
-        # the flow runs `tlp run` recorded in the project (.tlp/prefect/prefect.db)
-        prefect_server_service(prefect_port, project_database_url(project, server=True)),
+        # the flow runs `tlp run` recorded in the project (.tlp/prefect/prefect.db); a
+        # `tlp run` of this project uses this server while it runs (.tlp/prefect/server.json)
+        prefect_server_service(
+            prefect_port, database, server_record(project, prefect_port, database)
+        ),
         mlflow_server_service(store, artifacts, mlflow_port, basic_auth),
     ]
     print("Starting a Prefect server and an MLflow server on 127.0.0.1. Point runs at them with:")

@@ -1,7 +1,12 @@
 """DVC through its Python API: stage status, commit to dvc.lock and cache, push, lineage hashes.
 
 The Prefect flow runs each stage's function in-process (no subprocess start-up per stage),
-then ``commit_stage`` records what it produced exactly as ``dvc repro`` would.
+then ``commit_stage`` records what it produced exactly as ``dvc repro`` would; ``Background``
+does those commits, and the final push, in a thread while the flow goes on.
+
+DVC works in the project as the working directory, which is the process's: one DVC
+operation runs at a time in a process (``open_repo`` holds ``DVC_LOCK``), so a stage that
+reads dvc.lock while a commit runs in the background reads it after that commit.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+import time
 from contextlib import chdir, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +26,7 @@ REMOTE_NAME = "tlp"
 # and cheap to notice; data is pinned by its manifest's hashes)
 VERIFIED_OUTPUTS = ("models/",)
 log = logging.getLogger(__name__)
+DVC_LOCK = threading.RLock()  # one DVC operation at a time in this process (module docstring)
 
 
 class VersioningError(RuntimeError):
@@ -33,7 +41,8 @@ def open_repo(project_dir: Path):
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
-    with chdir(project_dir):  # DVC resolves some paths against the working directory
+    # DVC resolves some paths against the working directory
+    with DVC_LOCK, chdir(project_dir):
         try:
             repo = Repo(str(project_dir))
         except NotDvcRepoError:
@@ -50,8 +59,26 @@ def stage_changes(project_dir: Path, stage: str) -> dict:
         return repo.status(targets=[stage]).get(stage, {}) or {}
 
 
-def is_up_to_date(project_dir: Path, stage: str) -> bool:
-    """True when the stage's deps, params and outs match dvc.lock."""
+def recorded_stages(project_dir: Path) -> set[str]:
+    """The stages dvc.lock records (read after any commit in flight: ``DVC_LOCK``)."""
+    import yaml
+
+    with DVC_LOCK:
+        try:
+            text = (project_dir / "dvc.lock").read_text()
+        except FileNotFoundError:
+            return set()
+    loaded = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    return set(loaded.get("stages") or {})
+
+
+def is_up_to_date(project_dir: Path, stage: str, recorded: set[str] | None = None) -> bool:
+    """True when the stage's deps, params and outs match dvc.lock. A stage dvc.lock does not
+    record (``recorded``: ``recorded_stages``, read now when not given) is not, without
+    asking DVC (which would parse dvc.yaml and dvc.lock and hash the stage's deps first: on
+    a first run the commit hashes them, off the critical path)."""
+    if stage not in (recorded_stages(project_dir) if recorded is None else recorded):
+        return False
     with open_repo(project_dir) as repo:
         return not repo.status(targets=[stage])
 
@@ -143,6 +170,87 @@ def commit_stage(project_dir: Path, stage: str) -> None:
     """Record the stage's deps, params and outs in dvc.lock and copy outs into the cache."""
     with open_repo(project_dir) as repo:
         repo.commit(stage, force=True)
+
+
+class Background:
+    """DVC commits and the push, one at a time and in order, in a thread of their own.
+
+    ``commit(stage)`` returns once the thread holds ``DVC_LOCK``: whatever reads DVC next
+    (the next stage's status, a stage reading dvc.lock) waits for that commit, so it sees
+    what a commit in line would have left. The flow calls ``commit`` for a stage after the
+    next stage's status is known, so the commit runs while the next stage computes (which
+    never writes another stage's outputs: DVC's outputs are disjoint). ``wait`` returns the
+    seconds it waited and raises what the commit or push raised, so a failed commit fails
+    the run before the push, and the remote changes only after every commit succeeded.
+    """
+
+    def __init__(self, project_dir: Path) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.project_dir = project_dir
+        # a symlink cache replaces each output file by a link as it commits: the next stage
+        # could find one missing, so such a project commits in line (copies, reflinks and
+        # hardlinks leave the workspace's files where they are)
+        with open_repo(project_dir) as repo:
+            self.in_line = "symlink" in (repo.cache.local.cache_types or ())
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvc")
+        self._pending = None
+        self.seconds = 0.0  # spent in the thread: DVC work taken off the critical path
+
+    def _submit(self, work, *args, hold: bool) -> None:
+        self.check()
+        previous = self._pending
+        holding = threading.Event()
+
+        def job():
+            if previous is not None:
+                previous.result()  # in order: nothing runs after a failed commit
+            with DVC_LOCK:
+                holding.set()
+                started = time.perf_counter()
+                try:
+                    return work(*args)
+                finally:
+                    self.seconds += time.perf_counter() - started
+
+        self._pending = self._pool.submit(job)
+        while hold and not holding.wait(0.05) and not self._pending.done():
+            pass  # it failed before it held the lock: check() or wait() raises it
+
+    def commit(self, stage: str) -> None:
+        """Commit ``stage`` once what is in flight is done; returns when it holds the lock
+        (in line: when it is done)."""
+        self._submit(commit_stage, self.project_dir, stage, hold=True)
+        if self.in_line:
+            self.wait()
+
+    def push(self) -> None:
+        """Push once every commit in flight succeeded; returns at once."""
+        self._submit(push, self.project_dir, hold=False)
+
+    def check(self) -> None:
+        """Raise now what finished work raised (a failed commit stops the run early)."""
+        if self._pending is not None and self._pending.done():
+            self.wait()
+
+    def wait(self) -> float:
+        """Seconds waited for the work in flight; raises what it raised."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return 0.0
+        started = time.perf_counter()
+        pending.result()
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        """Let the work in flight finish (a failure elsewhere keeps what it committed, as a
+        commit in line would have), logging its own failure; stop the thread."""
+        try:
+            self.wait()
+        except Exception as exc:
+            log.error("DVC: %s", exc)
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def ensure_remote(project_dir: Path, url: str, endpoint: str | None = None) -> str:

@@ -221,6 +221,7 @@ def test_summary_splits_the_time_into_compute_and_orchestration(pipeline_run):
     assert compute + sum(phases.values()) <= first["wall_seconds"] + 0.1
     assert second["stage_compute_seconds"] == {}
     assert "dvc_commit" not in second["orchestration_seconds"]
+    assert first["dvc_background_seconds"] > 0  # the commits and the push ran in the background
 
 
 def test_second_run_trains_nothing(pipeline_run):

@@ -71,6 +71,11 @@ def test_bad_data_stops_the_flow_at_validate(tmp_path, prefect_harness):
     assert registry_state(uri) == registry_before
     assert _snapshot(remote) == remote_before
     assert not (project / "models").exists()  # nothing was trained
+    from tasks.core import versioning
+
+    # prepare's commit, run in the background while validate ran, finished before the
+    # failure was raised: dvc.lock records prepare, as a commit in line would have
+    assert versioning.recorded_stages(project) == {"prepare"}
     assert (project / "reports" / "data_docs" / "index.html").is_file()
     from mlflow import MlflowClient
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +135,99 @@ def test_an_orphan_server_of_ours_is_stopped(tmp_path):
         process.kill()
         process.wait()
         api.stop()
+
+
+SERVED = """
+import sys
+from pathlib import Path
+from flows import prefect_api
+api = prefect_api.start_early(Path(sys.argv[1]))
+assert isinstance(api, prefect_api.RunningServer), api  # nothing launched
+from prefect import flow
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+with prefect_api.use(api):
+    assert PREFECT_API_URL.value() == sys.argv[2], PREFECT_API_URL.value()
+    assert PREFECT_UI_URL.value() == sys.argv[2].removesuffix("/api")
+    print(flow(name="served")(lambda: 42)())
+"""
+
+
+def _record(project, pid: int, port: int, database: str | None = None) -> None:
+    from flows.servers import Service, write_record
+
+    found = prefect_api.server_record(project, port, database or "sqlite:///elsewhere.db")
+    service = Service("prefect", [], "", record=found)
+    write_record(service, type("Proc", (), {"pid": pid})())
+
+
+def test_a_run_uses_the_server_serving_the_project(tmp_path, monkeypatch):
+    """A server recorded as serving the project (``tlp server``; here the same Prefect API
+    app, on the project's database) is used: no temporary API starts, and the flow run is
+    stored in that server's database. Its record is left in place."""
+    for key in prefect_api.USER_CHOICES + ("PREFECT_PROFILES_PATH", "PREFECT_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "profiles.toml"))
+    project = tmp_path / "project"
+    project.mkdir()
+    server = prefect_api.TemporaryApi(project)
+    server.launch()
+    try:
+        server.wait_until_up(180)
+        (project / prefect_api.PID_FILE).unlink()  # a server, not a run's temporary API
+        _record(project, server.process.pid, server.port, prefect_api.project_database_url(project))
+        out = subprocess.run(
+            [sys.executable, "-c", SERVED, str(project), server.api_url],
+            env={**os.environ},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split()[-1] == "42"
+        assert not (project / prefect_api.PID_FILE).exists()  # no temporary API was started
+        import sqlite3
+
+        db = sqlite3.connect(project / ".tlp" / "prefect" / "prefect.db")
+        joined = "select f.name from flow_run r join flow f on f.id = r.flow_id"
+        names = [row[0] for row in db.execute(joined)]
+        db.close()
+        assert names == ["served"]
+        assert (project / prefect_api.SERVER_RECORD).is_file()
+    finally:
+        server.stop()
+
+
+def test_a_stale_server_record_is_ignored(tmp_path, monkeypatch):
+    """A dead pid, or a live process that is no server on that port, is removed and the run
+    starts its own API; a live server of another database is not used."""
+    for key in prefect_api.USER_CHOICES + ("PREFECT_PROFILE",):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "profiles.toml"))
+    record = tmp_path / prefect_api.SERVER_RECORD
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _record(tmp_path, dead.pid, 4200, prefect_api.project_database_url(tmp_path))
+    assert prefect_api.serving_server(tmp_path) is None and not record.exists()
+    _record(tmp_path, os.getpid(), 4200, prefect_api.project_database_url(tmp_path))
+    assert prefect_api.serving_server(tmp_path) is None and not record.exists()  # not a server
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--port", "1"])
+    try:
+        while b"--port" not in Path(f"/proc/{other.pid}/cmdline").read_bytes():
+            time.sleep(0.01)  # until it has exec'd
+        _record(tmp_path, other.pid, 1)  # another project's database
+        assert prefect_api.serving_server(tmp_path) is None and record.exists()
+        _record(tmp_path, other.pid, 1, prefect_api.project_database_url(tmp_path))
+        assert prefect_api.serving_server(tmp_path) is None  # does not answer: not used
+        from flows.servers import Service, remove_record
+
+        service = Service("prefect", [], "", record=(record, {}))
+        remove_record(service, type("Proc", (), {"pid": other.pid + 1})())
+        assert record.exists()  # another server's record: left to it
+        remove_record(service, other)
+        assert not record.exists()  # its server stopped
+        _record(tmp_path, other.pid, 1, prefect_api.project_database_url(tmp_path))
+        record.write_text("{not json")
+        assert prefect_api.serving_server(tmp_path) is None and not record.exists()
+    finally:
+        other.kill()
+        other.wait()

@@ -50,13 +50,18 @@ def test_overhead_is_wall_time_outside_the_stages():
     summary = {
         "wall_seconds": 90.0,
         "stage_compute_seconds": {"prepare": 10.0, "pretrain": 70.0},
-        "orchestration_seconds": {"dvc_commit": 4.0},
+        "orchestration_seconds": {"dvc_commit": 4.0, "promotion_gate": 1.0},
+        "process_seconds_before_flow": 6.0,
     }
     split = overhead(100.0, summary)
+    parts = split["split"]
+    assert parts["before_flow"] == 6.0 and parts["dvc"] == 4.0 and parts["after_flow"] == 4.0
+    assert sum(parts.values()) == pytest.approx(split["overhead_seconds"])
+    assert split["goal"] == {"max_percent": 5.0, "passed": False}
     assert split["overhead_seconds"] == pytest.approx(20.0)
     assert split["overhead_percent"] == pytest.approx(20.0)
     assert split["outside_flow_seconds"] == pytest.approx(10.0)
-    assert split["orchestration_inside_flow"] == {"dvc_commit": 4.0}
+    assert split["orchestration_inside_flow"] == {"dvc_commit": 4.0, "promotion_gate": 1.0}
 
 
 def test_report_covers_every_committed_result(tmp_path, project_root):

@@ -19,7 +19,7 @@ from tasks.data.builtins import RawDataset, load_builtin
 from tasks.data.folders import ingest_folder, resolve_dir
 from tasks.data.ingest import pixel_sha256
 from tasks.data.manifest import fresh_dir, relabel, write_manifest
-from tasks.data.splits import assign_splits, subsample
+from tasks.data.splits import assign_splits, storage_order, subsample
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,4 +99,5 @@ def prepare_dataset(
     raw = load_builtin(spec.builtin)
     index = subsample(raw.labels, spec.limit, split_seed)
     splits = assign_splits(raw.labels[index], spec, split_seed, raw.name, raw.classes)
+    index, splits = storage_order(index, splits, split_seed)
     return materialize(raw, splits, index, out_dir, spec.classes)

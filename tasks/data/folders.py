@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tasks.data.manifest import DataError, fresh_dir, relabel, write_manifest
-from tasks.data.splits import assign_splits, subsample
+from tasks.data.splits import assign_splits, storage_order, subsample
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,6 +87,7 @@ def ingest_folder(
     labels = relabel(raw_labels, found, label_space)
     index = subsample(raw_labels, spec.limit, split_seed)
     splits = assign_splits(raw_labels[index], spec, split_seed, f"{role} ({root})", found)
+    index, splits = storage_order(index, splits, split_seed)
     rows, files = [], []
     for i, split in zip(index, splits, strict=True):
         (rel, name), info = kept[i], infos[i]

@@ -54,6 +54,19 @@ def subsample(labels: np.ndarray, limit: int | None, split_seed: int) -> np.ndar
     return np.sort(np.concatenate(keep))
 
 
+def storage_order(index: np.ndarray, splits: np.ndarray, split_seed: int):
+    """``index`` and ``splits`` in the order the rows are stored: a seeded permutation.
+
+    Sources and folders come sorted by class (a folder is scanned class by class, mnist5k is
+    ordered by label), and a loader streaming the shards shuffles row groups and the rows
+    within a few of them (``tasks.data.streaming``), not the whole split at once: stored in
+    class order, its batches would each hold a class or two. Stored shuffled, every row
+    group is a random sample of the split, so the block shuffle mixes classes as a global
+    one does. Seeded by ``data.split_seed``, so a rebuild is byte-identical."""
+    order = np.random.default_rng([split_seed, 3]).permutation(len(index))
+    return index[order], splits[order]
+
+
 def split_sizes(count: int, spec: DatasetParams) -> tuple[int, int, int]:
     """(test, val, train) images drawn from a class of ``count``: test by ``test_fraction``
     (at least one), ``val_per_class``, then ``labels_per_class`` or all the rest."""

@@ -88,7 +88,7 @@ def trained_project(work: Path, profile: str, extra: list[str], env: dict) -> Pa
 def registered(project: Path) -> dict:
     """The last version the project registered, its params, store and export report."""
     from tasks.core.params import load_resolved
-    from tasks.core.tracking import resolve_tracking_uri
+    from tasks.core.params.storage import resolve_tracking_uri
 
     params = load_resolved(project)
     registration = json.loads((project / "reports" / "registration.json").read_text())

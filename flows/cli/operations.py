@@ -26,7 +26,7 @@ def ui(
         also open it in the default browser
     """
     from flows.servers import mlflow_ui_service, supervise
-    from tasks.core.tracking import resolve_tracking_uri
+    from tasks.core.params.storage import resolve_tracking_uri
 
     uri = resolve_tracking_uri(options.resolve(project).storage.tracking_uri, project.resolve())
     if uri.startswith(("http://", "https://")):
@@ -73,7 +73,7 @@ def server(
     """
     from flows.prefect_api import project_database_url, server_record
     from flows.servers import mlflow_server_service, prefect_server_service, supervise
-    from tasks.core.tracking import resolve_tracking_uri
+    from tasks.core.params.storage import resolve_tracking_uri
 
     project = project.resolve()
     configured = resolve_tracking_uri(options.resolve(project).storage.tracking_uri, project)

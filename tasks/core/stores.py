@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks.core.params import ParamsError
+from tasks.core.params.storage import resolve_tracking_uri
 
 RECORD = Path(".tlp") / "stores.json"
 FIX = (
@@ -70,8 +71,6 @@ def read(project_dir: Path) -> dict | None:
 
 def check(params, project_dir: Path) -> None:
     """``StoreMissing`` when the store or remote the last run used is gone or empty."""
-    from tasks.core.tracking import resolve_tracking_uri
-
     saved = read(project_dir)
     if saved is None:
         return

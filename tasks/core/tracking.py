@@ -13,18 +13,12 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
+from tasks.core.params.storage import resolve_tracking_uri
+
 # MLflow 3's UI opens an experiment by this tag: without it, an experiment with no runs yet
 # (and sometimes one with runs) opens in the GenAI view (Traces, Judges, Prompts)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
-
-
-def resolve_tracking_uri(uri: str, project_dir: Path) -> str:
-    """Relative sqlite paths live in the project; every other URI is used as given."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str((project_dir / uri[len(prefix) :]).resolve())
-    return uri
 
 
 def configure(uri: str, project_dir: Path, experiment: str) -> str:

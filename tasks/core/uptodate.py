@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 
 from tasks.core.params import RESOLVED_PARAMS_FILE, Params
+from tasks.core.params.storage import resolve_tracking_uri
 
 RECORD = ".tlp/uptodate.json"
 TOOL_ROOT = Path(__file__).resolve().parents[1]
@@ -132,11 +133,7 @@ def checkpoint_signature(params: Params, project_dir: Path, digest: Any) -> None
 
 
 def _tracking_uri(params: Params, project_dir: Path) -> str:
-    prefix = "sqlite:///"
-    uri = params.storage.tracking_uri
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str((project_dir / uri[len(prefix) :]).resolve())
-    return uri
+    return resolve_tracking_uri(params.storage.tracking_uri, project_dir)
 
 
 def fingerprint(project_dir: Path, params: Params) -> str:

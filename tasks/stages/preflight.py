@@ -386,7 +386,7 @@ def check_task(params: Params, project_dir: Path, name: str | None = None) -> No
     another task than this run's: it would register into it and the gate would compare
     versions of different tasks. Reads the store only when it exists (a missing SQLite file
     holds no model; tasks/core/stores.py says whether it should have been there)."""
-    from tasks.core.tracking import resolve_tracking_uri
+    from tasks.core.params.storage import resolve_tracking_uri
     from tasks.registry.identity import TaskConflict, check_model, check_model_sqlite
 
     uri = resolve_tracking_uri(params.storage.tracking_uri, project_dir)

@@ -190,7 +190,7 @@ def registered_card(uri: str, tracking_uri: str, project_dir: Path) -> dict:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from tasks.core.tracking import resolve_tracking_uri
+    from tasks.core.params.storage import resolve_tracking_uri
 
     store = resolve_tracking_uri(tracking_uri, project_dir)
     if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():

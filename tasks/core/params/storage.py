@@ -9,6 +9,7 @@ environment (ENV_OVERRIDES)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from pydantic import Field
 
@@ -48,3 +49,13 @@ ENV_OVERRIDES = {
 def environment_overrides() -> list[tuple[list[str], str]]:
     """``TLP_TRACKING_URI`` etc. as (keys, value) pairs, for the variables that are set."""
     return [(list(k), os.environ[var]) for var, k in ENV_OVERRIDES.items() if os.environ.get(var)]
+
+
+def resolve_tracking_uri(uri: str, project_dir: Path) -> str:
+    """Relative sqlite paths live in the project; every other URI is used as given. Here,
+    not in ``tasks.core.tracking``, so the checks before a run (the stores check, the
+    up-to-date shortcut) resolve the store without importing MLflow."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((project_dir / uri[len(prefix) :]).resolve())
+    return uri

@@ -238,7 +238,12 @@ def test_an_interrupted_command_exits_130(held_project):
     import signal
 
     proc = subprocess.Popen(
-        [TLP, "-C", str(held_project), "run", "--wait", "60"], stderr=subprocess.PIPE, text=True
+        [TLP, "-C", str(held_project), "run", "--wait", "60"],
+        stderr=subprocess.PIPE,
+        text=True,
+        # SIGINT as a terminal leaves it: a test runner started in the background (a shell
+        # without job control) ignores SIGINT, and its children inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
     queued = proc.stderr.readline()  # past start-up and params, queued on the lock
     assert "waiting up to 60 s for the run lock (pid " in queued, queued

@@ -1,7 +1,7 @@
 """A user's ImageFolder directory (``<root>/<class>/<image>``) as a prepared dataset: images
 inspected, bad files named (or skipped when ``skip_bad_files``), splits drawn, and the files'
 original bytes written into shards (never re-encoded: decoding them gives the pixels the
-user's files give), read one shard at a time."""
+user's files give), read one row group (1,024 images) at a time."""
 
 from __future__ import annotations
 

@@ -63,10 +63,8 @@ def write_shards(
     ``shard`` and ``row`` columns added (same row order).
 
     ``image_bytes(i)`` gives the encoded image of manifest row ``i`` (positional); it is
-    called one shard at a time, so memory holds one shard's bytes, not the dataset's.
+    called one row group at a time, so memory holds one row group's bytes, not the dataset's.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     manifest = manifest.reset_index(drop=True).copy()
     (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
@@ -81,22 +79,38 @@ def write_shards(
             if not chosen:
                 continue
             name = shard_name(split, k)
-            table = pa.Table.from_pandas(manifest.loc[chosen], preserve_index=False)
-            images = pa.array([image_bytes(i) for i in chosen], type=pa.binary())
-            table = table.append_column(IMAGE_COLUMN, images)
-            pq.write_table(
-                table,
-                out_dir / name,
-                row_group_size=ROW_GROUP_ROWS,
-                compression={
-                    c: "NONE" if c == IMAGE_COLUMN else "SNAPPY" for c in table.column_names
-                },
-            )
+            _write_shard(out_dir / name, manifest, chosen, image_bytes)
             for row, i in enumerate(chosen):
                 shard_col[i], row_col[i] = name, row
     manifest["shard"] = shard_col
     manifest["row"] = row_col
     return manifest
+
+
+def _write_shard(
+    path: Path, manifest: pd.DataFrame, rows: list[int], image_bytes: Callable[[int], bytes]
+) -> None:
+    """One shard, written row group by row group: memory holds one row group's images (a
+    shard of large photos would not fit in memory at once)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for start in range(0, len(rows), ROW_GROUP_ROWS):
+            chosen = rows[start : start + ROW_GROUP_ROWS]
+            table = pa.Table.from_pandas(manifest.loc[chosen], preserve_index=False)
+            images = pa.array([image_bytes(i) for i in chosen], type=pa.binary())
+            table = table.append_column(IMAGE_COLUMN, images)
+            if writer is None:
+                compression = {
+                    c: "NONE" if c == IMAGE_COLUMN else "SNAPPY" for c in table.column_names
+                }
+                writer = pq.ParquetWriter(path, table.schema, compression=compression)
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def split_shards(dataset_dir: Path, split: str) -> list[Path]:

@@ -54,17 +54,25 @@ from tasks.core.params.storage import (
 )
 from tasks.core.params.training import (
     ALL_STRATEGIES,
+    SELF_SUPERVISED,
+    SOURCE_USING_STRATEGIES,
     ModelParams,
     PreprocessParams,
     PretrainParams,
+    SelfSupervisedParams,
     Strategy,
     TrainParams,
     TransferParams,
+    check_augmentations,
 )
 from tasks.core.params.tree import UNHASHED_SECTIONS, BaseParams, Params
 
 __all__ = [
     "ALL_STRATEGIES",
+    "SELF_SUPERVISED",
+    "SOURCE_USING_STRATEGIES",
+    "SelfSupervisedParams",
+    "check_augmentations",
     "BUILTIN_DATASETS",
     "DEFAULT_PROFILE",
     "ENV_OVERRIDES",

@@ -37,6 +37,10 @@ class DatasetParams(Section):
     labels_per_class: int | None = Field(
         ge=1, description="labelled training images per class; null = all the rest"
     )
+    unlabeled: bool = Field(
+        description="a folder of images without labels (any layout; subfolder names are not "
+        "classes): one class, for self-supervised pretraining; source only"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetParams:
@@ -47,6 +51,11 @@ class DatasetParams(Section):
             raise ValueError(f"unknown built-in dataset {self.builtin!r} (known: {known})")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes must not repeat")
+        if self.unlabeled and self.path is None:
+            raise ValueError(
+                "unlabeled: true is for a folder (path: DIR); a built-in's labels "
+                "are ignored by a self-supervised pretrain.objective anyway"
+            )
         return self
 
 
@@ -59,6 +68,15 @@ class DataParams(Section):
     )
     source: DatasetParams
     target: DatasetParams
+
+    @model_validator(mode="after")
+    def _target_labelled(self) -> DataParams:
+        if self.target.unlabeled:
+            raise ValueError(
+                "target.unlabeled: the target must be labelled (its test split "
+                "measures every model); unlabelled images belong in data.source"
+            )
+        return self
 
 
 class ValidationParams(Section):

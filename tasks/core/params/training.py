@@ -3,6 +3,7 @@ and the transfer strategies on the target."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -22,6 +23,12 @@ Strategy = Literal[
     "multitask",
 ]
 ALL_STRATEGIES: tuple[str, ...] = Strategy.__args__
+# the strategies that train on source images beside the target (instance weighting applies)
+SOURCE_USING_STRATEGIES = frozenset({"dann", "mmd", "multitask"})
+
+PretrainObjective = Literal["supervised", "simclr", "byol"]
+SELF_SUPERVISED: tuple[str, ...] = ("simclr", "byol")
+MIN_CROP_SIDE = 4  # pixels a side the smallest random crop must keep (self-supervised views)
 
 
 class ModelParams(Section):
@@ -85,7 +92,67 @@ class TrainParams(Section):
         return self
 
 
+class SelfSupervisedParams(Section):
+    """``pretrain.ssl``: the self-supervised objectives' heads, losses, views and monitor."""
+
+    projection_dim: int = Field(ge=8, le=4096, description="projection head output size")
+    hidden_dim: int = Field(ge=8, le=8192, description="projection/prediction head width")
+    temperature: float = Field(gt=0.0, le=10.0, description="simclr: NT-Xent temperature")
+    momentum: float = Field(
+        ge=0.0, lt=1.0, description="byol: EMA of the target network, cosine-raised to 1"
+    )
+    crop_scale: tuple[float, float] = Field(
+        description="random resized crop: [min, max] fraction of the image's area kept"
+    )
+    flip: bool = Field(description="random horizontal flip (off for digits and text)")
+    jitter: float = Field(
+        ge=0.0, le=1.0, description="brightness and contrast (and saturation, RGB) strength"
+    )
+    grayscale: float = Field(ge=0.0, le=1.0, description="RGB only: probability of grey")
+    blur_sigma: float = Field(ge=0.0, le=10.0, description="largest Gaussian blur sigma; 0 = off")
+    monitor_k: int = Field(
+        ge=0, le=1000, description="kNN monitor on the labelled target split; 0 = off"
+    )
+
+    @model_validator(mode="after")
+    def _crop_scale_ordered(self) -> SelfSupervisedParams:
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError("crop_scale must be [min, max] with 0 < min <= max <= 1")
+        return self
+
+
+def check_augmentations(ssl: SelfSupervisedParams, image_size: int) -> None:
+    """Refuse views that cannot be made at ``image_size`` pixels: a smallest crop under
+    ``MIN_CROP_SIDE`` pixels a side, or a blur kernel (6 sigma + 1) wider than the image."""
+    side = int((ssl.crop_scale[0] ** 0.5) * image_size)
+    if side < MIN_CROP_SIDE:
+        raise ValueError(
+            f"pretrain.ssl.crop_scale: the smallest crop of a {image_size} px image would be "
+            f"{side} px a side (fewer than {MIN_CROP_SIDE}); raise crop_scale's minimum to at "
+            f"least {math.ceil(100 * (MIN_CROP_SIDE / image_size) ** 2) / 100} or "
+            "preprocess.image_size"
+        )
+    kernel = 2 * int(-(-3 * ssl.blur_sigma // 1)) + 1 if ssl.blur_sigma > 0 else 0
+    if kernel > image_size:
+        raise ValueError(
+            f"pretrain.ssl.blur_sigma: {ssl.blur_sigma} needs a {kernel} px blur kernel, wider "
+            f"than the {image_size} px image; lower it to at most {(image_size - 1) // 6}"
+        )
+
+
 class PretrainParams(TrainParams):
+    objective: PretrainObjective = Field(
+        description="supervised: learn data.source's labels; simclr (contrastive) or byol "
+        "(non-contrastive): self-supervised on pretrain.images, labels ignored"
+    )
+    images: Literal["source", "target"] = Field(
+        description="what a self-supervised objective learns from: source = data.source's "
+        "train split (a labelled dataset with its labels ignored, or a folder of unlabelled "
+        "images); target = the target's train split and unlabelled pool (in-domain; never "
+        "its val or test split)"
+    )
+    ssl: SelfSupervisedParams
     source_resolution: int | Literal["auto"] | None = Field(
         ge=2,
         description="downsample source images to this size first (match the target); auto: "
@@ -154,6 +221,13 @@ class TransferParams(TrainParams):
         ge=1, description="fewer labelled train images: fixed epochs (few steps per epoch)"
     )
     resume: bool = Field(description="continue a killed run from its last epoch")
+    instance_weighting: Literal["none", "domain_classifier"] = Field(
+        description="source images of dann, mmd and multitask weighted by how target-like "
+        "they look: a domain classifier's density ratio p(target|x)/p(source|x)"
+    )
+    weight_clip: float = Field(
+        ge=1.0, le=1000.0, description="largest instance weight, as a multiple of the mean"
+    )
 
     @model_validator(mode="after")
     def _strategies_ok(self) -> TransferParams:

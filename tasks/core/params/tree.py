@@ -22,10 +22,13 @@ from tasks.core.params.release import (
 from tasks.core.params.section import Section
 from tasks.core.params.storage import StorageParams
 from tasks.core.params.training import (
+    SELF_SUPERVISED,
+    SOURCE_USING_STRATEGIES,
     ModelParams,
     PreprocessParams,
     PretrainParams,
     TransferParams,
+    check_augmentations,
 )
 
 MODEL_PREFIX = "tlp-"
@@ -120,6 +123,50 @@ class Params(Section):
     def _auto_needs_candidates(self) -> Params:
         if self.transfer.source == "auto" and not self.rank.candidates:
             raise ValueError("transfer.source: auto needs rank.candidates to choose from")
+        return self
+
+    @model_validator(mode="after")
+    def _pretraining_coherent(self) -> Params:
+        """Self-supervised pretraining, unlabelled sources and instance weighting: each
+        combination that could only fail later (or do nothing) is refused here, by key."""
+        pre, transfer = self.pretrain, self.transfer
+        self_supervised = pre.objective in SELF_SUPERVISED
+        if not self_supervised and pre.images == "target":
+            raise ValueError(
+                "pretrain.images: target is for a self-supervised pretrain.objective (simclr, "
+                "byol); supervised pretraining learns data.source's labels"
+            )
+        if not self_supervised and self.data.source.unlabeled:
+            raise ValueError(
+                "pretrain.objective: supervised needs labels, but data.source.unlabeled is "
+                "true; set pretrain.objective=simclr or byol"
+            )
+        if self_supervised and pre.checkpoint is not None and not pre.train_on_source:
+            raise ValueError(
+                f"pretrain.objective: {pre.objective} trains, but pretrain.checkpoint is taken "
+                "as it is without pretrain.train_on_source; set pretrain.train_on_source=true "
+                "(continued, domain-adaptive pretraining) or pretrain.objective=supervised"
+            )
+        if self_supervised and transfer.source == "auto":
+            raise ValueError(
+                f"pretrain.objective: {pre.objective} pretrains a source, but transfer.source: "
+                "auto picks one of rank.candidates instead; set transfer.source=pretrain"
+            )
+        needs_labels = {"multitask", "source_only"} & set(transfer.strategies)
+        if self.data.source.unlabeled and needs_labels:
+            raise ValueError(
+                f"transfer.strategies: {', '.join(sorted(needs_labels))} need the source's "
+                "labels, but data.source.unlabeled is true"
+            )
+        if transfer.instance_weighting != "none" and not (
+            SOURCE_USING_STRATEGIES & set(transfer.strategies)
+        ):
+            raise ValueError(
+                "transfer.instance_weighting: weights source images, but no strategy in "
+                "transfer.strategies trains on them (dann, mmd, multitask)"
+            )
+        if self_supervised and self.preprocess.image_size is not None:
+            check_augmentations(pre.ssl, self.preprocess.image_size)
         return self
 
     @model_validator(mode="after")

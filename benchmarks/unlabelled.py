@@ -152,8 +152,12 @@ def arm_overrides(arm: str, args) -> list[str]:
     strategies = ",".join(args.strategies)
     if arm == "none":
         return ["transfer.strategies=[scratch]"]
-    if arm in MIXED_ARMS:
-        return ["transfer.strategies=[multitask]", f"transfer.instance_weighting={MIXED_ARMS[arm]}"]
+    if arm in MIXED_ARMS:  # supervised pretraining on the mixed source
+        return [
+            "transfer.strategies=[multitask]",
+            f"transfer.instance_weighting={MIXED_ARMS[arm]}",
+            *_epochs("pretrain", args.pretrain_epochs, args),
+        ]
     if arm == "supervised":
         return [
             f"transfer.strategies=[{strategies}]",

@@ -4,7 +4,9 @@ checkpoints their extra modules together with the model.
 
 DANN and MMD see three streams per step: the labelled target batch, a labelled source batch
 (when source and target share classes) and a batch of unlabelled target train images; the
-domain term aligns the source and target feature distributions.
+domain term aligns the source and target feature distributions. With instance weights
+(tasks/modeling/weighting.py) their source images, and MultiTask's, are drawn in proportion
+to the weights instead of uniformly.
 """
 
 from __future__ import annotations

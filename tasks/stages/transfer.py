@@ -46,7 +46,8 @@ def run(ctx: StageContext) -> dict:
             ctx, name, (x_train, y_train), (x_val, y_val), torch.cat([x_train, x_pool]), classes
         )
         if p.transfer.instance_weighting != "none" and name in SOURCE_USING_STRATEGIES:
-            weights = weights or _instance_weights(job)
+            if weights is None:  # once, with the first strategy that uses them
+                weights = _instance_weights(job)
             job.instance_weights = weights
         with tracking.child_run(f"transfer/{name}", ctx.experiment_id, ctx.parent_run_id):
             tracking.log_params({"strategy": name, **p.transfer.model_dump(mode="json")})

@@ -52,10 +52,10 @@ def test_target_like_source_images_weigh_more_and_by_class_shows_it():
 
 def test_one_distribution_gives_weights_near_one_and_chance_auc():
     rng = np.random.default_rng(1)
-    w = density_ratio_weights(_cloud(rng, 300, 0.0), _cloud(rng, 300, 0.0), clip=10.0, seed=0)
-    assert abs(w.domain_auc - 0.5) < 0.1
-    assert np.abs(w.weights - 1.0).mean() < 0.2
-    assert w.ess_fraction > 0.9 and w.clipped == 0
+    w = density_ratio_weights(_cloud(rng, 1000, 0.0), _cloud(rng, 1000, 0.0), clip=10.0, seed=0)
+    assert abs(w.domain_auc - 0.5) < 0.05
+    assert np.abs(w.weights - 1.0).mean() < 0.15  # 0.09-0.12 over seeds
+    assert w.ess_fraction > 0.95 and w.clipped == 0
 
 
 def test_clipping_holds_the_mean_at_one_under_the_cap():

@@ -10,6 +10,7 @@ from tasks.core.params import default_section
 from tasks.modeling.models import create_model
 from tasks.modeling.monitor import KnnMonitor
 from tasks.modeling.selfsupervised import BYOL, train_self_supervised
+from tasks.modeling.training import _setup
 from tasks.modeling.views import two_views
 
 MEAN, STD = (0.5,), (0.25,)
@@ -85,7 +86,9 @@ def test_byol_target_moves_by_ema_only():
     model = _model()
     byol = BYOL(model, SSL)
     target = byol.extra_modules()["target"]
-    optimizer = torch.optim.SGD([*model.parameters(), *byol.extra_modules().parameters()], lr=0.1)
+    _, optimizer, _, _ = _setup(model, byol, _cfg("byol"), 0.1, None, torch.device("cpu"), 16)
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not any(id(p) in optimised for p in target.parameters())
     v1, v2 = two_views(x, SSL, torch.Generator().manual_seed(0), MEAN, STD)
     byol.pair_loss(model, v1, v2).backward()
     optimizer.step()

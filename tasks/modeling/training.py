@@ -213,14 +213,23 @@ def _resume(state_dir: Path, modules, optimizer, scheduler, gen, history: Histor
     return start, best
 
 
-def _report(bar, label: str | None, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+def _report(
+    bar,
+    label: str | None,
+    epoch: int,
+    epochs: int,
+    metrics: dict[str, float],
+    score: str = "val_accuracy",
+) -> None:
     """One line per epoch: to the log (the Prefect run page, a console that is not a
-    terminal) and, on a terminal, to the bar. The metrics are already on the host."""
+    terminal) and, on a terminal, to the bar. The metrics are already on the host;
+    ``score`` names the accuracy shown beside the loss (``knn_accuracy`` for SSL)."""
     if label is None:
         return
-    val = metrics.get("val_accuracy")
-    shown = "" if val is None or math.isnan(val) else f", val accuracy {val:.4f}"
-    short = "" if val is None or math.isnan(val) else f", val acc {val:.3f}"  # fits the bar
+    val = metrics.get(score)
+    name = score.removesuffix("_accuracy")
+    shown = "" if val is None or math.isnan(val) else f", {name} accuracy {val:.4f}"
+    short = "" if val is None or math.isnan(val) else f", {name} acc {val:.3f}"  # fits the bar
     bar.set_postfix_str(f"loss {metrics['train_loss']:.3f}{short}", refresh=False)
     line = f"{label}: epoch {epoch + 1}/{epochs}, loss {metrics['train_loss']:.4f}{shown}"
     log.info("%s", line, extra=EPOCH_RECORD)

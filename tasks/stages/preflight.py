@@ -52,6 +52,7 @@ class Inventory:
     counts: dict[str, int]  # images per class present, after ``limit``
     limited: bool  # ``limit`` made the counts smaller
     bad_files: bool = False  # prepare will refuse the folder and name them; counts unsure
+    unlabeled: bool = False  # a folder of unlabelled images: one class, ``unlabeled``
 
 
 def check(params: Params, project_dir: Path) -> None:
@@ -219,7 +220,7 @@ def take_inventory(role: str, spec: DatasetParams, project_dir: Path) -> Invento
             "from the data"
         )
     limited = kept != list(found.values())
-    return Inventory(role, name, label_space, counts, limited, bad_files)
+    return Inventory(role, name, label_space, counts, limited, bad_files, spec.unlabeled)
 
 
 def _builtin_counts(role: str, name: str) -> tuple[str, dict[str, int]]:
@@ -242,7 +243,7 @@ def _folder_counts(
 
     root = resolve_dir(spec.path, project_dir)
     try:
-        scan = scan_image_folder(root)
+        scan = scan_image_folder(root, spec.unlabeled)
     except IngestError as exc:  # no such folder, or no class folders in it
         raise PreflightError(f"data.{role}.path: {exc}") from None
     counts = dict.fromkeys(scan.classes, 0)
@@ -258,6 +259,8 @@ def _folder_counts(
 def check_two_classes(inv: Inventory) -> None:
     """A classifier needs two classes in its label space and images of two in the data
     (a declared class without images still leaves a one-class training set)."""
+    if inv.unlabeled:  # no classifier is trained on it: self-supervised pretraining only
+        return
     present = [c for c, n in inv.counts.items() if n > 0]
     if len(inv.label_space) >= 2 and (len(present) >= 2 or inv.bad_files):
         return

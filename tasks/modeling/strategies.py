@@ -229,7 +229,9 @@ def _multitask(job: Job):
     from tasks.modeling.objectives import MultiTask
 
     p = job.params
-    source_head = copy.deepcopy(load_checkpoint(job.ctx.layout.source_model)[0].get_classifier())
+    source, card = load_checkpoint(job.ctx.layout.source_model)
+    # a self-supervised source has no classifier: the source task then gets a new head
+    source_head = copy.deepcopy(source.get_classifier()) if card.classes else None
     model = _source_model(job)
     xs, ys, source_classes = job.source
     objective = MultiTask(

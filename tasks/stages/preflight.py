@@ -19,7 +19,9 @@ the folder or the class, and a fix, often as the ``--set`` that makes it go away
   (``check_machine``, last, as it imports torch and timm; tasks/modeling/feasibility.py);
 - label spaces: folder classes among ``data.<role>.classes``, at least two classes in the
   label space and in the data of each dataset (a one-class "classifier" learns nothing);
-- strategies: ``source_only`` needs every target class among the source model's classes;
+- self-supervised pretraining: its views fit the resolved ``preprocess.image_size``;
+- strategies: ``source_only`` needs every target class among the source model's classes
+  (and a classifier: a self-supervised source has none);
   ``transfer.source: auto`` candidates pass ``check_candidate``.
 
 Everything here is counting and listing: no image is decoded and no weights are loaded (but
@@ -33,7 +35,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.core.params import DatasetParams, Params, ParamsError, ValidationParams
+from tasks.core.params import (
+    SELF_SUPERVISED,
+    DatasetParams,
+    Params,
+    ParamsError,
+    ValidationParams,
+)
 
 SHOWN_CLASSES = 5  # at most this many class names in one message
 
@@ -67,6 +75,7 @@ def check(params: Params, project_dir: Path) -> None:
     for role, spec in (("source", data.source), ("target", data.target)):
         check_two_classes(inventories[role])
         check_split_budget(inventories[role], spec, params.validation)
+    check_self_supervised(params)
     check_strategies(params, project_dir, inventories)
     check_machine(params, project_dir)  # last: torch and timm, unless it passed before
 
@@ -313,6 +322,23 @@ def check_split_budget(inv: Inventory, spec: DatasetParams, bounds: ValidationPa
     )
 
 
+# ---- self-supervised pretraining ------------------------------------------------------
+
+
+def check_self_supervised(params: Params) -> None:
+    """The views of a self-supervised objective fit the image size the run resolved (params
+    check it only when ``preprocess.image_size`` is set there, not when a checkpoint gives it)."""
+    from tasks.core.params import SELF_SUPERVISED, check_augmentations
+
+    size = params.preprocess.image_size
+    if params.pretrain.objective not in SELF_SUPERVISED or size is None:
+        return
+    try:
+        check_augmentations(params.pretrain.ssl, size)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+
+
 # ---- strategies -----------------------------------------------------------------------
 
 
@@ -322,6 +348,13 @@ def check_strategies(params: Params, project_dir: Path, inventories: dict[str, I
     if params.transfer.source == "auto":
         _check_candidates(params, project_dir)
     strategies = params.transfer.strategies
+    if "source_only" in strategies and params.pretrain.objective in SELF_SUPERVISED:
+        rest = [s for s in strategies if s != "source_only"] or ["linear_probe"]
+        raise PreflightError(
+            "transfer.strategies: source_only predicts with the source model's classifier, "
+            f"and pretrain.objective {params.pretrain.objective} trains a source without one "
+            f"(no labels); drop it, e.g. --set transfer.strategies=[{','.join(rest)}]"
+        )
     if "source_only" in strategies:
         found = source_classes(params, project_dir, inventories["source"])
         if found is None:  # chosen at run time, or a checkpoint that does not say

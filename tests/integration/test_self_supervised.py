@@ -1,0 +1,117 @@
+"""Self-supervised pretraining in the pipeline: the pretrain stage learns a source without
+labels (simclr on the source's images, byol on the target's own), saves it without a
+classifier, records the objective and a kNN accuracy per epoch (report, MLflow), and the
+transfer stage fine-tunes from it; bad params stop ``tlp run`` before any work."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.cli import main
+
+pytestmark = pytest.mark.integration
+
+SMALL = (
+    "pretrain.epochs=2",
+    "pretrain.batch_size=32",
+    "pretrain.min_steps=0",
+    "pretrain.ssl.projection_dim=16",
+    "pretrain.ssl.hidden_dim=32",
+    "pretrain.ssl.monitor_k=3",
+    "data.source.limit=200",
+    "transfer.strategies=[linear_probe,full]",
+    "transfer.epochs=1",
+)
+
+
+def _context(project, project_root, *overrides):
+    from tasks.core.context import open_context
+    from tasks.core.params import resolve_params
+
+    params = resolve_params(
+        project_root / "params.yaml",
+        "smoke",
+        [f"storage.tracking_uri=sqlite:///{project}/m.db", *SMALL, *overrides],
+    )
+    return open_context(project, params)
+
+
+@pytest.mark.parametrize(
+    ("objective", "images"), [("simclr", "source"), ("byol", "target")], ids=["simclr", "byol"]
+)
+def test_a_self_supervised_source_is_headless_recorded_and_transferred(
+    tmp_path, project_root, objective, images
+):
+    from mlflow import MlflowClient
+
+    from tasks.core.context import read_json
+    from tasks.modeling.models import load_checkpoint
+    from tasks.registry.publishing import source_tags
+    from tasks.stages import prepare, pretrain, transfer
+
+    sets = (f"pretrain.objective={objective}", f"pretrain.images={images}")
+    ctx = _context(tmp_path, project_root, *sets)
+    prepare.run(ctx)
+    result = pretrain.run(ctx)
+
+    model, card = load_checkpoint(ctx.layout.source_model)
+    assert card.classes == () and model.num_classes == 0  # no classifier: no labels learnt
+    report = read_json(ctx.layout.pretrain_report)
+    assert report == result
+    assert (report["objective"], report["images"], report["trained"]) == (objective, images, True)
+    assert report["source_test_accuracy"] is None
+    assert len(report["knn_accuracy"]) == 2 and report["final_knn_accuracy"] is not None
+    assert all(0.0 <= a <= 1.0 for a in report["knn_accuracy"])
+    assert report["train_images"] == (150 if images == "source" else 50)  # smoke splits
+
+    client = MlflowClient()
+    run = client.search_runs([ctx.experiment_id], "attributes.run_name = 'pretrain'")[0]
+    assert (run.data.params["objective"], run.data.params["images"]) == (objective, images)
+    assert run.data.params["ssl.monitor_k"] == "3"
+    knn = client.get_metric_history(run.info.run_id, "knn_accuracy")
+    assert sorted(m.step for m in knn) == [0, 1]
+    assert source_tags(ctx)["source.objective"] == objective  # what the version is tagged with
+
+    results = transfer.run(ctx)
+    assert set(results) == {"linear_probe", "full"}
+    for name in results:
+        _, tuned = load_checkpoint(ctx.layout.candidates / name)
+        assert tuned.classes == tuple(str(i) for i in range(10))
+
+
+@pytest.mark.parametrize(
+    ("sets", "start"),
+    [
+        (("pretrain.objective=dino",), "pretrain.objective: "),
+        (
+            (
+                "pretrain.objective=simclr",
+                "preprocess.image_size=8",
+                "pretrain.ssl.crop_scale=[0.1,1.0]",
+            ),
+            "pretrain.ssl.crop_scale: the smallest crop of a 8 px image would be 2 px",
+        ),
+        (
+            ("data.source.path=pool", "data.source.unlabeled=true"),
+            "pretrain.objective: supervised needs labels, but data.source.unlabeled is true",
+        ),
+        (
+            ("pretrain.objective=byol", "transfer.strategies=[source_only,full]"),
+            "transfer.strategies: source_only predicts with the source model's classifier",
+        ),
+    ],
+    ids=["unknown-objective", "crop-too-small", "supervised-unlabeled", "source-only-ssl"],
+)
+def test_bad_self_supervised_params_stop_tlp_run_before_any_work(
+    tmp_path, project_root, capsys, monkeypatch, sets, start
+):
+    monkeypatch.setenv("TLP_PREFECT_PRESTART", "0")  # no Prefect API for a run that stops
+    (tmp_path / "params.yaml").write_text((project_root / "params.yaml").read_text())
+    (tmp_path / "pool").mkdir()
+    code = main(
+        ["-C", str(tmp_path), "run", "--profile", "smoke", *(a for s in sets for a in ("--set", s))]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert start in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "pool"]  # nothing ran

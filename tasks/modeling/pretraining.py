@@ -152,7 +152,7 @@ def _split_sizes(dataset_dir: Path) -> dict[str, int]:
     return read_manifest(dataset_dir)["split"].value_counts().to_dict()
 
 
-def _ssl_images(ctx: StageContext):
+def self_supervised_images(ctx: StageContext):
     """What a self-supervised objective learns from (``pretrain.images``), and its splits:
     the source's train split, streamed (labels ignored; source-matching preprocessing), or
     the target's train split and unlabelled pool with the target's own preprocessing (never
@@ -189,7 +189,7 @@ def train_self_supervised_source(ctx: StageContext, start: Pretrained | None = N
     from tasks.modeling.selfsupervised import train_self_supervised
 
     p, layout = ctx.params, ctx.layout
-    images, uses = _ssl_images(ctx)
+    images, uses = self_supervised_images(ctx)
     monitor = _knn_monitor(ctx)
     if monitor is not None:
         uses.setdefault("target", ())

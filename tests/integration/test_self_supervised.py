@@ -46,6 +46,7 @@ def test_a_self_supervised_source_is_headless_recorded_and_transferred(tmp_path,
     from tasks.data.manifest import read_manifest
     from tasks.modeling.models import load_checkpoint
     from tasks.modeling.pretraining import self_supervised_images
+    from tasks.registry.lineage import format_lineage
     from tasks.registry.publishing import source_tags
     from tasks.stages import prepare, pretrain, transfer
 
@@ -72,7 +73,15 @@ def test_a_self_supervised_source_is_headless_recorded_and_transferred(tmp_path,
     assert run.data.params["ssl.monitor_k"] == "3"
     knn = client.get_metric_history(run.info.run_id, "knn_accuracy")
     assert sorted(m.step for m in knn) == [0, 1]
-    assert source_tags(ctx)["source.objective"] == objective  # what the version is tagged with
+    tags = source_tags(ctx)  # what the registered version is tagged with
+    assert (tags["source.objective"], tags["source.images"]) == (objective, images)
+    keys = ("model", "version", "git_commit", "git_dirty", "params_hash", "strategy")
+    keys += ("test_accuracy", "mlflow_run_id", "mlflow_parent_run_id", "model_source")
+    info = dict.fromkeys((*keys, "prefect_flow_run_id", "prefect_flow_run_url"), "")
+    info |= {"aliases": [], "dvc": {}, "gate": {}, "params": None, "missing": []}
+    info["source"] = {k.removeprefix("source."): v for k, v in tags.items()}
+    lines = format_lineage(info).splitlines()  # what `tlp lineage` prints
+    assert "  source objective  : simclr  (on the source's images)" in lines
 
     results = transfer.run(ctx)
     assert set(results) == {"linear_probe", "full"}

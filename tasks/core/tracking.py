@@ -132,6 +132,11 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+def log_dict(data: dict, artifact_file: str) -> None:
+    """A JSON-able dict as a JSON (or YAML, by the file's suffix) artifact of the active run."""
+    mlflow.log_dict(data, artifact_file)
+
+
 def log_figure(figure, artifact_file: str) -> None:
     """A matplotlib figure as a PNG artifact of the active run, then closed to free memory."""
     import matplotlib.pyplot as plt

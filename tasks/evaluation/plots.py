@@ -76,3 +76,22 @@ def plot_reliability(bins: dict[str, list[dict]], ece: dict[str, float] | None =
         ax.set_title(f"{name}{shown}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_instance_weights(summary: dict):
+    """Histogram of the source images' instance weights (``InstanceWeights.summary()``):
+    mass near 0 is source the target does not resemble; a spike at the cap, clipped ratios."""
+    plt = _pyplot()
+    edges, counts = summary["histogram"]["edges"], summary["histogram"]["counts"]
+    widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    ax.bar(edges[:-1], counts, widths, align="edge", edgecolor="black")
+    ax.axvline(1.0, color="grey", ls="--", lw=1)  # the mean weight
+    ax.set_xlabel(f"weight (mean 1, capped at {summary['clip']:g})")
+    ax.set_ylabel("source images")
+    ax.set_title(
+        f"ESS {100 * summary['ess_fraction']:.1f}% of {summary['images']}, "
+        f"domain AUC {summary['domain_auc']:.3f}, {summary['clipped']} clipped",
+        fontsize=10,
+    )
+    return fig

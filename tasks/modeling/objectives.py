@@ -4,7 +4,9 @@ checkpoints their extra modules together with the model.
 
 DANN and MMD see three streams per step: the labelled target batch, a labelled source batch
 (when source and target share classes) and a batch of unlabelled target train images; the
-domain term aligns the source and target feature distributions.
+domain term aligns the source and target feature distributions. With instance weights
+(tasks/modeling/weighting.py) their source images, and MultiTask's, are drawn in proportion
+to the weights instead of uniformly.
 """
 
 from __future__ import annotations
@@ -63,14 +65,18 @@ class _Streams(Objective):
         source: tuple[torch.Tensor, torch.Tensor] | None,
         target_unlabeled: torch.Tensor | None,
         weight: float,
+        source_weights: torch.Tensor | None = None,
     ) -> None:
         self.source = source
         self.target_unlabeled = target_unlabeled
         self.weight = weight
+        # instance weights of the source images (tasks/modeling/weighting.py): both the
+        # labelled-source term and the domain term draw source images in proportion to them
+        self.source_weights = source_weights
 
     def _domain_features(self, model, n: int, ctx: StepContext) -> torch.Tensor:
         """Features of ``n`` source then ``n`` unlabelled target images, in one forward pass."""
-        xs = ctx.sample(self.source_domain, n)
+        xs = ctx.sample(self.source_domain, n, self.source_weights)
         xt = ctx.sample(self.target_unlabeled, n)
         return features_and_logits(model, torch.cat([xs, xt]))[0]
 
@@ -79,7 +85,7 @@ class _Streams(Objective):
         n = len(x)
         xs = ys = None
         if self.source is not None:
-            xs, ys = ctx.sample_labelled(*self.source, n)
+            xs, ys = ctx.sample_labelled(*self.source, n, self.source_weights)
         batch = x if xs is None else torch.cat([x, xs])
         feats, logits = features_and_logits(model, batch)
         loss = F.cross_entropy(logits[:n], y)
@@ -91,8 +97,16 @@ class _Streams(Objective):
 class DANN(_Streams):
     """Domain-adversarial training: a discriminator on features behind gradient reversal."""
 
-    def __init__(self, num_features: int, source, target_unlabeled, source_domain, weight: float):
-        super().__init__(source, target_unlabeled, weight)
+    def __init__(
+        self,
+        num_features: int,
+        source,
+        target_unlabeled,
+        source_domain,
+        weight: float,
+        source_weights: torch.Tensor | None = None,
+    ):
+        super().__init__(source, target_unlabeled, weight, source_weights)
         self.source_domain = source_domain  # source images for the domain term
         hidden = max(64, num_features // 2)
         self.discriminator = torch.nn.Sequential(
@@ -118,8 +132,15 @@ class DANN(_Streams):
 class MMD(_Streams):
     """Deep adaptation network style: multi-kernel MMD between source and target features."""
 
-    def __init__(self, source, target_unlabeled, source_domain, weight: float):
-        super().__init__(source, target_unlabeled, weight)
+    def __init__(
+        self,
+        source,
+        target_unlabeled,
+        source_domain,
+        weight: float,
+        source_weights: torch.Tensor | None = None,
+    ):
+        super().__init__(source, target_unlabeled, weight, source_weights)
         self.source_domain = source_domain
 
     def loss(self, model, x, y, ctx: StepContext):
@@ -172,9 +193,11 @@ class MultiTask(Objective):
         n_source: int,
         weight: float,
         source_head: torch.nn.Module | None = None,
+        source_weights: torch.Tensor | None = None,
     ) -> None:
         self.source = source
         self.weight = weight
+        self.source_weights = source_weights  # source batch drawn in proportion to them
         self.head = source_head or torch.nn.Linear(num_features, n_source)
 
     def extra_modules(self) -> torch.nn.Module:
@@ -182,7 +205,7 @@ class MultiTask(Objective):
 
     def loss(self, model, x, y, ctx: StepContext):
         n = len(x)
-        xs, ys = ctx.sample_labelled(*self.source, n)
+        xs, ys = ctx.sample_labelled(*self.source, n, self.source_weights)
         feats, logits = features_and_logits(model, torch.cat([x, xs]))
         target_loss = F.cross_entropy(logits[:n], y)
         source_loss = F.cross_entropy(self.head(feats[n:]), ys)

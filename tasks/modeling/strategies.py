@@ -11,6 +11,10 @@
   target train images (gradient reversal + discriminator; multi-kernel MMD).
 - ``multitask``: shared backbone, a target head and a source head trained jointly.
 
+With ``transfer.instance_weighting: domain_classifier`` the strategies that train on source
+images (dann, mmd, multitask) draw them in proportion to instance weights computed once per
+stage (``instance_weights``; tasks/modeling/weighting.py): how target-like each looks.
+
 Each strategy trains with the shared loop in ``tasks.modeling.training`` and is saved as an ordinary
 timm checkpoint, so evaluation and serving do not care how it was made.
 """
@@ -39,6 +43,7 @@ from tasks.modeling.models import (
     unfreeze_modules,
 )
 from tasks.modeling.training import History, Objective, fit
+from tasks.modeling.weighting import InstanceWeights
 
 # the strategies that learn from the unlabelled target pool (domain adaptation)
 USES_UNLABELED = frozenset({"dann", "mmd"})
@@ -54,6 +59,8 @@ class Job:
     val: tuple[torch.Tensor, torch.Tensor]
     unlabeled: torch.Tensor  # every target train image, labels unused
     classes: tuple[str, ...]
+    # the source images' weights, shared by the source-using strategies of one stage
+    instance_weights: InstanceWeights | None = None
 
     @property
     def params(self):
@@ -97,6 +104,32 @@ def _source_model(job: Job, keep_head: bool = True) -> torch.nn.Module:
         torch.manual_seed(p.base.seed)
         model.reset_classifier(len(job.classes))  # timm: a fresh head sized for the target
     return model
+
+
+def instance_weights(job: Job) -> InstanceWeights:
+    """Weights of the source train images toward the target (train + unlabelled pool), from
+    the source model's frozen pooled features (pre-logits: a self-supervised source has no
+    classifier), cached like the linear probe's."""
+    from tasks.modeling.features import cached_features
+    from tasks.modeling.weighting import density_ratio_weights
+
+    p = job.params
+    model, _ = load_checkpoint(job.ctx.layout.source_model)
+    model = model.to(resolve_device(p.base.device))
+    xs, ys, source_classes = job.source
+    source = cached_features(model, xs, job.feature_cache).to("cpu")
+    target = cached_features(model, job.unlabeled, job.feature_cache).to("cpu")
+    labels = ys if source_classes else None
+    return density_ratio_weights(
+        source, target, p.transfer.weight_clip, p.base.seed, labels, source_classes
+    )
+
+
+def _source_weights(job: Job) -> torch.Tensor | None:
+    """The instance weights as the sampling weights of ``StepContext.sample`` (or None)."""
+    if job.instance_weights is None:
+        return None
+    return torch.from_numpy(job.instance_weights.weights)
 
 
 def _fit(job: Job, model, lr: float, layer_decay=None, objective: Objective | None = None):
@@ -218,10 +251,11 @@ def _adapt(job: Job, kind: str):
     xs, ys, source_classes = job.source
     labelled_source = (xs, ys) if source_classes == job.classes else None
     w = p.transfer.adapt_weight
+    weights = _source_weights(job)
     if kind == "dann":
-        objective = DANN(model.num_features, labelled_source, job.unlabeled, xs, w)
+        objective = DANN(model.num_features, labelled_source, job.unlabeled, xs, w, weights)
     else:
-        objective = MMD(labelled_source, job.unlabeled, xs, w)
+        objective = MMD(labelled_source, job.unlabeled, xs, w, weights)
     return model, _fit(job, model, lr=p.transfer.lr, objective=objective)
 
 
@@ -235,7 +269,12 @@ def _multitask(job: Job):
     model = _source_model(job)
     xs, ys, source_classes = job.source
     objective = MultiTask(
-        model.num_features, (xs, ys), len(source_classes), p.transfer.multitask_weight, source_head
+        model.num_features,
+        (xs, ys),
+        len(source_classes),
+        p.transfer.multitask_weight,
+        source_head,
+        _source_weights(job),
     )
     return model, _fit(job, model, lr=p.transfer.lr, objective=objective)
 

@@ -88,15 +88,28 @@ class StepContext:
     augment_shift: int
     total_steps: int = 1
 
-    def sample(self, inputs: torch.Tensor, n: int) -> torch.Tensor:
-        """``n`` random augmented rows of ``inputs`` on the device (seeded)."""
-        idx = torch.randint(0, len(inputs), (n,), generator=self.gen)
+    def sample(
+        self, inputs: torch.Tensor, n: int, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``n`` random augmented rows of ``inputs`` on the device (seeded); with ``weights``
+        (one per row, on the CPU) a row is drawn with probability proportional to its weight."""
+        idx = self._rows(len(inputs), n, weights)
         return random_shift(inputs[idx], self.augment_shift, self.gen).to(self.device)
 
-    def sample_labelled(self, inputs: torch.Tensor, labels: torch.Tensor, n: int):
-        idx = torch.randint(0, len(inputs), (n,), generator=self.gen)
+    def sample_labelled(
+        self, inputs: torch.Tensor, labels: torch.Tensor, n: int, weights=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self._rows(len(inputs), n, weights)
         x = random_shift(inputs[idx], self.augment_shift, self.gen).to(self.device)
         return x, labels[idx].to(self.device)
+
+    def _rows(self, size: int, n: int, weights: torch.Tensor | None) -> torch.Tensor:
+        """Uniform draws without weights (the same draws as before weighting existed)."""
+        if weights is None:
+            return torch.randint(0, size, (n,), generator=self.gen)
+        if len(weights) != size:
+            raise ValueError(f"{len(weights)} weights for {size} rows")
+        return torch.multinomial(weights, n, replacement=True, generator=self.gen)
 
 
 def create_optimizer(
@@ -200,14 +213,23 @@ def _resume(state_dir: Path, modules, optimizer, scheduler, gen, history: Histor
     return start, best
 
 
-def _report(bar, label: str | None, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+def _report(
+    bar,
+    label: str | None,
+    epoch: int,
+    epochs: int,
+    metrics: dict[str, float],
+    score: str = "val_accuracy",
+) -> None:
     """One line per epoch: to the log (the Prefect run page, a console that is not a
-    terminal) and, on a terminal, to the bar. The metrics are already on the host."""
+    terminal) and, on a terminal, to the bar. The metrics are already on the host;
+    ``score`` names the accuracy shown beside the loss (``knn_accuracy`` for SSL)."""
     if label is None:
         return
-    val = metrics.get("val_accuracy")
-    shown = "" if val is None or math.isnan(val) else f", val accuracy {val:.4f}"
-    short = "" if val is None or math.isnan(val) else f", val acc {val:.3f}"  # fits the bar
+    val = metrics.get(score)
+    name = score.removesuffix("_accuracy")
+    shown = "" if val is None or math.isnan(val) else f", {name} accuracy {val:.4f}"
+    short = "" if val is None or math.isnan(val) else f", {name} acc {val:.3f}"  # fits the bar
     bar.set_postfix_str(f"loss {metrics['train_loss']:.3f}{short}", refresh=False)
     line = f"{label}: epoch {epoch + 1}/{epochs}, loss {metrics['train_loss']:.4f}{shown}"
     log.info("%s", line, extra=EPOCH_RECORD)

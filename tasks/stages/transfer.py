@@ -1,4 +1,9 @@
-"""Stage ``transfer``: every strategy in ``transfer.strategies`` -> ``models/candidates/<name>``."""
+"""Stage ``transfer``: every strategy in ``transfer.strategies`` -> ``models/candidates/<name>``.
+
+With instance weighting, the source images' weights are computed once, before the first
+source-using strategy, and shared by all of them; their summary is written once into
+reports/transfer.json (``instance_weights``), which each weighted candidate points to.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,14 @@ import torch
 
 from tasks.core import tracking
 from tasks.core.context import StageContext, write_json
+from tasks.core.params import SOURCE_USING_STRATEGIES
 from tasks.data.loading import load_tensors
 from tasks.data.manifest import image_channels
 from tasks.data.mlflow_datasets import log_datasets, split_datasets
 from tasks.data.preprocessing import conversion_note
 from tasks.modeling.models import ModelCard, save_checkpoint
-from tasks.modeling.strategies import STRATEGIES, Job, history_summary
+from tasks.modeling.strategies import STRATEGIES, Job, history_summary, instance_weights
+from tasks.modeling.weighting import InstanceWeights
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +40,15 @@ def run(ctx: StageContext) -> dict:
     datasets = split_datasets(  # built once; each strategy's run gets the ones it read
         ctx.project_dir, {"target": ("train", "val", "unlabeled"), "source": ("train",)}
     )
+    weights = None
     for name in p.transfer.strategies:
         job = Job(
             ctx, name, (x_train, y_train), (x_val, y_val), torch.cat([x_train, x_pool]), classes
         )
+        if p.transfer.instance_weighting != "none" and name in SOURCE_USING_STRATEGIES:
+            if weights is None:  # once, with the first strategy that uses them
+                weights = _instance_weights(job)
+            job.instance_weights = weights
         with tracking.child_run(f"transfer/{name}", ctx.experiment_id, ctx.parent_run_id):
             tracking.log_params({"strategy": name, **p.transfer.model_dump(mode="json")})
             started = time.perf_counter()
@@ -59,8 +71,46 @@ def run(ctx: StageContext) -> dict:
             tracking.log_metrics(
                 {k: float(v) for k, v in results[name].items() if not math.isnan(float(v))}
             )
+            if job.instance_weights is not None:
+                _log_weights(job.instance_weights)
+                results[name]["instance_weights"] = f"#/{WEIGHTS_KEY}"  # a JSON pointer
+    if weights is not None:
+        results[WEIGHTS_KEY] = weights.summary()
     write_json(layout.transfer_report, results)
     return results
+
+
+WEIGHTS_KEY = "instance_weights"  # reports/transfer.json: no strategy has this name
+
+
+def _instance_weights(job: Job) -> InstanceWeights:
+    weights = instance_weights(job)
+    log.info(
+        "instance weights: effective sample size %.0f of %d source images (%.1f%%), domain "
+        "classifier AUC %.3f, %d clipped at %g",
+        weights.ess,
+        len(weights.weights),
+        100 * weights.ess_fraction,
+        weights.domain_auc,
+        weights.clipped,
+        weights.clip,
+    )
+    return weights
+
+
+def _log_weights(weights: InstanceWeights) -> None:
+    """The weights' summary, headline metrics and histogram on the active candidate run."""
+    from tasks.evaluation.plots import plot_instance_weights
+
+    summary = weights.summary()
+    tracking.log_metrics(
+        {
+            "instance_weights_ess_fraction": weights.ess_fraction,
+            "domain_classifier_auc": weights.domain_auc,
+        }
+    )
+    tracking.log_dict(summary, f"{WEIGHTS_KEY}/summary.json")
+    tracking.log_figure(plot_instance_weights(summary), f"{WEIGHTS_KEY}/histogram.png")
 
 
 def _pairs(uses: dict[str, tuple[str, ...]]) -> list[list[str]]:

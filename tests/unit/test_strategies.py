@@ -38,14 +38,14 @@ def _overrides(project) -> list[str]:
     ]
 
 
-def _context(project, strategies):
+def _context(project, strategies, extra: tuple[str, ...] = ()):
     from tasks.core.context import open_context
     from tests.conftest import ROOT
 
     params = resolve_params(
         ROOT / "params.yaml",
         "smoke",
-        [*_overrides(project), f"transfer.strategies=[{','.join(strategies)}]"],
+        [*_overrides(project), f"transfer.strategies=[{','.join(strategies)}]", *extra],
     )
     return open_context(project, params)
 
@@ -126,3 +126,39 @@ def test_source_only_keeps_the_head_rows_of_a_subset_of_the_source_classes(tmp_p
     assert torch.equal(head.bias, source.get_classifier().bias[[2, 0]])
     with pytest.raises(ValueError, match="missing: d"):
         STRATEGIES["source_only"](SimpleNamespace(ctx=ctx, classes=("a", "d")))
+
+
+def test_instance_weights_are_computed_once_and_reported(source_project, caplog):
+    """Two source-using strategies share one set of weights: one log line, one summary in
+    reports/transfer.json that both point to, and its metrics and artifacts on both runs."""
+    from mlflow import MlflowClient
+
+    from tasks.core.context import read_json
+    from tasks.stages import transfer
+
+    weighting = ("transfer.instance_weighting=domain_classifier", "transfer.epochs=1")
+    ctx = _context(source_project, ["dann", "multitask"], weighting)
+    caplog.set_level("INFO", logger="tasks")
+    report = transfer.run(ctx)
+    assert sum("instance weights: effective sample size" in r.message for r in caplog.records) == 1
+    assert read_json(ctx.layout.transfer_report) == report
+    summary = report["instance_weights"]
+    assert report["dann"]["instance_weights"] == report["multitask"]["instance_weights"]
+    assert report["dann"]["instance_weights"] == "#/instance_weights"
+    assert sum(summary["histogram"]["counts"]) == summary["images"] > 0
+    assert 0.0 < summary["ess_fraction"] <= 1.0 and 0.0 <= summary["domain_auc"] <= 1.0
+    assert summary["max_weight"] <= summary["clip"]
+    shares = [c["weight_share"] for c in summary["by_class"].values()]
+    assert len(shares) == 10 and sum(shares) == pytest.approx(1.0)
+    client = MlflowClient()
+    for name in ("dann", "multitask"):
+        run = client.search_runs(
+            [ctx.experiment_id],
+            f"attributes.run_name = 'transfer/{name}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )[0]
+        assert run.data.metrics["instance_weights_ess_fraction"] == summary["ess_fraction"]
+        assert run.data.metrics["domain_classifier_auc"] == summary["domain_auc"]
+        paths = {a.path for a in client.list_artifacts(run.info.run_id, "instance_weights")}
+        assert paths == {"instance_weights/summary.json", "instance_weights/histogram.png"}

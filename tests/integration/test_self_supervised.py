@@ -46,6 +46,7 @@ def test_a_self_supervised_source_is_headless_recorded_and_transferred(tmp_path,
     from tasks.data.manifest import read_manifest
     from tasks.modeling.models import load_checkpoint
     from tasks.modeling.pretraining import self_supervised_images
+    from tasks.modeling.strategies import source_task_head
     from tasks.registry.lineage import format_lineage
     from tasks.registry.publishing import source_tags
     from tasks.stages import prepare, pretrain, transfer
@@ -58,6 +59,7 @@ def test_a_self_supervised_source_is_headless_recorded_and_transferred(tmp_path,
 
     model, card = load_checkpoint(ctx.layout.source_model)
     assert card.classes == () and model.num_classes == 0  # no classifier: no labels learnt
+    assert source_task_head(model, card) is None  # multitask gives the source task a new head
     report = read_json(ctx.layout.pretrain_report)
     assert report == result
     assert (report["objective"], report["images"], report["trained"]) == (objective, images, True)

@@ -37,6 +37,7 @@ class ManifestCheck:
     label_space: tuple[str, ...]
     required_splits: tuple[str, ...] = ("train", "test")
     shards: tuple[str, ...] | None = None  # the shard files found; None: no image check
+    min_classes: int = 2  # 1: an unlabelled folder (self-supervised pretraining, no classifier)
 
 
 @dataclass
@@ -112,7 +113,9 @@ def build_expectations(check: ManifestCheck, bounds) -> list:
         gxe.ExpectColumnValuesToBeInSet(column="class_name", value_set=list(check.label_space)),
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels),
         # a classifier needs two classes: a one-class dataset trains a constant
-        gxe.ExpectColumnUniqueValueCountToBeBetween(column="class_name", min_value=2),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(
+            column="class_name", min_value=check.min_classes
+        ),
         *[
             gxe.ExpectColumnDistinctValuesToContainSet(
                 column="label", value_set=labels, row_condition=Column(name="split") == split
@@ -290,6 +293,13 @@ def checks_for(ctx) -> list[ManifestCheck]:
             )
         )
         checks.append(
-            ManifestCheck(role, read_manifest(directory), read_classes(directory), splits, shards)
+            ManifestCheck(
+                role,
+                read_manifest(directory),
+                read_classes(directory),
+                splits,
+                shards,
+                min_classes=1 if spec.unlabeled else 2,
+            )
         )
     return checks

@@ -53,7 +53,7 @@ def _inspect(root: Path, spec: DatasetParams, role: str, max_pixels: int):
     )
 
     try:
-        scan = scan_image_folder(root)
+        scan = scan_image_folder(root, spec.unlabeled)
     except IngestError as exc:
         raise DataError(f"data.{role}.path: {exc}") from None
     if scan.fatal:

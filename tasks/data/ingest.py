@@ -5,6 +5,9 @@ at any depth below their class folder. Every problem found is named with the fil
 relative to the root and what is wrong with it. Files can be skipped (and counted) only when
 the dataset's params say ``skip_bad_files: true``; structural problems (no class folders, an
 empty class folder) are never skipped, since skipping them would change the label space.
+
+An unlabelled folder (``data.source.unlabeled``) has no classes: every image at any depth is
+one class, ``unlabeled``; its subfolder names are only where the files sit.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from tasks.data.manifest import GREY_MODES
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 SHOWN_PROBLEMS = 10  # at most this many named in one error message
+UNLABELED = "unlabeled"  # the one class of an unlabelled folder
 
 
 class IngestError(ValueError):
@@ -92,13 +96,19 @@ def _inside(path: Path, root: Path) -> bool:
     return any(parts[i : i + 2] == (".dvc", "cache") for i in range(len(parts) - 1))
 
 
-def scan_image_folder(root: Path) -> FolderScan:
-    """List the class folders and candidate image files; name every structural problem."""
+def scan_image_folder(root: Path, unlabeled: bool = False) -> FolderScan:
+    """List the class folders and candidate image files; name every structural problem.
+    ``unlabeled``: the whole tree is the one class ``unlabeled``."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise IngestError(f"{root}: dataset directory not found")
     real_root = root.resolve()
     scan = FolderScan(root, (), [], [], [])
+    if unlabeled:
+        scan.classes = (UNLABELED,)
+        if _scan_class(root, real_root, "", scan, UNLABELED) == 0:
+            raise IngestError(f"{root}: no image files (an unlabelled folder, at any depth)")
+        return scan
     class_dirs = []
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.name.startswith("."):
@@ -124,7 +134,12 @@ def scan_image_folder(root: Path) -> FolderScan:
     return scan
 
 
-def _scan_class(root: Path, real_root: Path, name: str, scan: FolderScan) -> int:
+def _scan_class(
+    root: Path, real_root: Path, name: str, scan: FolderScan, label: str | None = None
+) -> int:
+    """Files below ``root/name`` (every depth) as images of class ``label`` (default
+    ``name``); returns how many."""
+    label = label or name
     found = 0
     seen = set()
     for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
@@ -152,7 +167,7 @@ def _scan_class(root: Path, real_root: Path, name: str, scan: FolderScan) -> int
             if problem:
                 scan.bad.append(BadFile(rel, problem))
             else:
-                scan.files.append((rel, name))
+                scan.files.append((rel, label))
                 found += 1
     return found
 

@@ -126,6 +126,11 @@ def pretrain_distributed(project_dir: Path, out_dir: Path) -> dict[str, Any] | N
     from tasks.modeling.pretraining import decoded_cache_dir
 
     p = load_resolved(project_dir)
+    if p.pretrain.objective != "supervised":  # not silently supervised: say what it does
+        raise SystemExit(
+            f"pretrain.objective: {p.pretrain.objective}: DDP pretraining is supervised only; "
+            "run the pretrain stage (tlp stage pretrain) for self-supervised pretraining"
+        )
     layout = Layout(project_dir)
     torch.set_num_threads(p.base.threads)
     # streamed: each rank reads its own row groups, decoded once into its own cache entry

@@ -259,11 +259,17 @@ def _adapt(job: Job, kind: str):
     return model, _fit(job, model, lr=p.transfer.lr, objective=objective)
 
 
+def source_task_head(source: torch.nn.Module, card) -> torch.nn.Module | None:
+    """The source model's classifier, copied, for multitask's source task; None (a new head)
+    for a self-supervised source, which has no classifier (card classes ``()``)."""
+    return copy.deepcopy(source.get_classifier()) if card.classes else None
+
+
 def _multitask(job: Job):
     from tasks.modeling.objectives import MultiTask
 
     p = job.params
-    source_head = copy.deepcopy(load_checkpoint(job.ctx.layout.source_model)[0].get_classifier())
+    source_head = source_task_head(*load_checkpoint(job.ctx.layout.source_model))
     model = _source_model(job)
     xs, ys, source_classes = job.source
     objective = MultiTask(

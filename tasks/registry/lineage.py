@@ -2,9 +2,10 @@
 ``tlp reproduce``.
 
 The register stage tags each version with the git commit, params hash, DVC hashes of every
-dataset and checkpoint, the pretrained checkpoint the source came from (``source.*``: spec,
-kind, location, sha256), the MLflow runs and the Prefect flow run, and logs the exact
-``params.resolved.yaml``, ``dvc.lock`` and ``reports/metrics.json`` under ``lineage/``.
+dataset and checkpoint, how the source was pretrained and the checkpoint it came from
+(``source.*``: objective, images, checkpoint spec, kind, location, sha256), the MLflow runs
+and the Prefect flow run, and logs the exact ``params.resolved.yaml``, ``dvc.lock`` and
+``reports/metrics.json`` under ``lineage/``.
 Reproducing clones the commit into a clean work dir, restores that params file and lock,
 pulls the datasets from the DVC remote by hash, reruns every training stage on them (into a
 scratch MLflow store, so the registry is untouched) and compares the metrics.
@@ -143,10 +144,15 @@ def format_lineage(info: dict) -> str:
 
 
 def _source_lines(source: dict) -> list[str]:
-    """The pretrained checkpoint the source model came from, when it came from one."""
+    """How the source model was pretrained (its objective, and the images a self-supervised
+    one learnt from), and the pretrained checkpoint it came from, when it came from one."""
+    lines = []
+    if "objective" in source:
+        images = f"  (on the {source['images']}'s images)" if "images" in source else ""
+        lines.append(f"  source objective  : {source['objective']}{images}")
     if "checkpoint" not in source:
-        return []
-    return [
+        return lines
+    return lines + [
         f"  source checkpoint : {source['checkpoint']}  ({source.get('checkpoint_kind')}, "
         f"{source.get('checkpoint_arch')})",
         f"    location        : {source.get('checkpoint_location')}",

@@ -71,6 +71,9 @@ def _source_model_facts(pretrain: dict | None) -> dict | None:
         "source": pretrain.get("source"),
         "trained": pretrain.get("trained"),
         "source_test_accuracy": pretrain.get("source_test_accuracy"),
+        "objective": pretrain.get("objective"),
+        "images": pretrain.get("images"),
+        "final_knn_accuracy": pretrain.get("final_knn_accuracy"),
         "chosen": pretrain.get("chosen"),
         "checkpoint": {k: record[k] for k in ("spec", "kind", "sha256", "arch") if k in record}
         or None,
@@ -237,6 +240,14 @@ def _data_lines(f: dict) -> list[str]:
             "",
             f"Source model: trained on the source, source test accuracy "
             f"{_num(src['source_test_accuracy'])}.",
+        ]
+    if src.get("objective") not in (None, "supervised"):
+        knn = src.get("final_knn_accuracy")
+        lines += [
+            "",
+            f"Source model: self-supervised ({src['objective']}) on the {src.get('images')}'s "
+            "images, without labels or a classifier"
+            + ("." if knn is None else f"; kNN accuracy on the target's val split {_num(knn)}."),
         ]
     checked = f.get("validation") or {}
     if "target" in checked:

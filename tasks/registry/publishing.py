@@ -154,16 +154,20 @@ def version_exists(name: str, version: str) -> bool:
 
 
 def source_tags(ctx: StageContext) -> dict[str, str]:
-    """The pretrained checkpoint the source model came from (``source.checkpoint``,
-    ``source.checkpoint_sha256``, ...), as the pretrain stage recorded it; none without one."""
+    """How the source model was made, as the pretrain stage recorded it: its objective and,
+    self-supervised, the images it learnt from (``source.objective``, ``source.images``);
+    the pretrained checkpoint it came from (``source.checkpoint``,
+    ``source.checkpoint_sha256``, ...), if any."""
     from tasks.core.context import read_json
     from tasks.modeling.checkpoints import record_tags
 
     try:
-        record = read_json(ctx.layout.pretrain_report).get("checkpoint")
+        report = read_json(ctx.layout.pretrain_report)
     except (OSError, ValueError):
         return {}
-    return record_tags(record) if record else {}
+    tags = {f"source.{k}": str(report[k]) for k in ("objective", "images") if report.get(k)}
+    record = report.get("checkpoint")
+    return tags | (record_tags(record) if record else {})
 
 
 def lineage_tags(ctx: StageContext) -> dict[str, str]:

@@ -54,7 +54,9 @@ def run(ctx: StageContext) -> dict:
             "transfer_gain": gain,
             "negative_transfer": flags,
         }
-        if p.evaluate.forgetting:
+        if p.evaluate.forgetting and p.data.source.unlabeled:
+            metrics["forgetting"] = {"skipped": "data.source is unlabelled: no source task"}
+        elif p.evaluate.forgetting:
             metrics["forgetting"] = forgetting(ctx, names)
         target = [d for d in datasets if d[0].name.startswith("target/")]
         _log_comparison(ctx, run_id, metrics, reliability, target)

@@ -19,7 +19,9 @@ the folder or the class, and a fix, often as the ``--set`` that makes it go away
   (``check_machine``, last, as it imports torch and timm; tasks/modeling/feasibility.py);
 - label spaces: folder classes among ``data.<role>.classes``, at least two classes in the
   label space and in the data of each dataset (a one-class "classifier" learns nothing);
-- strategies: ``source_only`` needs every target class among the source model's classes;
+- self-supervised pretraining: its views fit the resolved ``preprocess.image_size``;
+- strategies: ``source_only`` needs every target class among the source model's classes
+  (and a classifier: a self-supervised source has none);
   ``transfer.source: auto`` candidates pass ``check_candidate``.
 
 Everything here is counting and listing: no image is decoded and no weights are loaded (but
@@ -33,7 +35,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.core.params import DatasetParams, Params, ParamsError, ValidationParams
+from tasks.core.params import (
+    SELF_SUPERVISED,
+    DatasetParams,
+    Params,
+    ParamsError,
+    ValidationParams,
+)
 
 SHOWN_CLASSES = 5  # at most this many class names in one message
 
@@ -52,6 +60,7 @@ class Inventory:
     counts: dict[str, int]  # images per class present, after ``limit``
     limited: bool  # ``limit`` made the counts smaller
     bad_files: bool = False  # prepare will refuse the folder and name them; counts unsure
+    unlabeled: bool = False  # a folder of unlabelled images: one class, ``unlabeled``
 
 
 def check(params: Params, project_dir: Path) -> None:
@@ -66,6 +75,7 @@ def check(params: Params, project_dir: Path) -> None:
     for role, spec in (("source", data.source), ("target", data.target)):
         check_two_classes(inventories[role])
         check_split_budget(inventories[role], spec, params.validation)
+    check_self_supervised(params)
     check_strategies(params, project_dir, inventories)
     check_machine(params, project_dir)  # last: torch and timm, unless it passed before
 
@@ -219,7 +229,7 @@ def take_inventory(role: str, spec: DatasetParams, project_dir: Path) -> Invento
             "from the data"
         )
     limited = kept != list(found.values())
-    return Inventory(role, name, label_space, counts, limited, bad_files)
+    return Inventory(role, name, label_space, counts, limited, bad_files, spec.unlabeled)
 
 
 def _builtin_counts(role: str, name: str) -> tuple[str, dict[str, int]]:
@@ -242,7 +252,7 @@ def _folder_counts(
 
     root = resolve_dir(spec.path, project_dir)
     try:
-        scan = scan_image_folder(root)
+        scan = scan_image_folder(root, spec.unlabeled)
     except IngestError as exc:  # no such folder, or no class folders in it
         raise PreflightError(f"data.{role}.path: {exc}") from None
     counts = dict.fromkeys(scan.classes, 0)
@@ -258,6 +268,8 @@ def _folder_counts(
 def check_two_classes(inv: Inventory) -> None:
     """A classifier needs two classes in its label space and images of two in the data
     (a declared class without images still leaves a one-class training set)."""
+    if inv.unlabeled:  # no classifier is trained on it: self-supervised pretraining only
+        return
     present = [c for c, n in inv.counts.items() if n > 0]
     if len(inv.label_space) >= 2 and (len(present) >= 2 or inv.bad_files):
         return
@@ -310,6 +322,23 @@ def check_split_budget(inv: Inventory, spec: DatasetParams, bounds: ValidationPa
     )
 
 
+# ---- self-supervised pretraining ------------------------------------------------------
+
+
+def check_self_supervised(params: Params) -> None:
+    """The views of a self-supervised objective fit the image size the run resolved (params
+    check it only when ``preprocess.image_size`` is set there, not when a checkpoint gives it)."""
+    from tasks.core.params import SELF_SUPERVISED, check_augmentations
+
+    size = params.preprocess.image_size
+    if params.pretrain.objective not in SELF_SUPERVISED or size is None:
+        return
+    try:
+        check_augmentations(params.pretrain.ssl, size)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+
+
 # ---- strategies -----------------------------------------------------------------------
 
 
@@ -319,6 +348,13 @@ def check_strategies(params: Params, project_dir: Path, inventories: dict[str, I
     if params.transfer.source == "auto":
         _check_candidates(params, project_dir)
     strategies = params.transfer.strategies
+    if "source_only" in strategies and params.pretrain.objective in SELF_SUPERVISED:
+        rest = [s for s in strategies if s != "source_only"] or ["linear_probe"]
+        raise PreflightError(
+            "transfer.strategies: source_only predicts with the source model's classifier, "
+            f"and pretrain.objective {params.pretrain.objective} trains a source without one "
+            f"(no labels); drop it, e.g. --set transfer.strategies=[{','.join(rest)}]"
+        )
     if "source_only" in strategies:
         found = source_classes(params, project_dir, inventories["source"])
         if found is None:  # chosen at run time, or a checkpoint that does not say

@@ -1,6 +1,7 @@
 """Stage ``pretrain``: the source model under ``models/source``.
 
-Trained on the labelled source (``tasks.modeling.pretraining``); or a pretrained checkpoint
+Trained on the labelled source, or self-supervised on unlabelled images
+(``pretrain.objective``; ``tasks.modeling.pretraining``); or a pretrained checkpoint
 (``pretrain.checkpoint``), verified and taken as it is, or trained further on the source
 with ``pretrain.train_on_source`` (``tasks.transferability.pretrained``); or, with
 ``transfer.source: auto``, the best of ``rank.candidates`` ranked on the target
@@ -34,7 +35,16 @@ def run(ctx: StageContext) -> dict:
             record["arch"],
             record["sha256"][:12],
         )
-    if result["trained"]:
+    if result["trained"] and result["source_test_accuracy"] is None:  # self-supervised
+        knn = result["final_knn_accuracy"]
+        log.info(
+            "pretrain: %s on %s images, final loss %.4f%s",
+            result["objective"],
+            result["images"],
+            result["final_train_loss"],
+            "" if knn is None else f", target kNN accuracy {knn:.4f}",
+        )
+    elif result["trained"]:
         log.info("pretrain: source test accuracy %.4f", result["source_test_accuracy"])
     else:
         log.info("pretrain: nothing trained (pretrain.train_on_source is false)")

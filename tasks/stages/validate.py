@@ -77,9 +77,14 @@ def pretrain_inputs(ctx: StageContext, summary: dict) -> dict:
     so that a change of the target alone leaves the source model up to date. With
     ``transfer.source: auto`` the source is chosen by ranking candidates on the target,
     so the target's identity (its manifest's hash: every image's hash, split and label) is
-    part of it too, and a new target reruns the choice."""
+    part of it too, and a new target reruns the choice. So it is with a self-supervised
+    ``pretrain.objective``: it may learn from the target's images (``pretrain.images``) and
+    its kNN monitor reads the target's train and val splits."""
+    from tasks.core.params import SELF_SUPERVISED
+
+    p = ctx.params
     inputs = {"source": summary["source"]}
-    if ctx.params.transfer.source == "auto":
+    if p.transfer.source == "auto" or p.pretrain.objective in SELF_SUPERVISED:
         from tasks.data.manifest import MANIFEST
 
         manifest = ctx.layout.target_data / MANIFEST

@@ -404,3 +404,29 @@ def test_folder_round_trips_through_shards_with_its_original_bytes(tmp_path):
     shards = sorted(p.name for p in (out / SHARD_DIR).iterdir())
     assert shards == [f"{s}-000.parquet" for s in ("test", "train", "val")]
     assert len(files) == 2 + len(shards)  # manifest.parquet, dataset.json, one shard a split
+
+
+def test_unlabelled_folder_is_one_class_at_any_depth(
+    project, store, source_folder, tmp_path, capsys
+):
+    """``data.source.unlabeled``: nested subfolders are not classes; every image is class
+    ``unlabeled`` (label 0) and bad files are still named, then skipped when params say so."""
+    pool = tmp_path / "pool"
+    for i in range(3 * PER_CLASS):
+        write_image(pool / f"batch{i % 3}" / ("deep" if i % 2 else "") / f"{i:02d}.png", 500 + i)
+    (pool / "batch1" / "broken.png").write_bytes(b"\x89PNG not really")
+    sets = ("data.source.unlabeled=true", "pretrain.objective=simclr")
+    before = registry_state(store)
+    code = tlp_validate(project, store, pool, source_folder, *sets)
+    assert_rejected(capsys, code, store, before, "batch1/broken.png", "skip_bad_files")
+    code = tlp_validate(
+        project, store, pool, source_folder, *sets, "data.source.skip_bad_files=true"
+    )
+    assert code == 0, capsys.readouterr().err
+    manifest = pd.read_parquet(project / "data" / "source" / "manifest.parquet")
+    assert set(manifest["class_name"]) == {"unlabeled"} and set(manifest["label"]) == {0}
+    assert len(manifest) == 3 * PER_CLASS and "images/batch1/deep/01.png" in set(manifest["path"])
+    assert set(manifest["split"]) == {"train", "test"}
+    info = json.loads((project / "data" / "source" / "dataset.json").read_text())
+    assert info["classes"] == ["unlabeled"]
+    assert [s["path"] for s in info["skipped"]] == ["batch1/broken.png"]

@@ -321,3 +321,15 @@ def test_what_timm_accepted_is_remembered_per_version(tmp_path):
     memory.write_text(json.dumps({"versions": "timm 0.0", "passed": ["check_optimizer['adamz']"]}))
     with pytest.raises(PreflightError, match="transfer.optimizer: 'adamz'"):
         check_machine(params("transfer.optimizer=adamz"), tmp_path)  # not trusted: old versions
+
+
+def test_self_supervised_views_are_checked_at_the_resolved_image_size():
+    """A null preprocess.image_size is filled from the checkpoint after params validate, so
+    the views are checked again, here, at the size the run will use."""
+    from tasks.stages.preflight import check_self_supervised
+
+    p = params("pretrain.objective=simclr", "pretrain.ssl.crop_scale=[0.1,1.0]")  # 32 px: fine
+    check_self_supervised(p)
+    small = p.model_copy(update={"preprocess": p.preprocess.model_copy(update={"image_size": 8})})
+    with pytest.raises(PreflightError, match=r"^pretrain.ssl.crop_scale: the smallest crop of a 8"):
+        check_self_supervised(small)

@@ -1,10 +1,13 @@
 """What the pretrain stage depends on (reports/pretrain_inputs.json, written by validate):
 the source's validation outcome, and the target's identity only when the source is chosen
-on the target (``transfer.source: auto``)."""
+on the target (``transfer.source: auto``) or learnt partly from it (a self-supervised
+``pretrain.objective``: its images or its kNN monitor)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
+
+import pytest
 
 from tasks.core.context import Layout
 from tasks.core.params import resolve_params
@@ -31,8 +34,16 @@ def test_the_target_is_not_an_input_of_pretrain(project_root, tmp_path):
     assert pretrain_inputs(ctx, other) == pretrain_inputs(ctx, SUMMARY)
 
 
-def test_with_an_auto_source_the_target_manifest_is(project_root, tmp_path):
-    ctx = _ctx(project_root, tmp_path, "transfer.source=auto", "rank.candidates=[models:/a@b]")
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("transfer.source=auto", "rank.candidates=[models:/a@b]"),
+        ("pretrain.objective=simclr",),
+    ],
+    ids=["auto-source", "self-supervised"],
+)
+def test_when_pretrain_reads_the_target_its_manifest_is_an_input(project_root, tmp_path, sets):
+    ctx = _ctx(project_root, tmp_path, *sets)
     manifest = tmp_path / "data" / "target" / MANIFEST
     manifest.write_bytes(b"one target")
     first = pretrain_inputs(ctx, SUMMARY)

@@ -205,19 +205,20 @@ def _params(experiment: str, arm: str, labels: int, seed: int, args):
 
 
 def pretrain_record(report: dict, seconds: float, labels: int) -> dict:
-    """What a pretraining brings to the table: its objective, the last kNN monitor accuracy
-    (measured with ``labels`` per class in the bank) and its seconds."""
-    knn = report.get("knn_accuracy")
-    if isinstance(knn, list):
-        knn = knn[-1] if knn else None
+    """What a pretraining brings to the table, from reports/pretrain.json: its objective,
+    the last kNN monitor accuracy (its bank held ``labels`` per class), the source test
+    accuracy (supervised only); and the stage's wall seconds, measured here."""
+    knn = report.get("final_knn_accuracy")
     return {
-        "objective": report.get("objective", "supervised"),
+        "objective": report["objective"],
         "images": report.get("images"),
-        "train_images": report.get("train_images", report.get("image_count")),
-        "knn_accuracy": report.get("knn_accuracy_last", knn),
+        "train_images": report["train_images"],
+        "epochs": report["epochs"],
+        "final_train_loss": report["final_train_loss"],
+        "knn_accuracy": knn,
         "monitor_labels_per_class": labels if knn is not None else None,
-        "source_test_accuracy": report.get("source_test_accuracy"),
-        "seconds": report.get("seconds", seconds),
+        "source_test_accuracy": report["source_test_accuracy"],
+        "seconds": seconds,
     }
 
 

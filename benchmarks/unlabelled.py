@@ -356,7 +356,8 @@ def summarise(runs: list[dict]) -> dict:
                 n: _mean_std(v) for n, v in row["weighted_minus_uniform"].items()
             }
         row["picked"] = [r["selected"] for r in sorted(members, key=lambda r: r["seed"])]
-        pre = [r["pretrain"] for r in members if r["pretrain"]]
+        # each pretraining once: where it ran, not where its model was copied to
+        pre = [r["pretrain"] for r in members if r["pretrain"] and not r["pretrain"]["reused"]]
         row["knn_accuracy"] = _mean_std([p["knn_accuracy"] for p in pre])
         row["pretrain_seconds"] = _mean_std([p["seconds"] for p in pre])
         weights = [r["instance_weights"] for r in members if r["instance_weights"]]
@@ -418,6 +419,9 @@ def markdown(summary: dict, seeds: list[int]) -> str:
                         f"{_fmt(stat['gain'])} | {_fmt(stat['to_supervised'])} |"
                     )
         lines += [
+            "",
+            "Pretraining, once per arm and seed (its model reused at the other label counts); "
+            "the kNN monitor's bank is the target's labelled train split at the labels shown.",
             "",
             "| labels/class | arm | last kNN monitor % | pretraining s |",
             "|---|---|---|---|",

@@ -433,6 +433,40 @@ def throughput_shards_section(r: dict, out: Path) -> tuple[list[str], dict]:
     return lines, {"shards_epoch_ratio": r["total_ratio"]}
 
 
+def unlabelled_section(r: dict, out: Path) -> tuple[list[str], dict]:
+    """benchmarks/unlabelled.py: self-supervised pretraining and instance weighting."""
+    from benchmarks.unlabelled import markdown
+
+    g = r["grid"]
+    lines = [
+        "## Learning from unlabelled images",
+        "",
+        f"`{r['command']}`",
+        "",
+        f"Experiments {', '.join(g['experiments'])}; SSL methods {', '.join(g['methods'])} on "
+        f"the target's unlabelled pool; strategies {', '.join(g['strategies'])} per pretrained "
+        f"arm (scratch once per cell); labels per class {g['labels_per_class']} (mixed: "
+        f"{g['mixed_labels_per_class']}); seeds {g['seeds']}; epochs: supervised pretraining "
+        f"{g['pretrain_epochs']}, self-supervised {g['ssl_epochs']}, transfer "
+        f"{g['transfer_epochs']}; overrides {g['overrides'] or 'none'}; runs done "
+        f"{r['runs_done']}, {r['seconds'] / 60:.0f} min.",
+        "",
+        markdown(r["summary"], g["seeds"]),
+    ]
+    metrics = {}
+    for experiment, by_labels in r["summary"].items():
+        for labels, by_arm in by_labels.items():
+            for arm, row in by_arm.items():
+                key = f"unlabelled_{experiment}_l{labels}_{arm}".replace("-", "_")
+                for name in ("gain", "to_supervised"):
+                    if row["selected"][name]["mean"] is not None:
+                        metrics[f"{key}_{name}"] = row["selected"][name]["mean"]
+                diff = row.get("weighted_minus_uniform", {}).get("multitask")
+                if diff and diff["mean"] is not None:
+                    metrics[f"{key}_minus_uniform"] = diff["mean"]
+    return lines, metrics
+
+
 SECTIONS = {
     "startup": startup_section,
     "training_throughput": throughput_section,
@@ -444,6 +478,7 @@ SECTIONS = {
     "pretrained_transfer": pretrained_section,
     "serving": serving_section,
     "serving_misuse": serving_misuse_section,
+    "unlabelled": unlabelled_section,
 }
 
 

@@ -40,6 +40,11 @@ QUICK = {
     ],
     "serving": ["--quick"],
     "serving_misuse": [],  # a smoke model: 20 bad requests, 200 good ones
+    "unlabelled": [
+        *("--experiments", "digits", "mixed", "--seeds", "0", "--labels", "10"),
+        *("--methods", "simclr", "--pretrain-epochs", "1", "--ssl-epochs", "1"),
+        *("--transfer-epochs", "3", "--set", "transfer.min_steps=20"),
+    ],
 }
 FULL = {
     "startup": ["--rounds", "15"],
@@ -51,6 +56,7 @@ FULL = {
     "pretrained_transfer": [],  # 6 candidates + 2 control sources, labels 1 5 10 50, 3 seeds
     "serving": [],  # the default experiment, 200 requests per server, 3 batch rounds
     "serving_misuse": [],
+    "unlabelled": [],  # digits, fashion, mixed; simclr + byol; labels 1 10; 3 seeds
 }
 
 

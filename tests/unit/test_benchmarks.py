@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from benchmarks import report
@@ -80,3 +81,45 @@ def test_serving_reads_both_answer_shapes_of_the_onnx_server():
     assert first_logits({"logits": [[0.1, 0.9]]}) == [0.1, 0.9]
     assert first_logits([{"logits": [0.1, 0.9]}]) == [0.1, 0.9]
     assert first_logits([[0.1, 0.9]]) == [0.1, 0.9]
+
+
+def test_unlabelled_source_avoids_the_target_and_gains_are_paired_by_seed():
+    from benchmarks.unlabelled import disjoint_subsample, summarise
+    from tasks.data.splits import subsample
+
+    labels = np.repeat(np.arange(4), 50)
+    target = subsample(labels, 80, split_seed=0)
+    source = disjoint_subsample(labels, target, 40, seed=0)
+    assert not set(source) & set(target)
+    assert np.bincount(labels[source]).tolist() == [10, 10, 10, 10]
+    assert source.tolist() == disjoint_subsample(labels, target, 40, seed=0).tolist()
+
+    def run(arm, seed, accuracies, selected):
+        candidates = {n: {"accuracy": a} for n, a in accuracies.items()}
+        return {
+            "experiment": "digits",
+            "labels_per_class": 10,
+            "seed": seed,
+            "arm": arm,
+            "candidates": candidates,
+            "selected": selected,
+            "pretrain": None,
+            "instance_weights": None,
+        }
+
+    runs = [
+        run("none", 0, {"scratch": 0.5}, "scratch"),
+        run("none", 1, {"scratch": 0.7}, "scratch"),
+        run("supervised", 0, {"linear_probe": 0.8, "full": 0.9}, "full"),
+        run("supervised", 1, {"linear_probe": 0.8, "full": 0.6}, "linear_probe"),
+        run("simclr", 0, {"linear_probe": 0.6, "full": 0.7}, "full"),
+        run("simclr", 1, {"linear_probe": 0.9, "full": 0.8}, "linear_probe"),
+    ]
+    simclr = summarise(runs)["digits"]["10"]["simclr"]
+    # seed 0: 0.7 - 0.5, seed 1: 0.9 - 0.7 -> +0.2 both times (unpaired spread would not be 0)
+    assert simclr["selected"]["gain"]["mean"] == pytest.approx(0.2)
+    assert simclr["selected"]["gain"]["std"] == pytest.approx(0.0)
+    # against the supervised arm's own pick (0.9, 0.8), and strategy by strategy for full
+    assert simclr["selected"]["to_supervised"]["mean"] == pytest.approx(-0.05)
+    assert simclr["full"]["to_supervised"]["mean"] == pytest.approx(0.0)
+    assert simclr["picked"] == ["full", "linear_probe"]

@@ -7,7 +7,11 @@ the source loss an unbiased estimate of the loss on the target's distribution. E
 two densities in feature space is hopeless; a probabilistic classifier that tells source from
 target gives the ratio directly, p(target|x) / p(source|x) * n_source / n_target (Bickel et
 al. 2007, discriminative learning under covariate shift). Here that classifier is scikit-learn's
-standardised logistic regression on the source model's frozen pooled features.
+logistic regression on the source model's frozen pooled features, L2-normalised: images are
+compared by the direction of their features, as the kNN monitor and retrieval do. Standardising
+each feature instead lets near-constant features, scaled up to unit variance, tell the domains
+apart by noise: on mnist5k + Fashion-MNIST into UCI digits the standardised classifier gave the
+unrelated Fashion half 24% of the weight, the normalised one 1.4%.
 
 Cross-fitting: each image's weight comes from a classifier fitted on the other folds, never
 on the image itself. A classifier scoring its own training images is overconfident, and the
@@ -112,13 +116,13 @@ def cross_fitted_target_probability(xs: np.ndarray, xt: np.ndarray, seed: int) -
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import Normalizer
     from threadpoolctl import threadpool_limits
 
     x = np.concatenate([xs, xt])
     domain = np.concatenate([np.zeros(len(xs), int), np.ones(len(xt), int)])
     folds = StratifiedKFold(min(MAX_FOLDS, len(xs), len(xt)), shuffle=True, random_state=seed)
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    classifier = make_pipeline(Normalizer(), LogisticRegression(max_iter=500))
     # one BLAS thread, as the linear probe (tasks/modeling/features.py): a small problem that
     # more threads only slow down on a busy machine; an unconverged fit is still a classifier
     with warnings.catch_warnings(), threadpool_limits(1):

@@ -191,7 +191,10 @@ def _readable(key: str, value: str, project_dir: Path, folder: bool) -> Path:
     if not path.exists():
         raise PreflightError(f"{key}: {path} does not exist; give an existing {kind}")
     if folder and not path.is_dir():
-        raise PreflightError(f"{key}: {path} is not a folder (one subfolder per class)")
+        raise PreflightError(
+            f"{key}: {path} is not a folder (one subfolder per class; or, with unlabeled: "
+            "true, images in any layout)"
+        )
     mode = os.R_OK | (os.X_OK if path.is_dir() else 0)
     if not os.access(path, mode):
         raise PreflightError(f"{key}: {path} is not readable by this user; fix its permissions")
@@ -328,7 +331,7 @@ def check_split_budget(inv: Inventory, spec: DatasetParams, bounds: ValidationPa
 def check_self_supervised(params: Params) -> None:
     """The views of a self-supervised objective fit the image size the run resolved (params
     check it only when ``preprocess.image_size`` is set there, not when a checkpoint gives it)."""
-    from tasks.core.params import SELF_SUPERVISED, check_augmentations
+    from tasks.core.params import check_augmentations
 
     size = params.preprocess.image_size
     if params.pretrain.objective not in SELF_SUPERVISED or size is None:

@@ -165,6 +165,37 @@ def test_bad_rank_params_are_named(project_root, overrides, message):
         resolve_params(project_root / "params.yaml", overrides=overrides)
 
 
+UNLABELLED_FOLDER = ["data.source.path=imgs", "data.source.unlabeled=true"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["pretrain.images=target"], "pretrain.images: target is for a self-supervised"),
+        (UNLABELLED_FOLDER, "pretrain.objective: supervised needs labels"),
+        (
+            ["pretrain.objective=byol", "pretrain.checkpoint=efficientnet-lite0"],
+            "set pretrain.train_on_source=true",
+        ),
+        (
+            [*UNLABELLED_FOLDER, "pretrain.objective=simclr", "transfer.strategies=[multitask]"],
+            "multitask need the source's labels",
+        ),
+        (["transfer.instance_weighting=domain_classifier"], "no strategy in transfer.strategies"),
+        ([*UNLABELLED_FOLDER, "data.source.classes=[a, b]"], "has no classes"),
+        (["data.target.path=imgs", "data.target.unlabeled=true"], "the target must be labelled"),
+        (["pretrain.objective=simclr", "pretrain.ssl.crop_scale=[0.01, 1]"], "smallest crop"),
+        (["pretrain.objective=simclr", "pretrain.ssl.blur_sigma=6"], "blur kernel"),
+        (["pretrain.objective=simclr", "pretrain.ssl.crop_scale=[0.9, 0.5]"], "0 < min <= max"),
+    ],
+)
+def test_incoherent_pretraining_params_are_named(project_root, overrides, message):
+    """Self-supervised pretraining, unlabelled sources and instance weighting: a value that
+    could only fail later, or do nothing, stops at params with the key named."""
+    with pytest.raises(ParamsError, match=message):
+        resolve_params(project_root / "params.yaml", overrides=overrides)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

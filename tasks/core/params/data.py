@@ -51,6 +51,8 @@ class DatasetParams(Section):
             raise ValueError(f"unknown built-in dataset {self.builtin!r} (known: {known})")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes must not repeat")
+        if self.unlabeled and self.classes is not None:
+            raise ValueError("unlabeled: true has no classes; leave classes null")
         if self.unlabeled and self.path is None:
             raise ValueError(
                 "unlabeled: true is for a folder (path: DIR); a built-in's labels "

@@ -47,9 +47,15 @@ def epoch_batches(images: int, steps: int, batch_size: int, gen: torch.Generator
     return [order[i * size : (i + 1) * size] for i in range(steps)]
 
 
+def pooled_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A timm model's pooled pre-logit features: what transfer keeps of a backbone, what
+    the self-supervised heads and the kNN monitor see (a headless model has no logits)."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
 def features_and_logits(model: torch.nn.Module, x: torch.Tensor):
     """Pooled pre-logit features and logits of a timm model in one forward pass."""
-    pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+    pooled = pooled_features(model, x)
     return pooled, model.get_classifier()(pooled)
 
 

@@ -15,11 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tasks.modeling.batches import map_batches
-
-
-def _pooled(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+from tasks.modeling.batches import map_batches, pooled_features
 
 
 def knn_predict(
@@ -59,8 +55,8 @@ class KnnMonitor:
             return math.nan
         was_training = model.training
         try:
-            bank = map_batches(model, _pooled, self.bank_inputs)
-            queries = map_batches(model, _pooled, self.query_inputs)
+            bank = map_batches(model, pooled_features, self.bank_inputs)
+            queries = map_batches(model, pooled_features, self.query_inputs)
         finally:
             model.train(was_training)
         predicted = knn_predict(bank, self.bank_labels, queries, self.k, self.temperature)

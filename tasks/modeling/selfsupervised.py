@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from tasks.core.params import PretrainParams, SelfSupervisedParams
-from tasks.modeling.batches import epoch_batches
+from tasks.modeling.batches import epoch_batches, pooled_features
 from tasks.modeling.monitor import KnnMonitor
 from tasks.modeling.resume import save_state
 from tasks.modeling.training import (
@@ -40,13 +40,8 @@ from tasks.modeling.training import (
 from tasks.modeling.views import two_views
 
 
-def backbone_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The timm model's pooled pre-logit features: what the heads see and transfer keeps."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
-
-
 def feature_width(model: torch.nn.Module) -> int:
-    """Size of ``backbone_features``: timm's ``head_hidden_size`` where a model has a
+    """Size of ``pooled_features``: timm's ``head_hidden_size`` where a model has a
     pre-logits layer, else ``num_features``."""
     return getattr(model, "head_hidden_size", None) or model.num_features
 
@@ -76,7 +71,7 @@ class SimCLR(SelfSupervised):
         return self.head
 
     def pair_loss(self, model, v1, v2):
-        z1, z2 = self.head(backbone_features(model, torch.cat([v1, v2]))).float().chunk(2)
+        z1, z2 = self.head(pooled_features(model, torch.cat([v1, v2]))).float().chunk(2)
         return self.criterion(z1, z2)
 
 
@@ -110,10 +105,10 @@ class BYOL(SelfSupervised):
 
     def pair_loss(self, model, v1, v2):
         both, m = torch.cat([v1, v2]), self.modules
-        p1, p2 = m["prediction"](m["projection"](backbone_features(model, both))).float().chunk(2)
+        p1, p2 = m["prediction"](m["projection"](pooled_features(model, both))).float().chunk(2)
         with torch.no_grad():
             target = m["target"]
-            z = target["projection"](backbone_features(target["backbone"], both))
+            z = target["projection"](pooled_features(target["backbone"], both))
             z1, z2 = z.float().chunk(2)
         return 0.5 * (self.criterion(p1, z2) + self.criterion(p2, z1))
 

@@ -34,7 +34,7 @@ PATHS = {
     "pretrain_inputs": "reports/pretrain_inputs.json",
     "data_docs": "reports/data_docs",
     "pretrain_report": "reports/pretrain.json",
-    "transfer_report": "reports/transfer.json",
+    "transfer_reports": "reports/transfer",  # <strategy>.json: one per candidate stage
     "metrics": "reports/metrics.json",
     "confusion": "reports/confusion.json",
     "calibration": "reports/calibration.json",
@@ -84,6 +84,17 @@ def open_context(
     return StageContext(
         project_dir, params, experiment_id, tracking_uri, parent_run_id, flow_run or {}
     )
+
+
+def candidate_report(layout: Layout, name: str) -> Path:
+    """``reports/transfer/<name>.json``: what stage ``transfer@<name>`` measured in training."""
+    return layout.transfer_reports / f"{name}.json"
+
+
+def read_candidate_reports(layout: Layout, names) -> dict[str, dict]:
+    """The training summaries of the candidates ``names`` that have one, by name."""
+    paths = {n: candidate_report(layout, n) for n in names}
+    return {n: read_json(path) for n, path in paths.items() if path.is_file()}
 
 
 def write_json(path: Path, payload: Any) -> Path:

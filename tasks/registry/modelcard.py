@@ -104,7 +104,7 @@ def collect_card_facts(ctx, registration: dict, promotion: dict | None = None) -
     the data manifests and their DVC hashes, the registered checkpoint's card and, when
     another step wrote it, ``reports/export.json``."""
     from tasks.core import versioning
-    from tasks.core.context import PATHS, read_json
+    from tasks.core.context import PATHS, read_candidate_reports, read_json
     from tasks.data.manifest import MANIFEST
     from tasks.modeling.models import read_card
     from tasks.registry.publishing import version_description
@@ -143,7 +143,9 @@ def collect_card_facts(ctx, registration: dict, promotion: dict | None = None) -
         "validation": _optional_json(layout.validation_report),
         "best": metrics["best"],
         "selected_on": metrics.get("selected_on"),
-        "candidates": _candidate_facts(metrics, _optional_json(layout.transfer_report)),
+        "candidates": _candidate_facts(
+            metrics, read_candidate_reports(layout, metrics["candidates"])
+        ),
         "forgetting": (metrics.get("forgetting") or {}).get("source_model_probe_accuracy"),
         "calibration": {"bins": calibration.get(best, []), "image": None},
         "export": _optional_json(layout.export_report),

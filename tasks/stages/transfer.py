@@ -1,8 +1,10 @@
-"""Stage ``transfer``: every strategy in ``transfer.strategies`` -> ``models/candidates/<name>``.
+"""Stages ``transfer@NAME``: each strategy of ``transfer.strategies`` -> ``models/candidates/
+<name>`` and ``reports/transfer/<name>.json``, a DVC stage of its own (dvc.yaml ``foreach``)
+that lists only the params its strategy reads (``candidate_params``), so a changed knob
+retrains that candidate alone, and candidates can train at once on several workers.
 
-With instance weighting, the source images' weights are computed once, before the first
-source-using strategy, and shared by all of them; their summary is written once into
-reports/transfer.json (``instance_weights``), which each weighted candidate points to.
+With instance weighting, each source-using candidate computes the source images' weights
+(deterministic: the same in every candidate) and writes their summary into its report.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import time
 import torch
 
 from tasks.core import tracking
-from tasks.core.context import StageContext, write_json
+from tasks.core.context import WORK_DIR, StageContext, candidate_report, write_json
 from tasks.core.params import SOURCE_USING_STRATEGIES
+from tasks.core.params.scaling import candidate_params
 from tasks.data.loading import load_tensors
 from tasks.data.manifest import image_channels
 from tasks.data.mlflow_datasets import log_datasets, split_datasets
@@ -29,58 +32,80 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict:
+    """Every strategy of ``transfer.strategies`` in turn, in this process (``tlp stage
+    transfer``, lineage reruns); the flow and dvc.yaml run them as stages ``transfer@NAME``."""
+    return {name: run_candidate(ctx, name) for name in ctx.params.transfer.strategies}
+
+
+def run_candidate(ctx: StageContext, name: str) -> dict:
+    """Stage ``transfer@NAME``: one strategy -> ``models/candidates/<name>`` and
+    ``reports/transfer/<name>.json``. The checkpoint is written beside the project's work
+    files and moved into place only once complete, so a killed worker leaves no candidate
+    half-written."""
     p, layout = ctx.params, ctx.layout
     x_train, y_train, classes = load_tensors(layout.target_data, "train", p.preprocess)
     x_val, y_val, _ = load_tensors(layout.target_data, "val", p.preprocess)
     x_pool, _, _ = load_tensors(layout.target_data, "unlabeled", p.preprocess)
     conversion = conversion_note(image_channels(layout.target_data), p.preprocess.channels)
-    if layout.candidates.exists():
-        shutil.rmtree(layout.candidates)
-    results = {}
-    datasets = split_datasets(  # built once; each strategy's run gets the ones it read
+    datasets = split_datasets(
         ctx.project_dir, {"target": ("train", "val", "unlabeled"), "source": ("train",)}
     )
-    weights = None
-    for name in p.transfer.strategies:
-        job = Job(
-            ctx, name, (x_train, y_train), (x_val, y_val), torch.cat([x_train, x_pool]), classes
+    job = Job(ctx, name, (x_train, y_train), (x_val, y_val), torch.cat([x_train, x_pool]), classes)
+    if p.transfer.instance_weighting != "none" and name in SOURCE_USING_STRATEGIES:
+        job.instance_weights = _instance_weights(job)
+    with tracking.child_run(f"transfer/{name}", ctx.experiment_id, ctx.parent_run_id):
+        tracking.log_params({"strategy": name, **candidate_params(p, name)["transfer"]})
+        started = time.perf_counter()
+        model, history = STRATEGIES[name](job)
+        seconds = time.perf_counter() - started
+        # the model's own architecture: an auto-chosen source may not be model.arch
+        arch = model.pretrained_cfg.get("architecture", p.model.arch)
+        card = ModelCard(
+            arch=arch,
+            classes=classes,
+            preprocess=p.preprocess,
+            strategy=name,
+            input_conversion=conversion,
         )
-        if p.transfer.instance_weighting != "none" and name in SOURCE_USING_STRATEGIES:
-            if weights is None:  # once, with the first strategy that uses them
-                weights = _instance_weights(job)
-            job.instance_weights = weights
-        with tracking.child_run(f"transfer/{name}", ctx.experiment_id, ctx.parent_run_id):
-            tracking.log_params({"strategy": name, **p.transfer.model_dump(mode="json")})
-            started = time.perf_counter()
-            model, history = STRATEGIES[name](job)
-            seconds = time.perf_counter() - started
-            # the model's own architecture: an auto-chosen source may not be model.arch
-            arch = model.pretrained_cfg.get("architecture", p.model.arch)
-            card = ModelCard(
-                arch=arch,
-                classes=classes,
-                preprocess=p.preprocess,
-                strategy=name,
-                input_conversion=conversion,
-            )
-            save_checkpoint(model.cpu(), card, layout.candidates / name)
-            read = job.data_read()
-            log_datasets([d for d in datasets if d[0].name.split("/") in _pairs(read)])
-            results[name] = {**history_summary(history, len(y_train)), "seconds": seconds}
-            _log_result(name, results[name])
-            tracking.log_metrics(
-                {k: float(v) for k, v in results[name].items() if not math.isnan(float(v))}
-            )
-            if job.instance_weights is not None:
-                _log_weights(job.instance_weights)
-                results[name]["instance_weights"] = f"#/{WEIGHTS_KEY}"  # a JSON pointer
-    if weights is not None:
-        results[WEIGHTS_KEY] = weights.summary()
-    write_json(layout.transfer_report, results)
-    return results
+        _save_whole(model.cpu(), card, layout.candidates / name, ctx.project_dir)
+        read = job.data_read()
+        log_datasets([d for d in datasets if d[0].name.split("/") in _pairs(read)])
+        result = {**history_summary(history, len(y_train)), "seconds": seconds}
+        _log_result(name, result)
+        tracking.log_metrics({k: float(v) for k, v in result.items() if not math.isnan(float(v))})
+        if job.instance_weights is not None:
+            _log_weights(job.instance_weights)
+            result[WEIGHTS_KEY] = job.instance_weights.summary()
+    write_json(candidate_report(layout, name), result)
+    return result
 
 
-WEIGHTS_KEY = "instance_weights"  # reports/transfer.json: no strategy has this name
+def train_candidate(project_dir: str, name: str, parent_run_id: str | None) -> dict:
+    """``run_candidate`` in a fresh process (a local worker or a Dask worker): the params are
+    the project's params.resolved.yaml, and torch threads and the MLflow store are set here."""
+    from pathlib import Path
+
+    from tasks.core.context import open_context
+    from tasks.core.params import load_resolved
+
+    project = Path(project_dir)
+    ctx = open_context(project, load_resolved(project), parent_run_id=parent_run_id)
+    return run_candidate(ctx, name)
+
+
+def _save_whole(model, card: ModelCard, out_dir, project_dir) -> None:
+    """Save into the work dir, then replace ``out_dir`` in one rename."""
+    partial = project_dir / WORK_DIR / "partial" / out_dir.name
+    if partial.exists():
+        shutil.rmtree(partial)
+    save_checkpoint(model, card, partial)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial.rename(out_dir)
+
+
+WEIGHTS_KEY = "instance_weights"  # the weights' summary in a weighted candidate's report
 
 
 def _instance_weights(job: Job) -> InstanceWeights:

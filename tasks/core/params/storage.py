@@ -24,6 +24,11 @@ class StorageParams(Section):
     dvc_remote_endpoint: str | None = Field(
         description="S3-compatible endpoint of the DVC remote (MinIO, moto); null = AWS"
     )
+    search_uri: str = Field(
+        min_length=1,
+        description="Optuna's RDB storage of the search studies; relative sqlite paths are in "
+        "the project",
+    )
     decoded_cache_mb: int = Field(
         ge=0,
         description="disk budget (MiB) of the decoded, preprocessed training images under "
@@ -33,7 +38,9 @@ class StorageParams(Section):
 
 # The keys' former place (before they left ``base``): a user's file or ``--set`` naming one
 # is told where it went, in the usual one-line params error.
-MOVED_KEYS = {f"base.{key}": f"storage.{key}" for key in StorageParams.model_fields}
+MOVED_KEYS = {
+    f"base.{key}": f"storage.{key}" for key in ("tracking_uri", "dvc_remote", "dvc_remote_endpoint")
+}
 MOVED_KEYS["pretrain.checkpoint_file"] = (
     "pretrain.checkpoint (with pretrain.train_on_source=true to train it further on the source)"
 )
@@ -43,6 +50,7 @@ ENV_OVERRIDES = {
     "TLP_TRACKING_URI": ("storage", "tracking_uri"),
     "TLP_DVC_REMOTE": ("storage", "dvc_remote"),
     "TLP_DVC_REMOTE_ENDPOINT": ("storage", "dvc_remote_endpoint"),
+    "TLP_SEARCH_URI": ("storage", "search_uri"),
 }
 
 

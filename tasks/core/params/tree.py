@@ -19,6 +19,7 @@ from tasks.core.params.release import (
     RegistryParams,
     ScheduleParams,
 )
+from tasks.core.params.scaling import EngineParams, SearchParams
 from tasks.core.params.section import Section
 from tasks.core.params.storage import StorageParams
 from tasks.core.params.training import (
@@ -51,8 +52,8 @@ def derived_model_name(builtin: str | None, path: str | None) -> str | None:
     return MODEL_PREFIX + (slug or "target")
 
 
-# Sections that say where things are kept, not what a run computes: not in the hash.
-UNHASHED_SECTIONS = frozenset({"storage"})
+# Sections that say where things are kept or run, not what a run computes: not in the hash.
+UNHASHED_SECTIONS = frozenset({"storage", "engine"})
 
 
 class BaseParams(Section):
@@ -75,6 +76,8 @@ class Params(Section):
     model: ModelParams
     pretrain: PretrainParams
     transfer: TransferParams
+    search: SearchParams
+    engine: EngineParams
     evaluate: EvaluateParams
     registry: RegistryParams
     export: ExportParams

@@ -18,6 +18,7 @@ from tasks.core.params import (
     resolve_params,
     resolved_text,
 )
+from tasks.core.params.scaling import SearchRange
 from tasks.core.params.section import Section
 
 
@@ -64,8 +65,9 @@ def _subclasses(cls):
 
 
 def test_only_the_exclusive_pairs_and_list_items_declare_defaults():
-    """The carve-outs stay small: builtin/path (one is absent by design) and the optional
-    keys of a rank candidate (list entries a user writes, none in params.yaml)."""
+    """The carve-outs stay small: builtin/path (one is absent by design), the optional
+    keys of a rank candidate (list entries a user writes, none in params.yaml) and of a search
+    range (``{low, high, log}`` or ``{choices}``: entries a user writes, one form or the other)."""
     declared = {
         f"{cls.__name__}.{name}"
         for cls in _subclasses(Section)
@@ -76,6 +78,7 @@ def test_only_the_exclusive_pairs_and_list_items_declare_defaults():
         "DatasetParams.builtin",
         "DatasetParams.path",
         *(f"CandidateParams.{k}" for k in CandidateParams.model_fields),
+        *(f"SearchRange.{k}" for k in SearchRange.model_fields),
     }
 
 
@@ -176,5 +179,10 @@ def test_a_resolved_file_from_before_the_move_still_loads(project_root, tmp_path
     params = resolve_params(project_root / "params.yaml")
     tree = yaml.safe_load(resolved_text(params))
     tree["base"].update(tree.pop("storage"))
+    del tree["base"]["search_uri"], tree["engine"], tree["search"]  # added since the move
     (tmp_path / "params.resolved.yaml").write_text(yaml.safe_dump(tree))
-    assert load_resolved(tmp_path) == params
+    old = load_resolved(tmp_path)
+    assert old.search.trials == 0 and old.engine.workers == 1  # no search, candidates in turn
+    assert old.model_dump(exclude={"search", "engine"}) == params.model_dump(
+        exclude={"search", "engine"}
+    )

@@ -67,7 +67,9 @@ def read_params_file(path: Path) -> dict[str, Any]:
 def _move_storage_keys(tree: dict[str, Any]) -> None:
     """A resolved file written before storage left ``base`` (an older run, or the lineage
     files of a version registered then): tlp wrote it, so its keys are moved, not refused,
-    and a storage key added since (``decoded_cache_mb``) is filled with what that run did."""
+    and the keys and sections added since (``decoded_cache_mb``, ``search_uri``, ``engine``,
+    ``search``) are filled with what that run did (no decoded cache, no search, candidates in
+    turn)."""
     base = tree.get("base")
     if isinstance(base, dict) and "storage" not in tree:
         leaves = [old.removeprefix("base.") for old in MOVED_KEYS]
@@ -77,6 +79,13 @@ def _move_storage_keys(tree: dict[str, Any]) -> None:
         # written before the decoded cache existed: that run decoded every epoch (0 = off;
         # the cache never changes results, only how often images are decoded)
         storage["decoded_cache_mb"] = 0
+    if isinstance(storage, dict) and "search_uri" not in storage:
+        storage["search_uri"] = "sqlite:///optuna.db"  # written before searches: none was run
+    if "engine" not in tree:  # written before the engine: candidates trained in turn, in-process
+        tree["engine"] = {"runner": "local", "workers": 1, "address": None, "retries": 0}
+    if "search" not in tree:  # written before the search: none was run
+        search = read_params_file(TOOL_PARAMS_FILE)["search"]
+        tree["search"] = {**search, "trials": 0}
 
 
 def resolve_params(

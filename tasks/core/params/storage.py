@@ -39,7 +39,8 @@ class StorageParams(Section):
 # The keys' former place (before they left ``base``): a user's file or ``--set`` naming one
 # is told where it went, in the usual one-line params error.
 MOVED_KEYS = {
-    f"base.{key}": f"storage.{key}" for key in ("tracking_uri", "dvc_remote", "dvc_remote_endpoint")
+    f"base.{key}": f"storage.{key}"
+    for key in ("tracking_uri", "dvc_remote", "dvc_remote_endpoint", "decoded_cache_mb")
 }
 MOVED_KEYS["pretrain.checkpoint_file"] = (
     "pretrain.checkpoint (with pretrain.train_on_source=true to train it further on the source)"

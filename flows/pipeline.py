@@ -343,9 +343,13 @@ def _run_candidates(
             log.info("%s: up to date, skipped", candidate_stage(name))
     seconds: dict[str, float] = {}
     if stale:
+        for name in stale:  # the lines Stage.run logs, on the flow run's page
+            log.info("%s: started", candidate_stage(name))
         started = time.perf_counter()
         with clock("candidates"):
             seconds = train_candidates(ctx, stale)
+        for name in stale:
+            log.info("%s: done in %.1f s", candidate_stage(name), seconds[name])
         # the candidates' own work is not overhead (when they ran at once, it adds up to more
         # than the call took: then none of the call is counted as overhead)
         clock.seconds["candidates"] -= min(sum(seconds.values()), time.perf_counter() - started)

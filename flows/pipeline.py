@@ -271,6 +271,8 @@ class StageLog:
     def hand_over(self, dvc: versioning.Background, clock: PhaseClock) -> None:
         """Commit the stages that ran (in order, in the background: ``versioning.Background``
         waits only for the commit before each, if still running)."""
+        if not self.uncommitted:
+            return
         with clock("dvc_commit"):
             for name in self.uncommitted:
                 dvc.commit(name)

@@ -30,7 +30,7 @@ monitor (its bank is the labelled train split) is measured with the most labels.
 Fashion-MNIST images (their class names), supervised pretraining on it, then ``multitask``
 with ``transfer.instance_weighting`` none (``uniform``) and domain_classifier (``weighted``)
 at ``--mixed-labels``; the weights' share and mean on the fashion and digit parts, ESS
-fraction and the domain classifier's AUC, from reports/transfer.json.
+fraction and the domain classifier's AUC, from reports/transfer/<candidate>.json.
 
 Stages run in-process (no Prefect, no DVC), MLflow in the work folder, evaluate's forgetting
 probe off (``--set evaluate.forgetting=true`` turns it on). Writes
@@ -225,7 +225,7 @@ def pretrain_record(report: dict, seconds: float, labels: int) -> dict:
 def run_arm(experiment: str, arm: str, labels: int, seed: int, args, sources: dict) -> dict:
     """prepare -> pretrain (or the cached model of this experiment, arm and seed) ->
     transfer -> evaluate, in a project folder of its own."""
-    from tasks.core.context import open_context, read_json
+    from tasks.core.context import open_context, read_candidate_reports, read_json
     from tasks.stages import evaluate as evaluation
     from tasks.stages import prepare, pretrain, transfer
 
@@ -260,7 +260,9 @@ def run_arm(experiment: str, arm: str, labels: int, seed: int, args, sources: di
     started = time.perf_counter()
     metrics = evaluation.run(ctx)
     seconds["evaluate"] = time.perf_counter() - started
-    weights = read_json(ctx.layout.transfer_report).get("instance_weights")
+    # every weighted candidate's report holds the same summary (deterministic weights)
+    reports = read_candidate_reports(ctx.layout, trained).values()
+    weights = next((r["instance_weights"] for r in reports if "instance_weights" in r), None)
     return {
         "experiment": experiment,
         "arm": arm,

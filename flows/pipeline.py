@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, task
@@ -22,16 +23,23 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows import outcome
+from flows.candidates import train_candidates
 from flows.promote import promote_model
 from tasks.core import stale, tracking, uptodate, versioning
-from tasks.core.context import StageContext, open_context, read_json, write_json
+from tasks.core.context import (
+    StageContext,
+    open_context,
+    read_json,
+    remove_dropped_candidates,
+    write_json,
+)
 from tasks.core.locking import holds_run_lock
 from tasks.core.logs import forward_to_prefect
 from tasks.core.params import PARAMS_FILE, UNHASHED_SECTIONS, resolve_params, write_resolved
 from tasks.data.mlflow_datasets import ALL, log_datasets, split_datasets
 from tasks.modeling.checkpoints import check_checkpoint
 from tasks.registry import publishing as registry
-from tasks.stages import STAGES, get_stage, preflight
+from tasks.stages import CANDIDATES, STAGES, Stage, candidate_stage, get_stage, preflight
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +258,30 @@ def record_stores(ctx: StageContext, summary: dict) -> None:
     )
 
 
+@dataclass
+class StageLog:
+    """Seconds per stage name (all of it, and its own work), the skipped stages, and the
+    stages that ran and are not committed yet."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+    compute: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    uncommitted: list[str] = field(default_factory=list)
+
+    def hand_over(self, dvc: versioning.Background, clock: PhaseClock) -> None:
+        """Commit the stages that ran (in order, in the background: ``versioning.Background``
+        waits only for the commit before each, if still running)."""
+        if not self.uncommitted:
+            return
+        with clock("dvc_commit"):
+            for name in self.uncommitted:
+                dvc.commit(name)
+        self.uncommitted = []
+
+
 def _run_stages(ctx: StageContext, clock: PhaseClock, dvc: versioning.Background):
-    """Each stage DVC does not report up to date, as a Prefect task, committed to dvc.lock.
+    """Each stage DVC does not report up to date, as a Prefect task, committed to dvc.lock;
+    stage ``transfer`` as its candidate stages ``transfer@NAME`` (``_run_candidates``).
 
     A stage's commit runs in the background (``versioning.Background``) while the next
     stage computes; it is handed over after the next stage's status is known (the status
@@ -260,34 +290,87 @@ def _run_stages(ctx: StageContext, clock: PhaseClock, dvc: versioning.Background
     caller. Returns seconds per stage (all of it, and the stage's own work) and the skipped
     stages."""
     project = ctx.project_dir
-    timings, compute, skipped = {}, {}, []
-    ran = None  # the stage that ran and is not yet committed
+    done = StageLog()
     # only a stage's own commit records it: what dvc.lock held at the start is what it holds
     # for each stage still to come (no waiting for the commit in flight to know it)
     recorded = versioning.recorded_stages(project)
     for stage in STAGES:
+        if stage.name == CANDIDATES:
+            _run_candidates(ctx, clock, dvc, recorded, done)
+            continue
         t0 = time.perf_counter()
         with clock("dvc_status"):
-            up_to_date = versioning.is_up_to_date(project, stage.name, recorded)
-            up_to_date = up_to_date and stage.still_valid(ctx) and _intact(project, stage.name)
-        if ran is not None:
-            with clock("dvc_commit"):  # waits only for the commit before it, if still running
-                dvc.commit(ran)
-            ran = None
+            up_to_date = _up_to_date(ctx, stage, recorded)
+        done.hand_over(dvc, clock)
         if up_to_date:
-            skipped.append(stage.name)
+            done.skipped.append(stage.name)
             log.info("%s: up to date, skipped", stage.name)
         else:
             with clock("prefect_task"):
                 seconds = run_stage.with_options(name=stage.name)(stage.name, ctx)
             clock.seconds["prefect_task"] -= seconds  # the stage's own work is not overhead
-            compute[stage.name] = round(seconds, 3)
-            ran = stage.name
-        timings[stage.name] = round(time.perf_counter() - t0, 3)
-    if ran is not None:
-        with clock("dvc_commit"):
-            dvc.commit(ran)
-    return timings, compute, skipped
+            done.compute[stage.name] = round(seconds, 3)
+            done.uncommitted = [stage.name]
+        done.timings[stage.name] = round(time.perf_counter() - t0, 3)
+    done.hand_over(dvc, clock)
+    return done.timings, done.compute, done.skipped
+
+
+def _run_candidates(
+    ctx: StageContext,
+    clock: PhaseClock,
+    dvc: versioning.Background,
+    recorded: set[str],
+    done: StageLog,
+) -> None:
+    """Stages ``transfer@NAME``: each one's status, then the stale ones trained in ONE call
+    to ``train_candidates`` (which may train them at once, on the engine), each committed
+    as a stage of its own. Candidates of strategies taken off the list are removed first:
+    evaluate depends on the whole of models/candidates."""
+    strategies = ctx.params.transfer.strategies
+    status_seconds: dict[str, float] = {}
+    stale = []
+    with clock("dvc_status"):
+        for name in remove_dropped_candidates(ctx.layout, strategies):
+            log.info("%s: no longer in transfer.strategies, removed", candidate_stage(name))
+        for name in strategies:
+            t0 = time.perf_counter()
+            if not _up_to_date(ctx, get_stage(candidate_stage(name)), recorded):
+                stale.append(name)
+            status_seconds[name] = time.perf_counter() - t0
+    done.hand_over(dvc, clock)
+    for name in strategies:
+        if name not in stale:
+            done.skipped.append(candidate_stage(name))
+            log.info("%s: up to date, skipped", candidate_stage(name))
+    seconds: dict[str, float] = {}
+    if stale:
+        for name in stale:  # the lines Stage.run logs, on the flow run's page
+            log.info("%s: started", candidate_stage(name))
+        started = time.perf_counter()
+        with clock("candidates"):
+            seconds = train_candidates(ctx, stale)
+        for name in stale:
+            log.info("%s: done in %.1f s", candidate_stage(name), seconds[name])
+        # the candidates' own work is not overhead (when they ran at once, it adds up to more
+        # than the call took: then none of the call is counted as overhead)
+        clock.seconds["candidates"] -= min(sum(seconds.values()), time.perf_counter() - started)
+    for name in strategies:
+        stage = candidate_stage(name)
+        if name in seconds:
+            done.compute[stage] = round(seconds[name], 3)
+        done.timings[stage] = round(status_seconds[name] + seconds.get(name, 0.0), 3)
+    done.uncommitted = [candidate_stage(name) for name in stale]
+
+
+def _up_to_date(ctx: StageContext, stage: Stage, recorded: set[str]) -> bool:
+    """DVC's status, then the stage's own checks, then its checkpoints' bytes."""
+    project = ctx.project_dir
+    return (
+        versioning.is_up_to_date(project, stage.name, recorded)
+        and stage.still_valid(ctx)
+        and _intact(project, stage.name)
+    )
 
 
 def _intact(project: Path, stage: str) -> bool:

@@ -113,12 +113,16 @@ def _git(cwd: Path, *args: str) -> None:
 def make_dvc_project(base: Path) -> Path:
     """A fresh git + DVC repo holding the project's params, dvc.yaml and stage code, with the
     .gitignore of an experiment repository (experiment.gitignore), not the tool's own."""
+    from tasks.core.params import resolve_params, write_resolved
+
     project = base / "project"
     project.mkdir()
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy2(ROOT / name, project / name)
     shutil.copy2(ROOT / "experiment.gitignore", project / ".gitignore")
     shutil.copytree(ROOT / "tasks", project / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    # dvc.yaml's `vars` read the candidate stages from it: DVC parses no stage without it
+    write_resolved(resolve_params(project / "params.yaml"), project)
     _git(project, "init", "-q")
     subprocess.run(
         [sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True, capture_output=True

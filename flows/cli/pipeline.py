@@ -185,7 +185,8 @@ def stage(name: str, /, *, wait: Wait = 0.0, project: Project) -> int:
     Parameters
     ----------
     name
-        prepare, validate, pretrain, transfer, evaluate or register
+        prepare, validate, pretrain, transfer@STRATEGY (one candidate; transfer: every
+        candidate in turn), evaluate or register
     """
     from tasks.core.context import open_context
     from tasks.core.params import load_resolved

@@ -109,7 +109,9 @@ def print_up_to_date(saved: dict, aliases: list[str], seconds: float) -> None:
     _line("MLflow parent run", str(s.get("mlflow_run_id")))
     _line("open the MLflow UI", str(s.get("ui_command")))
     _print_accuracies(s)
-    _line("skipped (up to date)", ", ".join(STAGE_NAMES))
+    # the stages of the run it matches (transfer@NAME per candidate: the same params); a
+    # summary saved by an older tlp has none
+    _line("skipped (up to date)", ", ".join(s.get("stage_seconds") or STAGE_NAMES))
     print(
         f"  checked in {seconds:.2f} s without starting Prefect "
         "(tlp run --force-flow runs the flow anyway)"

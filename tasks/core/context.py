@@ -97,6 +97,28 @@ def read_candidate_reports(layout: Layout, names) -> dict[str, dict]:
     return {n: read_json(path) for n, path in paths.items() if path.is_file()}
 
 
+def remove_dropped_candidates(layout: Layout, names) -> list[str]:
+    """Remove the checkpoints and reports of candidates not in ``names`` (strategies taken
+    off ``transfer.strategies``): no stage writes them any more, yet evaluate and register
+    depend on the whole of ``models/candidates``, so DVC would hash them in. Returns the
+    strategies removed."""
+    import shutil
+
+    keep = set(names)
+    dropped = set()
+    if layout.candidates.is_dir():
+        for path in layout.candidates.iterdir():
+            if path.is_dir() and path.name not in keep:
+                shutil.rmtree(path)
+                dropped.add(path.name)
+    if layout.transfer_reports.is_dir():
+        for path in layout.transfer_reports.glob("*.json"):
+            if path.stem not in keep:
+                path.unlink()
+                dropped.add(path.stem)
+    return sorted(dropped)
+
+
 def write_json(path: Path, payload: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")

@@ -221,7 +221,9 @@ def finish_parent_run(run_id: str, summary: dict, prefect_url: str | None = None
     numbers.update(val_accuracy=m.get("val_accuracy"), macro_f1=m.get("macro_f1"))
     metrics = [Metric(k, float(v), now, 0) for k, v in numbers.items() if v is not None]
     metrics += [
-        Metric(f"seconds_{stage}", s, now, 0) for stage, s in summary["stage_seconds"].items()
+        # transfer@full as seconds_transfer/full: MLflow refuses "@" in a metric name
+        Metric(f"seconds_{stage.replace('@', '/')}", s, now, 0)
+        for stage, s in summary["stage_seconds"].items()
     ]
     tags = [
         RunTag("registered_model", summary["model_name"]),

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 RERUN_STAGES = ("validate", "pretrain", "transfer", "evaluate")
 FETCHED = ("data/source", "data/target")
-CHECKED_OUTPUTS = ("data/source", "data/target", "models/source", "models/candidates")
+# and each candidate, models/candidates/<strategy> (a stage transfer@<strategy> each)
+CHECKED_OUTPUTS = ("data/source", "data/target", "models/source")
+CANDIDATE_OUTPUTS = "models/candidates/"
 
 
 class LineageError(ValueError):
@@ -287,7 +289,9 @@ def reproduce(ref: str, project_dir: Path, workdir: Path, lock_wait: float = 0.0
     with run_lock(workdir, what=f"tlp reproduce of {ref}"):
         result = rerun(workdir)
     logged = json.loads(Path(info["files"]["reports/metrics.json"]).read_text())
-    hashes = {p: (info["dvc"].get(p), result["hashes"].get(p)) for p in CHECKED_OUTPUTS}
+    candidates = {p for p in [*info["dvc"], *result["hashes"]] if p.startswith(CANDIDATE_OUTPUTS)}
+    checked = [*CHECKED_OUTPUTS, *sorted(candidates)]
+    hashes = {p: (info["dvc"].get(p), result["hashes"].get(p)) for p in checked}
     return {
         "model": info["model"],
         "version": info["version"],

@@ -17,7 +17,13 @@ import time
 import torch
 
 from tasks.core import tracking
-from tasks.core.context import WORK_DIR, StageContext, candidate_report, write_json
+from tasks.core.context import (
+    WORK_DIR,
+    StageContext,
+    candidate_report,
+    remove_dropped_candidates,
+    write_json,
+)
 from tasks.core.params import SOURCE_USING_STRATEGIES
 from tasks.core.params.scaling import candidate_params
 from tasks.data.loading import load_tensors
@@ -34,7 +40,9 @@ log = logging.getLogger(__name__)
 def run(ctx: StageContext) -> dict:
     """Every strategy of ``transfer.strategies`` in turn, in this process (``tlp stage
     transfer``, lineage reruns); the flow and dvc.yaml run them as stages ``transfer@NAME``."""
-    return {name: run_candidate(ctx, name) for name in ctx.params.transfer.strategies}
+    names = ctx.params.transfer.strategies
+    remove_dropped_candidates(ctx.layout, names)
+    return {name: run_candidate(ctx, name) for name in names}
 
 
 def run_candidate(ctx: StageContext, name: str) -> dict:

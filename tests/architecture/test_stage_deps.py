@@ -15,8 +15,12 @@ LOGGED_CODE = {"register": ["tasks/registry/_pyfunc_entry.py"]}
 
 
 def dvc_deps(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, list[str]]:
+    """Deps by stage name; a ``foreach`` stage (transfer) by its group name, from its ``do``."""
     stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
-    return {name: [str(d) for d in spec.get("deps", [])] for name, spec in stages.items()}
+    return {
+        name: [str(d) for d in spec.get("do", spec).get("deps", [])]
+        for name, spec in stages.items()
+    }
 
 
 def only_docstring(path: Path) -> bool:

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.stages import STAGE_NAMES
-from tests.conftest import make_dvc_project
+from tasks.core.params import resolve_params
+from tasks.stages import stage_names
+from tests.conftest import ROOT, make_dvc_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -34,6 +35,7 @@ TINY = [
     "pretrain.epochs=1",
     "transfer.epochs=2",
 ]
+STAGE_NAMES = stage_names(resolve_params(ROOT / "params.yaml", "smoke", TINY))  # transfer@NAME
 
 
 def _start(project: Path, prefect_home: Path, *extra: str) -> subprocess.Popen:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.stages import STAGE_NAMES
-from tests.conftest import make_dvc_project
+from tasks.core.params import resolve_params
+from tasks.stages import stage_names
+from tests.conftest import ROOT, make_dvc_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 MODEL = "tlp-uci-digits"
@@ -29,6 +30,14 @@ def pipeline_run(tmp_path_factory, prefect_harness):
     lock_after_first = (project / "dvc.lock").read_text()
     second = transfer_pipeline(profile="smoke", overrides=overrides, project_dir=str(project))
     return project, first, second, lock_after_first
+
+
+SMOKE = resolve_params(ROOT / "params.yaml", "smoke")
+CANDIDATES = SMOKE.transfer.strategies
+STAGE_NAMES = stage_names(SMOKE)  # transfer@scratch, transfer@linear_probe, ...
+CHECKED = ("data/source", "data/target", "models/source") + tuple(
+    f"models/candidates/{name}" for name in CANDIDATES
+)
 
 
 def test_first_run_registers_a_champion(pipeline_run):
@@ -100,7 +109,7 @@ def test_registered_version_carries_lineage(pipeline_run):
     model_tags = MlflowClient().get_registered_model(MODEL).tags  # the model's task, once
     assert tags["tlp.task.id"] == model_tags["tlp.task.id"]
     lock = (project / "dvc.lock").read_text()
-    for path in ("data/source", "data/target", "models/source", "models/candidates"):
+    for path in CHECKED:
         assert tags[f"dvc.{path}"].endswith(".dir") and tags[f"dvc.{path}"] in lock
     parent = MlflowClient().get_run(first["mlflow_run_id"])
     assert parent.data.tags["git_commit"] == tags["git_commit"]
@@ -290,7 +299,7 @@ def test_dvc_repro_without_prefect_reproduces_the_outputs(pipeline_run):
         for stage in yaml.safe_load(lock_after_first)["stages"].values()
         for out in stage.get("outs", [])
     }
-    for path in ("data/source", "data/target", "models/source", "models/candidates"):
+    for path in CHECKED:
         assert hashes[path] == before[path], f"{path} differs after dvc repro"
     # its register stage ran outside the flow: a version, but no alias moved and no gate
     import mlflow
@@ -351,7 +360,7 @@ def test_lineage_prints_everything_that_made_the_champion(pipeline_run, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["complete"] and info["missing"] == []
     assert info["version"] == first["version"] and len(info["git_commit"]) == 40
-    assert set(info["dvc"]) == {"data/source", "data/target", "models/source", "models/candidates"}
+    assert set(info["dvc"]) == set(CHECKED)
     assert info["params"]["transfer"]["epochs"] == 10  # the smoke profile's exact values
     assert info["mlflow_parent_run_id"] == first["mlflow_run_id"]
     assert info["prefect_flow_run_id"] == first["prefect_flow_run_id"]
@@ -426,7 +435,8 @@ def test_dvc_exp_show_reads_a_committed_run(pipeline_run, tmp_path):
         text=True,
         check=True,
     ).stdout.splitlines()
-    trackable = [line[3:] for line in status if line.startswith("?? ")]
+    # params.resolved.yaml is in the project's first commit (DVC reads dvc.yaml's vars in it)
+    trackable = [line[3:] for line in status if line.startswith(("?? ", " M "))]
     assert {"dvc.lock", "params.resolved.yaml", "reports/plots/accuracy.json"} <= set(trackable)
     assert not [p for p in trackable if p.startswith(("data/", "models/", "reports/data_docs"))]
     clone = tmp_path / "clone"
@@ -472,4 +482,4 @@ def test_a_target_only_change_leaves_pretrain_up_to_date(pipeline_run, tmp_path)
         get_stage(name).run(ctx)
         versioning.commit_stage(copy, name)
     assert versioning.is_up_to_date(copy, "pretrain")
-    assert not versioning.is_up_to_date(copy, "transfer")  # it reads the target
+    assert not versioning.is_up_to_date(copy, "transfer@full")  # it reads the target

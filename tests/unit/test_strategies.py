@@ -128,23 +128,24 @@ def test_source_only_keeps_the_head_rows_of_a_subset_of_the_source_classes(tmp_p
         STRATEGIES["source_only"](SimpleNamespace(ctx=ctx, classes=("a", "d")))
 
 
-def test_instance_weights_are_computed_once_and_reported(source_project, caplog):
-    """Two source-using strategies share one set of weights: one log line, one summary in
-    reports/transfer.json that both point to, and its metrics and artifacts on both runs."""
+def test_instance_weights_are_the_same_in_each_candidate_and_reported(source_project, caplog):
+    """Each source-using candidate (a stage of its own, possibly on another worker) computes
+    the weights itself: one log line each, the same summary in each one's
+    reports/transfer/<name>.json, and its metrics and artifacts on both runs."""
     from mlflow import MlflowClient
 
-    from tasks.core.context import read_json
+    from tasks.core.context import candidate_report, read_json
     from tasks.stages import transfer
 
     weighting = ("transfer.instance_weighting=domain_classifier", "transfer.epochs=1")
     ctx = _context(source_project, ["dann", "multitask"], weighting)
     caplog.set_level("INFO", logger="tasks")
     report = transfer.run(ctx)
-    assert sum("instance weights: effective sample size" in r.message for r in caplog.records) == 1
-    assert read_json(ctx.layout.transfer_report) == report
-    summary = report["instance_weights"]
-    assert report["dann"]["instance_weights"] == report["multitask"]["instance_weights"]
-    assert report["dann"]["instance_weights"] == "#/instance_weights"
+    assert sum("instance weights: effective sample size" in r.message for r in caplog.records) == 2
+    for name in ("dann", "multitask"):
+        assert read_json(candidate_report(ctx.layout, name)) == report[name]
+    summary = report["dann"]["instance_weights"]
+    assert report["multitask"]["instance_weights"] == summary
     assert sum(summary["histogram"]["counts"]) == summary["images"] > 0
     assert 0.0 < summary["ess_fraction"] <= 1.0 and 0.0 <= summary["domain_auc"] <= 1.0
     assert summary["max_weight"] <= summary["clip"]

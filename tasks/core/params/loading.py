@@ -12,12 +12,14 @@ from pydantic import ValidationError
 
 from tasks.core.params.completion import complete_params
 from tasks.core.params.overrides import apply_overrides, apply_value, drop_replaced, merge
+from tasks.core.params.scaling import candidate_params
 from tasks.core.params.section import ParamsError, Section
 from tasks.core.params.storage import MOVED_KEYS, environment_overrides
 from tasks.core.params.tree import Params
 
 PARAMS_FILE = "params.yaml"
 RESOLVED_PARAMS_FILE = "params.resolved.yaml"
+CANDIDATES_SECTION = "candidates"  # params.resolved.yaml only: what each transfer@NAME reads
 DEFAULT_PROFILE = "default"
 # the tool's own params.yaml (a source checkout): the defaults of default_section
 TOOL_PARAMS_FILE = Path(__file__).resolve().parents[3] / PARAMS_FILE
@@ -98,6 +100,7 @@ def resolve_params(
     tree = read_params_file(params_file)
     profiles = tree.pop("profiles", None) or {}
     if params_file.name == RESOLVED_PARAMS_FILE:
+        tree.pop(CANDIDATES_SECTION, None)  # derived from the rest (resolved_text)
         _move_storage_keys(tree)
     if profile != DEFAULT_PROFILE:
         if profile not in profiles:
@@ -138,9 +141,14 @@ def load_resolved(project_dir: Path) -> Params:
 
 
 def resolved_text(params: Params) -> str:
-    """The contents of params.resolved.yaml for ``params``."""
+    """The contents of params.resolved.yaml for ``params``, with the derived section
+    ``candidates``: per strategy of ``transfer.strategies``, the params its stage
+    ``transfer@NAME`` reads (``candidate_params``), which dvc.yaml lists as that stage's
+    params. Derived, so not part of ``Params`` (dropped when the file is read back)."""
     text = "# Written by tlp from params.yaml + profile + --set. Do not edit; DVC reads it.\n"
-    return text + yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+    tree = params.model_dump(mode="json")
+    tree[CANDIDATES_SECTION] = {s: candidate_params(params, s) for s in params.transfer.strategies}
+    return text + yaml.safe_dump(tree, sort_keys=False)
 
 
 def write_resolved(params: Params, project_dir: Path) -> Path:

@@ -23,7 +23,9 @@ context), so its task run and its log lines reach the API this flow reports to.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import time
 from dataclasses import dataclass
 
@@ -35,6 +37,7 @@ from tasks.stages import StageFailed
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT = 5.0  # seconds for the scheduler to accept a connection
 ENDED_TAG = "tlp.ended_by"  # as tasks/core/stale.py tags the runs it ends
 
 
@@ -59,6 +62,47 @@ class EnginePlan:
         if self.address is not None:
             shown["address"] = self.address
         return shown
+
+
+def check_engine(params) -> None:
+    """Before any stage: with ``engine.runner: dask``, refuse (exit 2, one line) a scheduler
+    that does not answer, and a remote cluster whose workers could not report to this run's
+    Prefect API (one on this machine's loopback: a temporary API, or ``tlp server``)."""
+    from urllib.parse import urlparse
+
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.stages.preflight import PreflightError
+
+    address = params.engine.address
+    if params.engine.runner != "dask" or address.startswith("inproc://"):
+        return
+    where = urlparse(address)
+    api = str(PREFECT_API_URL.value() or "")
+    if not _loopback(where.hostname) and _loopback(urlparse(api).hostname):
+        raise PreflightError(
+            f"engine.address: the workers of {address} cannot reach this run's Prefect API "
+            f"at {api} (this machine only); set PREFECT_API_URL to a Prefect server they reach"
+        )
+    try:
+        socket.create_connection((where.hostname, where.port), timeout=CONNECT_TIMEOUT).close()
+    except (OSError, TypeError, ValueError) as exc:
+        raise PreflightError(
+            f"engine.address: no Dask scheduler answers at {address} "
+            f"({getattr(exc, 'strerror', None) or exc}); start one (`dask scheduler`) or fix "
+            "engine.address"
+        ) from None
+
+
+def _loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def engine_plan(params, candidates: int) -> EnginePlan:

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows import outcome
-from flows.candidates import engine_plan, train_candidates
+from flows.candidates import check_engine, engine_plan, train_candidates
 from flows.promote import promote_model
 from tasks.core import stale, tracking, uptodate, versioning
 from tasks.core.context import StageContext, open_context, read_json, write_json
@@ -202,6 +202,7 @@ def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClo
         preflight.check(params, project)  # `tlp run` checked already; a deployment run has not
         preflight.check_task(params, project)  # the registered model is this run's task's
         check_checkpoint(params, project)  # a bad pretrain.checkpoint: before any stage runs
+        check_engine(params)  # engine.address answers, and can report to this API
         write_resolved(params, project)
         ctx = open_context(project, params, flow_run=_flow_run_info())
         remote = versioning.ensure_remote(

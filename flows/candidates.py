@@ -163,9 +163,16 @@ def _in_process(ctx: StageContext, names: list[str]) -> dict[str, float]:
 
     seconds = {}
     for name in names:
+        log.info("transfer@%s: started", name)
         started = time.perf_counter()
-        run_candidate(ctx, name)
+        try:
+            run_candidate(ctx, name)
+        except Exception as exc:  # named as a stage failure is (tasks/stages/__init__.py)
+            raise CandidateFailed(
+                f"stage 'transfer@{name}' failed: {type(exc).__name__}: {exc}"
+            ) from exc
         seconds[name] = time.perf_counter() - started
+        log.info("transfer@%s: done in %.1f s", name, seconds[name])
     return seconds
 
 
@@ -241,7 +248,7 @@ def _allowed_failures(runner, plan: EnginePlan, retries: int) -> int:
         return retries
     try:
         return int(
-            runner._client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
+            runner.client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
         )
     except Exception:
         return -1

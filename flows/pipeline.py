@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows import outcome
-from flows.candidates import train_candidates
+from flows.candidates import check_engine, engine_plan, train_candidates
 from flows.promote import promote_model
 from tasks.core import stale, tracking, uptodate, versioning
 from tasks.core.context import (
@@ -209,6 +209,7 @@ def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClo
         preflight.check(params, project)  # `tlp run` checked already; a deployment run has not
         preflight.check_task(params, project)  # the registered model is this run's task's
         check_checkpoint(params, project)  # a bad pretrain.checkpoint: before any stage runs
+        check_engine(params)  # engine.address answers, and can report to this API
         write_resolved(params, project)
         ctx = open_context(project, params, flow_run=_flow_run_info())
         remote = versioning.ensure_remote(
@@ -267,6 +268,7 @@ class StageLog:
     compute: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     uncommitted: list[str] = field(default_factory=list)
+    candidates_seconds: float | None = None  # wall time of the stale candidates' training
 
     def hand_over(self, dvc: versioning.Background, clock: PhaseClock) -> None:
         """Commit the stages that ran (in order, in the background: ``versioning.Background``
@@ -287,8 +289,8 @@ def _run_stages(ctx: StageContext, clock: PhaseClock, dvc: versioning.Background
     stage computes; it is handed over after the next stage's status is known (the status
     reads the stage's outputs as deps, not dvc.lock's record of them), and anything that
     reads DVC meanwhile waits for it. The last stage's commit is left in flight for the
-    caller. Returns seconds per stage (all of it, and the stage's own work) and the skipped
-    stages."""
+    caller. Returns the ``StageLog``: seconds per stage (all of it, and the stage's own work),
+    the skipped stages and the wall time of the candidates' training."""
     project = ctx.project_dir
     done = StageLog()
     # only a stage's own commit records it: what dvc.lock held at the start is what it holds
@@ -313,7 +315,7 @@ def _run_stages(ctx: StageContext, clock: PhaseClock, dvc: versioning.Background
             done.uncommitted = [stage.name]
         done.timings[stage.name] = round(time.perf_counter() - t0, 3)
     done.hand_over(dvc, clock)
-    return done.timings, done.compute, done.skipped
+    return done
 
 
 def _run_candidates(
@@ -350,6 +352,7 @@ def _run_candidates(
         started = time.perf_counter()
         with clock("candidates"):
             seconds = train_candidates(ctx, stale)
+        done.candidates_seconds = round(time.perf_counter() - started, 3)
         for name in stale:
             log.info("%s: done in %.1f s", candidate_stage(name), seconds[name])
         # the candidates' own work is not overhead (when they ran at once, it adds up to more
@@ -403,7 +406,7 @@ def transfer_pipeline(
             findings = reconcile_aliases(ctx)
         dvc = versioning.Background(project)
         try:
-            timings, compute, skipped = _run_stages(ctx, clock, dvc)
+            done = _run_stages(ctx, clock, dvc)
             with clock("report"):  # the data every stage read, in the parent's Datasets panel
                 datasets = split_datasets(project, ALL)  # reads dvc.lock: before the push
             dvc.push()  # after the last commit, while the parent run's report is logged
@@ -420,12 +423,16 @@ def transfer_pipeline(
             promotion = promote_model(project_dir=str(project))  # moves @champion, or not
         log.info("promotion gate: %s", promotion["reason"])
         wall = time.perf_counter() - started
-        summary = build_summary(ctx, timings, skipped, wall, compute, clock.rounded())
+        summary = build_summary(
+            ctx, done.timings, done.skipped, wall, done.compute, clock.rounded()
+        )
         summary["promotion"] = promotion
         summary["audit"] = findings
         summary["process_seconds_before_flow"] = before_flow
         summary["dvc_background_seconds"] = round(dvc.seconds, 3)  # off the critical path
         summary["prefect_api_url"] = _prefect_api_url()
+        summary["engine"] = engine_plan(params, len(params.transfer.strategies)).summary()
+        summary["candidates_seconds"] = done.candidates_seconds  # None: every one up to date
         write_json(ctx.layout.summary, summary)
         tracking.finish_parent_run(ctx.parent_run_id, summary, ctx.flow_run.get("url"))
         create_markdown_artifact(summary_markdown(summary), key="transfer-pipeline-summary")

@@ -193,24 +193,22 @@ def objective(job: Job, candidate_run_id: str | None) -> Callable[[optuna.Trial]
     return run
 
 
-def _counted(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=COUNTED))
-
-
 def optimize(
-    job: Job, candidate_run_id: str | None, worker: int = 0, time_limit: float | None = None
+    job: Job,
+    candidate_run_id: str | None,
+    n_trials: int,
+    worker: int = 0,
+    time_limit: float | None = None,
 ) -> None:
-    """Trials of the job's study until the trial budget (study-wide) or ``time_limit``."""
+    """``n_trials`` trials of the job's study, or fewer when ``time_limit`` runs out or the
+    study reaches its budget (another process searching it too, e.g. a teammate's)."""
     from tasks.modeling.training import TrainingDiverged
 
     p = job.params
     study = open_study(p, job.name, job.ctx.project_dir, worker)
-    remaining = p.search.trials - _counted(study)
-    if remaining <= 0:  # a finished study (a rerun): nothing to do
-        return
     study.optimize(
         objective(job, candidate_run_id),
-        n_trials=remaining,
+        n_trials=n_trials,
         timeout=time_limit,
         catch=(TrainingDiverged,),  # a diverged trial fails; the search goes on
         callbacks=[optuna.study.MaxTrialsCallback(p.search.trials, states=COUNTED)],
@@ -223,6 +221,7 @@ def optimize_in_worker(
     name: str,
     make_job: MakeJob,
     candidate_run_id: str | None,
+    n_trials: int,
     worker: int,
     time_limit: float | None,
 ) -> None:
@@ -233,30 +232,40 @@ def optimize_in_worker(
 
     project = Path(project_dir)
     ctx = open_context(project, load_resolved(project))
-    optimize(make_job(ctx, name), candidate_run_id, worker, time_limit)
+    optimize(make_job(ctx, name), candidate_run_id, n_trials, worker, time_limit)
 
 
 def tune(job: Job, make_job: MakeJob, candidate_run_id: str | None) -> SearchOutcome:
-    """Search the job's strategy (``search.*``): the outcome, with the best values found."""
+    """Search the job's strategy (``search.*``): the outcome, with the best values found.
+    A study that has spent its budget already (an unchanged rerun) trains nothing."""
     ctx, p, name = job.ctx, job.params, job.name
     started = time.perf_counter()
     study = open_study(p, name, ctx.project_dir)
     defaults = {k: getattr(p.transfer, k) for k in p.search.space[name]}
     study.enqueue_trial(defaults, skip_if_exists=True)  # trial 0: the params as given
-    if p.search.parallel == 1:
-        optimize(job, candidate_run_id, time_limit=p.search.time_limit)
-    else:
-        _optimize_in_parallel(ctx, name, make_job, candidate_run_id)
+    remaining = p.search.trials - len(study.get_trials(deepcopy=False, states=COUNTED))
+    # the budget split exactly between the processes: none starts a trial past it
+    shares = [n for n in _split(remaining, p.search.parallel) if n > 0]
+    if len(shares) == 1:
+        optimize(job, candidate_run_id, shares[0], time_limit=p.search.time_limit)
+    elif shares:
+        _optimize_in_parallel(ctx, name, make_job, candidate_run_id, shares)
     return _outcome(open_study(p, name, ctx.project_dir), p, ctx.project_dir, started)
 
 
-def _optimize_in_parallel(ctx: StageContext, name: str, make_job: MakeJob, run_id) -> None:
-    """``search.parallel`` processes on one study: local (spawned: torch and MLflow state are
-    not forked) or on the Dask cluster of ``engine.address``."""
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def _optimize_in_parallel(
+    ctx: StageContext, name: str, make_job: MakeJob, run_id, shares: list[int]
+) -> None:
+    """One process per share of the trials, on one study: local (spawned: torch and MLflow
+    state are not forked) or on the Dask cluster of ``engine.address``."""
     p = ctx.params
     calls = [
-        (str(ctx.project_dir), name, make_job, run_id, worker, p.search.time_limit)
-        for worker in range(p.search.parallel)
+        (str(ctx.project_dir), name, make_job, run_id, n, worker, p.search.time_limit)
+        for worker, n in enumerate(shares)
     ]
     if p.engine.runner == "dask":
         _on_dask(p.engine.address, calls)

@@ -92,6 +92,20 @@ def test_a_search_tunes_the_candidate_and_a_rerun_continues_its_study(project):
         assert run.data.tags["state"] == "COMPLETE"
         assert run.data.metrics["val_accuracy"] == pytest.approx(trials[number].value)
 
+    from tasks.registry.lineage import format_lineage
+    from tasks.registry.publishing import search_tags
+
+    tags = search_tags(ctx, "scratch")  # on the registered version, were scratch registered
+    assert tags["search.trials"] == str(TRIALS)
+    assert float(tags["search.best.scratch_lr"]) == pytest.approx(best)
+    keys = ("model", "version", "git_commit", "git_dirty", "params_hash", "strategy")
+    keys += ("test_accuracy", "mlflow_run_id", "mlflow_parent_run_id", "model_source")
+    info = dict.fromkeys((*keys, "prefect_flow_run_id", "prefect_flow_run_url"), "")
+    info |= {"aliases": [], "dvc": {}, "gate": {}, "params": None, "missing": []}
+    info["search"] = {k.removeprefix("search."): v for k, v in tags.items()}
+    (line,) = [x for x in format_lineage(info).splitlines() if x.startswith("  search ")]
+    assert f"scratch_lr={tags['search.best.scratch_lr']}" in line and f"({TRIALS} trials" in line
+
     from tasks.modeling.search import tune
 
     again = tune(transfer.make_job(ctx, "scratch"), transfer.make_job, None)  # the stored study

@@ -219,6 +219,7 @@ def optimize(
 def optimize_in_worker(
     project_dir: str,
     name: str,
+    study: str,
     make_job: MakeJob,
     candidate_run_id: str | None,
     n_trials: int,
@@ -232,6 +233,11 @@ def optimize_in_worker(
 
     project = Path(project_dir)
     ctx = open_context(project, load_resolved(project))
+    if study_name(ctx.params, name) != study:
+        raise RuntimeError(
+            f"search of {study}: {project}/params.resolved.yaml holds other params than the "
+            "search's (written by tlp run / tlp params); the worker would search another study"
+        )
     optimize(make_job(ctx, name), candidate_run_id, n_trials, worker, time_limit)
 
 
@@ -263,8 +269,9 @@ def _optimize_in_parallel(
     """One process per share of the trials, on one study: local (spawned: torch and MLflow
     state are not forked) or on the Dask cluster of ``engine.address``."""
     p = ctx.params
+    study = study_name(p, name)
     calls = [
-        (str(ctx.project_dir), name, make_job, run_id, n, worker, p.search.time_limit)
+        (str(ctx.project_dir), name, study, make_job, run_id, n, worker, p.search.time_limit)
         for worker, n in enumerate(shares)
     ]
     if p.engine.runner == "dask":

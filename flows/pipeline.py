@@ -202,10 +202,12 @@ def end_what_a_killed_run_left(ctx: StageContext, remote_url: str) -> None:
     stale.remove_dvc_partials(ctx.project_dir, remote_url)
 
 
-def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClock):
+def _open_run(
+    project: Path, profile: str, preset: str | None, overrides: list[str], clock: PhaseClock
+):
     """Params resolved and saved, the DVC remote set, the MLflow parent run started."""
     with clock("setup"):
-        params = resolve_params(project / PARAMS_FILE, profile, overrides)
+        params = resolve_params(project / PARAMS_FILE, profile, overrides, preset)
         preflight.check(params, project)  # `tlp run` checked already; a deployment run has not
         preflight.check_task(params, project)  # the registered model is this run's task's
         check_checkpoint(params, project)  # a bad pretrain.checkpoint: before any stage runs
@@ -221,6 +223,7 @@ def _open_run(project: Path, profile: str, overrides: list[str], clock: PhaseClo
             run_name=f"pipeline-{ctx.flow_run['name']}",
             tags={
                 "profile": profile,
+                **({"preset": preset} if preset else {}),
                 "params_hash": params.digest(),
                 "prefect_flow_run_id": ctx.flow_run["id"],
                 **stale.process_tags(),
@@ -391,6 +394,7 @@ def transfer_pipeline(
     overrides: list[str] | None = None,
     project_dir: str = ".",
     lock_wait: float = 0.0,
+    preset: str | None = None,
 ) -> dict:
     """prepare -> validate -> pretrain -> transfer -> evaluate -> register, DVC-versioned."""
     forward_to_prefect()  # the stages' progress on this flow run's page
@@ -398,7 +402,7 @@ def transfer_pipeline(
     before_flow = _process_age()
     clock = PhaseClock()
     project = Path(project_dir).resolve()
-    ctx = _open_run(project, profile, list(overrides or []), clock)
+    ctx = _open_run(project, profile, preset, list(overrides or []), clock)
     params = ctx.params
     try:
         with clock("setup"):

@@ -42,7 +42,11 @@ def upcoming_runs(cfg: ScheduleParams, count: int = 5, after: datetime | None = 
 
 
 def build_deployment(
-    project_dir: Path, cfg: ScheduleParams, overrides: list[str], profile: str | None = None
+    project_dir: Path,
+    cfg: ScheduleParams,
+    overrides: list[str],
+    profile: str | None = None,
+    preset: str | None = None,
 ):
     """A RunnerDeployment of ``transfer_pipeline`` with the schedule and concurrency limit."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -51,6 +55,7 @@ def build_deployment(
 
     parameters: dict[str, Any] = {
         "profile": profile or cfg.profile,
+        "preset": preset,
         "overrides": list(overrides),
         "project_dir": str(project_dir.resolve()),
     }
@@ -68,11 +73,15 @@ def build_deployment(
 
 
 def serve_pipeline(
-    project_dir: Path, cfg: ScheduleParams, overrides: list[str], profile: str | None = None
+    project_dir: Path,
+    cfg: ScheduleParams,
+    overrides: list[str],
+    profile: str | None = None,
+    preset: str | None = None,
 ) -> None:
     """Register the deployment, then run its scheduled flow runs here until interrupted."""
     from prefect import serve
 
-    deployment = build_deployment(project_dir, cfg, overrides, profile)
+    deployment = build_deployment(project_dir, cfg, overrides, profile, preset)
     # pause_on_shutdown: a schedule nobody serves must not pile up late runs
     serve(deployment, pause_on_shutdown=True, limit=cfg.concurrency_limit)

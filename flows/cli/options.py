@@ -55,7 +55,8 @@ ModelRef = Annotated[str, Parameter(name="NAME@ALIAS", help="NAME@ALIAS or NAME/
 @Parameter(name="*")
 @dataclass(frozen=True)
 class ParamsOptions:
-    """Which params a command runs with: params.yaml, a profile of it, then overrides."""
+    """Which params a command runs with: params.yaml, a profile of it, a preset, then
+    overrides."""
 
     profile: Annotated[
         str, Parameter(help="params profile: default, smoke, ... (default: default)")
@@ -68,12 +69,21 @@ class ParamsOptions:
             help="override one params value (repeatable); the value is parsed as YAML",
         ),
     ] = ()
+    preset: Annotated[
+        str | None,
+        Parameter(
+            help="strategies and search budget from params.yaml presets: quick (few cheap "
+            "candidates, no search) or best (more candidates, each searched)"
+        ),
+    ] = None
 
     def resolve(self, project: Path):
         """Validated params; a bad value raises ``ParamsError`` before any work starts."""
         from tasks.core.params import PARAMS_FILE, resolve_params
 
-        return resolve_params(project / PARAMS_FILE, self.profile, list(self.overrides))
+        return resolve_params(
+            project / PARAMS_FILE, self.profile, list(self.overrides), self.preset
+        )
 
 
 DEFAULT_PARAMS = ParamsOptions()  # params.yaml's default profile, nothing overridden

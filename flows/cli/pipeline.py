@@ -69,6 +69,7 @@ def run(
         with prefect_api.use(api), prefect_api.project_database(project):
             summary = transfer_pipeline(
                 profile=options.profile,
+                preset=options.preset,
                 overrides=list(options.overrides),
                 project_dir=str(project),
                 lock_wait=wait,
@@ -391,7 +392,7 @@ def serve(
     # each scheduled run holds the project's lock itself (flows/pipeline.py, holds_run_lock);
     # without a configured server, the runs are stored in the project's Prefect database
     with prefect_api.project_database(project.resolve()):
-        serve_pipeline(project.resolve(), cfg, list(options.overrides), profile)
+        serve_pipeline(project.resolve(), cfg, list(options.overrides), profile, options.preset)
     return 0
 
 

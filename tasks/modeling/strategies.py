@@ -61,6 +61,9 @@ class Job:
     classes: tuple[str, ...]
     # the source images' weights, shared by the source-using strategies of one stage
     instance_weights: InstanceWeights | None = None
+    # called after each epoch's metrics are logged, e.g. a search trial's pruning check
+    # (tasks/modeling/search.py), which may stop the training by raising
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
 
     @property
     def params(self):
@@ -148,13 +151,19 @@ def _fit(job: Job, model, lr: float, layer_decay=None, objective: Objective | No
         lr=lr,
         layer_decay=layer_decay,
         val=job.val,
-        on_epoch=lambda epoch, m: tracking.log_epoch(m, epoch),
+        on_epoch=lambda epoch, m: _epoch_done(job, epoch, m),
         device=resolve_device(p.base.device),
         objective=objective,
         state_dir=job.state_dir(),
         patience=p.transfer.patience if enough else None,
         progress=f"transfer/{job.name}",
     )
+
+
+def _epoch_done(job: Job, epoch: int, metrics: dict[str, float]) -> None:
+    tracking.log_epoch(metrics, epoch)
+    if job.on_epoch is not None:
+        job.on_epoch(epoch, metrics)
 
 
 def _scratch(job: Job):

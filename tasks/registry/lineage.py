@@ -3,7 +3,8 @@
 
 The register stage tags each version with the git commit, params hash, DVC hashes of every
 dataset and checkpoint, how the source was pretrained and the checkpoint it came from
-(``source.*``: objective, images, checkpoint spec, kind, location, sha256), the MLflow runs
+(``source.*``: objective, images, checkpoint spec, kind, location, sha256), the values a
+hyperparameter search chose (``search.*``), the MLflow runs
 and the Prefect flow run, and logs the exact ``params.resolved.yaml``, ``dvc.lock`` and
 ``reports/metrics.json`` under ``lineage/``.
 Reproducing clones the commit into a clean work dir, restores that params file and lock,
@@ -106,6 +107,7 @@ def lineage(ref: str, scratch: Path) -> dict:
         "model_source": mv.source,
         "gate": {k[len("gate.") :]: v for k, v in sorted(tags.items()) if k.startswith("gate.")},
         "source": {k[len("source.") :]: v for k, v in tags.items() if k.startswith("source.")},
+        "search": {k[len("search.") :]: v for k, v in tags.items() if k.startswith("search.")},
         "params": params,
         "files": files,
     }
@@ -132,6 +134,7 @@ def format_lineage(info: dict) -> str:
         *[f"    {path:<20} {digest}" for path, digest in info["dvc"].items()],
     ]
     lines += _source_lines(info.get("source") or {})
+    lines += _search_lines(info.get("search") or {})
     if info["gate"]:
         lines.append(
             f"  promotion gate    : {info['gate'].get('decision')}  ({info['gate'].get('reason')})"
@@ -159,6 +162,18 @@ def _source_lines(source: dict) -> list[str]:
         f"{source.get('checkpoint_arch')})",
         f"    location        : {source.get('checkpoint_location')}",
         f"    sha256          : {source.get('checkpoint_sha256')}",
+    ]
+
+
+def _search_lines(search: dict) -> list[str]:
+    """The values a hyperparameter search chose, when the registered candidate was tuned."""
+    if "trials" not in search:
+        return []
+    best = ", ".join(f"{k[len('best.') :]}={v}" for k, v in search.items() if k.startswith("best."))
+    return [
+        f"  search            : {best}  ({search['trials']} trials, val accuracy "
+        f"{search.get('best_val_accuracy')} against {search.get('default_val_accuracy')} "
+        "as given)"
     ]
 
 

@@ -95,6 +95,7 @@ def _candidate_facts(metrics: dict, transfer: dict | None) -> dict[str, dict]:
             "forgetting": forgot.get(name, {}).get("forgetting"),
             "train_images": trained.get("train_images"),
             "epochs_run": trained.get("epochs_run"),
+            "search": trained.get("search"),
         }
     return out
 
@@ -195,6 +196,7 @@ def _intended_use(f: dict) -> list[str]:
         f"Made by transfer learning: the `{strategy}` strategy on {labelled} labelled target "
         f"images, starting from {origin}.",
     )
+    made += _search_sentence(f["candidates"][strategy].get("search"))
     return [
         f"Classifies an image into one of the {len(f['classes'])} classes of the target "
         f"`{target['dataset']}` (listed under Classes), with a probability for each. {made}",
@@ -302,6 +304,19 @@ def _candidate_lines(f: dict) -> list[str]:
             "partly forgotten).",
         ]
     return lines
+
+
+def _search_sentence(search: dict | None) -> str:
+    """How a hyperparameter search chose the candidate's values (none when it had no search)."""
+    if not search:
+        return ""
+    values = ", ".join(f"`{k}` {v:.4g}" for k, v in search["best_params"].items())
+    trials = search["complete"] + search["pruned"] + search["failed"]
+    return (
+        f" Its hyperparameters were chosen by a search of {trials} trials on the validation "
+        f"split: {values} (val accuracy {_num(search['best_value'])}, against "
+        f"{_num(search['default_value'])} with the values as given)."
+    )
 
 
 def _negative_text(candidates: dict[str, dict]) -> str:

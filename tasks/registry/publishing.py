@@ -170,6 +170,27 @@ def source_tags(ctx: StageContext) -> dict[str, str]:
     return tags | (record_tags(record) if record else {})
 
 
+def search_tags(ctx: StageContext, strategy: str) -> dict[str, str]:
+    """The values a hyperparameter search chose for the registered candidate, from its
+    report (``search.best.<key>``, ``search.trials``, ``search.best_val_accuracy``,
+    ``search.default_val_accuracy``); none when it was trained with ``transfer.*`` as given."""
+    from tasks.core.context import candidate_report, read_json
+
+    try:
+        search = read_json(candidate_report(ctx.layout, strategy)).get("search")
+    except (OSError, ValueError):
+        return {}
+    if not search:
+        return {}
+    trials = search["complete"] + search["pruned"] + search["failed"]
+    return {
+        **{f"search.best.{k}": str(v) for k, v in search["best_params"].items()},
+        "search.trials": str(trials),
+        "search.best_val_accuracy": f"{search['best_value']:.4f}",
+        "search.default_val_accuracy": f"{search['default_value']:.4f}",
+    }
+
+
 def lineage_tags(ctx: StageContext) -> dict[str, str]:
     """Git commit, params hash, DVC hashes of data and checkpoints, Prefect and MLflow runs,
     and the pretrained checkpoint the source came from."""

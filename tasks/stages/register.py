@@ -30,6 +30,7 @@ from tasks.registry.publishing import (
     lineage_files,
     lineage_tags,
     log_model,
+    search_tags,
     tag_version,
     version_aliases,
     version_exists,
@@ -45,6 +46,7 @@ def run(ctx: StageContext) -> dict:
     best = metrics["best"]
     tags = {
         **lineage_tags(ctx),
+        **search_tags(ctx, best),
         "strategy": best,
         "test_accuracy": f"{metrics['candidates'][best]['accuracy']:.4f}",
     }

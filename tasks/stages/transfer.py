@@ -49,19 +49,19 @@ def run_candidate(ctx: StageContext, name: str) -> dict:
     """Stage ``transfer@NAME``: one strategy -> ``models/candidates/<name>`` and
     ``reports/transfer/<name>.json``. The checkpoint is written beside the project's work
     files and moved into place only once complete, so a killed worker leaves no candidate
-    half-written."""
-    p, layout = ctx.params, ctx.layout
-    x_train, y_train, classes = load_tensors(layout.target_data, "train", p.preprocess)
-    x_val, y_val, _ = load_tensors(layout.target_data, "val", p.preprocess)
-    x_pool, _, _ = load_tensors(layout.target_data, "unlabeled", p.preprocess)
-    conversion = conversion_note(image_channels(layout.target_data), p.preprocess.channels)
+    half-written. With a search (``search.trials`` > 0 and a space for the strategy), the
+    candidate is trained with the best values found (``tasks.modeling.search``)."""
+    layout = ctx.layout
+    conversion = conversion_note(image_channels(layout.target_data), ctx.params.preprocess.channels)
     datasets = split_datasets(
         ctx.project_dir, {"target": ("train", "val", "unlabeled"), "source": ("train",)}
     )
-    job = Job(ctx, name, (x_train, y_train), (x_val, y_val), torch.cat([x_train, x_pool]), classes)
-    if p.transfer.instance_weighting != "none" and name in SOURCE_USING_STRATEGIES:
-        job.instance_weights = _instance_weights(job)
-    with tracking.child_run(f"transfer/{name}", ctx.experiment_id, ctx.parent_run_id):
+    job = make_job(ctx, name)
+    with tracking.child_run(f"transfer/{name}", ctx.experiment_id, ctx.parent_run_id) as run_id:
+        search = _search(job, run_id)
+        if search is not None:
+            job = tuned_job(job, search.best_params)
+        p = job.params
         tracking.log_params({"strategy": name, **candidate_params(p, name)["transfer"]})
         started = time.perf_counter()
         model, history = STRATEGIES[name](job)
@@ -70,7 +70,7 @@ def run_candidate(ctx: StageContext, name: str) -> dict:
         arch = model.pretrained_cfg.get("architecture", p.model.arch)
         card = ModelCard(
             arch=arch,
-            classes=classes,
+            classes=job.classes,
             preprocess=p.preprocess,
             strategy=name,
             input_conversion=conversion,
@@ -78,14 +78,75 @@ def run_candidate(ctx: StageContext, name: str) -> dict:
         _save_whole(model.cpu(), card, layout.candidates / name, ctx.project_dir)
         read = job.data_read()
         log_datasets([d for d in datasets if d[0].name.split("/") in _pairs(read)])
-        result = {**history_summary(history, len(y_train)), "seconds": seconds}
+        result = {**history_summary(history, len(job.train[1])), "seconds": seconds}
         _log_result(name, result)
         tracking.log_metrics({k: float(v) for k, v in result.items() if not math.isnan(float(v))})
         if job.instance_weights is not None:
             _log_weights(job.instance_weights)
             result[WEIGHTS_KEY] = job.instance_weights.summary()
+        if search is not None:
+            result[SEARCH_KEY] = search.as_report()
     write_json(candidate_report(layout, name), result)
     return result
+
+
+def make_job(ctx: StageContext, name: str) -> Job:
+    """Strategy ``name``'s inputs: the target splits (and, for a weighted source-using
+    strategy, the source images' weights). Module-level: search workers call it too."""
+    p, layout = ctx.params, ctx.layout
+    x_train, y_train, classes = load_tensors(layout.target_data, "train", p.preprocess)
+    x_val, y_val, _ = load_tensors(layout.target_data, "val", p.preprocess)
+    x_pool, _, _ = load_tensors(layout.target_data, "unlabeled", p.preprocess)
+    job = Job(ctx, name, (x_train, y_train), (x_val, y_val), torch.cat([x_train, x_pool]), classes)
+    if p.transfer.instance_weighting != "none" and name in SOURCE_USING_STRATEGIES:
+        job.instance_weights = _instance_weights(job)
+    return job
+
+
+SEARCH_KEY = "search"  # the search's outcome in a tuned candidate's report
+
+
+def _search(job: Job, run_id: str):
+    """The strategy's search inside its candidate run, when ``search`` asks for one: the
+    outcome, also on the run (``search.best.<key>`` params, ``search_*`` metrics)."""
+    if candidate_params(job.params, job.name)["search"]["trials"] == 0:
+        return None
+    from tasks.modeling.search import tune
+
+    outcome = tune(job, make_job, run_id)
+    tracking.log_params(
+        {
+            **{f"search.best.{k}": v for k, v in outcome.best_params.items()},
+            "search.study": outcome.study,
+        }
+    )
+    tracking.log_metrics(outcome.metrics())
+    log.info(
+        "transfer/%s: search of %d trials (%d pruned, %d failed) in %.0f s: val accuracy %.4f "
+        "(default %.4f) with %s",
+        job.name,
+        outcome.complete + outcome.pruned + outcome.failed,
+        outcome.pruned,
+        outcome.failed,
+        outcome.seconds,
+        outcome.best_value,
+        outcome.default_value,
+        ", ".join(f"{k}={v:.4g}" for k, v in outcome.best_params.items()),
+    )
+    return outcome
+
+
+def tuned_job(job: Job, values: dict) -> Job:
+    """The job with the searched values in ``transfer`` (and the stage's params tuned)."""
+    import dataclasses
+
+    from tasks.modeling.search import with_transfer
+
+    params = with_transfer(job.params, values)
+    tuned = dataclasses.replace(job, ctx=dataclasses.replace(job.ctx, params=params))
+    if "source" in job.__dict__:
+        tuned.__dict__["source"] = job.__dict__["source"]
+    return tuned
 
 
 def train_candidate(project_dir: str, name: str, parent_run_id: str | None) -> dict:

@@ -233,3 +233,21 @@ def test_a_source_never_prepared_here_is_named_not_failed():
     card = model_card_markdown(facts)
     assert "| source | `builtin:mnist5k` | `data/source` | not prepared here |" in card
     assert "| target | `builtin:uci-digits` |" in card
+
+
+def test_a_searched_candidate_says_how_its_values_were_chosen():
+    assert "search" not in model_card_markdown(card_facts())  # trained with the values as given
+    facts = card_facts()
+    facts["candidates"]["full"]["search"] = {
+        "best_params": {"lr": 0.00123456, "layer_decay": 0.8},
+        "best_value": 0.95,
+        "default_value": 0.9,
+        "complete": 10,
+        "pruned": 1,
+        "failed": 1,
+    }
+    card = model_card_markdown(facts)
+    assert (
+        "chosen by a search of 12 trials on the validation split: `lr` 0.001235, `layer_decay` "
+        "0.8 (val accuracy 0.9500, against 0.9000 with the values as given)." in card
+    )

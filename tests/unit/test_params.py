@@ -82,6 +82,20 @@ def test_unknown_profile_and_malformed_override(project_root):
         resolve_params(project_root / "params.yaml", overrides=["base.seed.x=1"])
 
 
+def test_a_preset_chooses_strategies_and_search_on_top_of_the_profile(project_root):
+    """Presets apply after the profile (its data stays) and before --set (which wins); an
+    unknown one is refused naming the known ones."""
+    path = project_root / "params.yaml"
+    quick = resolve_params(path, "pretrained", preset="quick")
+    best = resolve_params(path, "smoke", ["search.trials=3"], preset="best")
+    assert quick.data.target.builtin == "fashion-mnist" and quick.search.trials == 0
+    assert set(quick.transfer.strategies) < set(best.transfer.strategies)
+    assert best.search.trials == 3 and best.search.time_limit is not None
+    assert best.transfer.epochs == resolve_params(path, "smoke").transfer.epochs
+    with pytest.raises(ParamsError, match=r"preset 'fast' .*\(known: quick, best\)"):
+        resolve_params(path, preset="fast")
+
+
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ParamsError, match="params file not found"):
         resolve_params(tmp_path / "params.yaml")

@@ -1,4 +1,4 @@
-"""From files to a validated tree: params.yaml + profile + environment + ``--set``, the
+"""From files to a validated tree: params.yaml + profile + preset + environment + ``--set``, the
 resolved file the stages read back, and the defaults for sections built by hand."""
 
 from __future__ import annotations
@@ -91,14 +91,20 @@ def _move_storage_keys(tree: dict[str, Any]) -> None:
 
 
 def resolve_params(
-    params_file: Path, profile: str = DEFAULT_PROFILE, overrides: list[str] | tuple[str, ...] = ()
+    params_file: Path,
+    profile: str = DEFAULT_PROFILE,
+    overrides: list[str] | tuple[str, ...] = (),
+    preset: str | None = None,
 ) -> Params:
-    """Load params.yaml, apply a profile and ``--set`` overrides, validate the result and
-    fill what it leaves to the source model (``complete_params``: ``model.arch`` of a
-    checkpoint that brings its own, null ``preprocess`` values). A resolved file is complete
-    already, and is read back as written: completing it again could read a moved alias."""
+    """Load params.yaml, apply a profile, a preset and ``--set`` overrides, validate the
+    result and fill what it leaves to the source model (``complete_params``: ``model.arch``
+    of a checkpoint that brings its own, null ``preprocess`` values). A resolved file is
+    complete already, and is read back as written: completing it again could read a moved
+    alias. A preset (``presets:``) chooses strategies and search budget on top of the
+    profile's data and model, so ``--profile pretrained --preset best`` combine."""
     tree = read_params_file(params_file)
     profiles = tree.pop("profiles", None) or {}
+    presets = tree.pop("presets", None) or {}
     if params_file.name == RESOLVED_PARAMS_FILE:
         tree.pop(CANDIDATES_SECTION, None)  # derived from the rest (resolved_text)
         _move_storage_keys(tree)
@@ -107,6 +113,11 @@ def resolve_params(
             known = ", ".join([DEFAULT_PROFILE, *profiles]) or DEFAULT_PROFILE
             raise ParamsError(f"profile {profile!r} is not in {params_file.name} (known: {known})")
         merge(tree, profiles[profile] or {}, f"profiles.{profile}")
+    if preset is not None:
+        if preset not in presets:
+            known = ", ".join(presets) or "none"
+            raise ParamsError(f"preset {preset!r} is not in {params_file.name} (known: {known})")
+        merge(tree, presets[preset] or {}, f"presets.{preset}")
     for keys, value in environment_overrides():
         apply_value(tree, keys, value, "environment")
     apply_overrides(tree, overrides, "--set")
@@ -165,6 +176,7 @@ def default_params() -> Params:
     """The tool's own params.yaml, default profile, no environment: the defaults."""
     tree = read_params_file(TOOL_PARAMS_FILE)
     tree.pop("profiles", None)
+    tree.pop("presets", None)
     return complete_params(validate(tree, f"{TOOL_PARAMS_FILE}: "), TOOL_PARAMS_FILE.parent)
 
 

@@ -127,9 +127,9 @@ def summarise(runs: list[dict]) -> dict:
                 "default_val": r["default"]["val_accuracy"],
                 "tuned_val": r["tuned"]["val_accuracy"],
                 "val_gain": r["tuned"]["val_accuracy"] - r["default"]["val_accuracy"],
-                "trials_complete": search.get("trials_complete"),
-                "trials_pruned": search.get("trials_pruned"),
-                "search_seconds": search.get("wall_seconds"),
+                "trials_complete": search.get("complete"),
+                "trials_pruned": search.get("pruned"),
+                "search_seconds": search.get("seconds"),
                 "default_seconds": r["default"]["seconds"],
                 "tuned_seconds": r["tuned"]["seconds"],
             }

@@ -89,7 +89,7 @@ def run_seed(experiment: str, seed: int, args) -> dict:
     ctx = open_context(project, params)
     prepare.run(ctx)
     pretrain.run(ctx)
-    out = {"experiment": experiment, "seed": seed, "strategies": {}}
+    out = {"experiment": experiment, "seed": seed, "trials": args.trials, "strategies": {}}
     for strategy in strategies:
         default = _train_and_test(
             project, _params(experiment, seed, strategy, 0, args, project), strategy
@@ -142,7 +142,7 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
-def markdown(summary: dict, args) -> str:
+def markdown(summary: dict, args, budgets: dict[str, int]) -> str:
     def pct(s: dict) -> str:
         return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
 
@@ -150,11 +150,13 @@ def markdown(summary: dict, args) -> str:
         return f"{s['mean']:.1f}"
 
     lines = [
-        f"Search: {args.trials} trials per candidate (time limit {args.time_limit} s), TPE, "
-        f"median pruning; seeds {args.seeds}. Accuracy % mean ± std; gains paired by seed.",
+        "Search budget per candidate: "
+        + ", ".join(f"{e} {n} trials" for e, n in budgets.items())
+        + f" (time limit {args.time_limit} s); TPE, median pruning, trial 0 = the defaults. "
+        "Accuracy % mean ± std over the seeds; gains paired by seed.",
         "",
         "| experiment | strategy | default test | tuned test | test gain | default val | "
-        "tuned val | val gain | trials (pruned) | search + final s |",
+        "tuned val | val gain | trials complete (pruned) | search + final s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for experiment, by_s in summary.items():
@@ -178,8 +180,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", action="append", default=[], help="extra section.key=value")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--work", type=Path, default=ROOT / ".tlp" / "bench-search")
+    parser.add_argument(
+        "--combine", nargs="+", type=Path, default=[], help="re-tabulate earlier JSON results"
+    )
     args = parser.parse_args(argv)
     args.out, args.work = args.out.resolve(), args.work.resolve()
+    if args.combine:  # one table from earlier runs (one process per experiment)
+        results = [json.loads(f.read_text()) for f in args.combine]
+        runs = [r for result in results for r in result["runs"]]
+        args.command = " && ".join(r["command"] for r in results)
+        return _write(args, runs, sum(r["seconds"] for r in results), partial=False)
     started = time.perf_counter()
     runs = []
     for experiment in args.experiments:
@@ -193,11 +203,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _write(args, runs: list[dict], seconds: float, partial: bool) -> dict:
     summary = summarise(runs)
+    command = getattr(args, "command", None)
     result = {
-        "command": "python benchmarks/search.py " + " ".join(sys.argv[1:]),
-        "trials": args.trials,
+        "command": command or "python benchmarks/search.py " + " ".join(sys.argv[1:]),
+        "trials": {r["experiment"]: r["trials"] for r in runs},
         "time_limit": args.time_limit,
-        "seeds": args.seeds,
+        "seeds": sorted({r["seed"] for r in runs}),
         "partial": partial,
         "seconds": round(seconds, 1),
         "summary": summary,
@@ -205,7 +216,8 @@ def _write(args, runs: list[dict], seconds: float, partial: bool) -> dict:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "search.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "search.md").write_text(markdown(summary, args))
+    budgets = {r["experiment"]: r["trials"] for r in runs}
+    (args.out / "search.md").write_text(markdown(summary, args, budgets))
     return result
 
 

@@ -467,6 +467,55 @@ def unlabelled_section(r: dict, out: Path) -> tuple[list[str], dict]:
     return lines, metrics
 
 
+def candidates_section(r: dict, out: Path) -> tuple[list[str], dict]:
+    """benchmarks/candidates.py: one strategy's change, and candidates on two workers."""
+    rerun, workers = r["rerun_after_one_change"], r["workers"]
+    own = sum(v or 0.0 for v in rerun["rerun_candidate_first_run_seconds"].values())
+    lines = [
+        "## Candidates as stages of their own, and on two local workers",
+        "",
+        f"`{r['command']}` ({r['candidates']} candidates, {r['cpu_count']} cores)",
+        "",
+        f"- `--set {rerun['change']}` reran {', '.join(rerun['stages_rerun'])}: "
+        f"{rerun['rerun_transfer_seconds']:.1f} s of transfer stages against "
+        f"{rerun['full_transfer_seconds']:.1f} s for the full transfer (ratio "
+        f"{rerun['ratio']:.3f}; 1/N = {rerun['one_over_n']:.3f}); that candidate's own work "
+        f"in the first run: {own:.1f} s, "
+        f"overhead {rerun['overhead_seconds']:.1f} s.",
+        f"- Every candidate retrained: sequential with 1 thread "
+        f"{workers['sequential_1_thread_seconds']:.1f} s, 2 worker processes with 1 thread each "
+        f"{workers['workers_2_seconds']:.1f} s (speed-up "
+        f"{workers['speedup_same_threads']:.2f}x), sequential with 2 threads (the default on 2 "
+        f"cores) {workers['sequential_2_threads_seconds']:.1f} s (speed-up "
+        f"{workers['speedup_over_default']:.2f}x); per-candidate test and validation accuracy "
+        f"identical to the sequential run: {workers['same_per_candidate_metrics']}.",
+        "",
+    ]
+    metrics = {
+        "candidates_rerun_ratio": rerun["ratio"],
+        "candidates_speedup_same_threads": workers["speedup_same_threads"],
+        "candidates_speedup_over_default": workers["speedup_over_default"],
+    }
+    return lines, metrics
+
+
+def search_section(r: dict, out: Path) -> tuple[list[str], dict]:
+    """benchmarks/search.py: tuned against default test accuracy."""
+    lines = [
+        "## Hyperparameter search: tuned against default",
+        "",
+        f"`{r['command']}` ({r['seconds'] / 60:.0f} min)",
+        "",
+        (out / "search.md").read_text() if (out / "search.md").is_file() else "",
+    ]
+    metrics = {
+        f"search_{e}_{s}_test_gain": row["test_gain"]["mean"]
+        for e, by_s in r["summary"].items()
+        for s, row in by_s.items()
+    }
+    return lines, metrics
+
+
 SECTIONS = {
     "startup": startup_section,
     "training_throughput": throughput_section,
@@ -479,6 +528,8 @@ SECTIONS = {
     "serving": serving_section,
     "serving_misuse": serving_misuse_section,
     "unlabelled": unlabelled_section,
+    "candidates": candidates_section,
+    "search": search_section,
 }
 
 

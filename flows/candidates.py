@@ -188,7 +188,12 @@ def _on_dask(ctx: StageContext, names: list[str], plan: EnginePlan) -> dict[str,
     quiet = _SlowExitFilter()
     logging.getLogger("distributed.nanny").addFilter(quiet)
     try:
-        with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
+        with dask.config.set(
+            {
+                "distributed.scheduler.allowed-failures": retries,
+                "distributed.nanny.pre-spawn-environ": _worker_environ(),
+            }
+        ):
             _submit_and_wait(ctx, names, plan, seconds, failures)
     finally:
         logging.getLogger("distributed.nanny").removeFilter(quiet)
@@ -226,6 +231,21 @@ def _submit_and_wait(ctx, names, plan, seconds: dict, failures: dict) -> None:
                 log.error("transfer@%s: failed: %s", name, failures[name])
             else:
                 log.info("transfer@%s: trained in %.1f s of work", name, seconds[name])
+
+
+# Dask's nannies set MALLOC_TRIM_THRESHOLD_ in each worker's environment (to give memory back
+# to the OS sooner); setting it turns off glibc's adaptive mmap threshold, so every tensor
+# buffer over 128 KiB is a fresh mmap and munmap, and training in a worker took 1.5-2.5x the
+# CPU of the same training in this process (benchmarks/candidates.py). Not for tlp's workers.
+MALLOC_TRIM_KEY = "MALLOC_TRIM_THRESHOLD_"
+
+
+def _worker_environ() -> dict:
+    """Dask's pre-spawn environment of a local worker, less ``MALLOC_TRIM_THRESHOLD_``."""
+    import dask
+
+    environ = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+    return {k: v for k, v in environ.items() if k != MALLOC_TRIM_KEY}
 
 
 class _SlowExitFilter(logging.Filter):

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from orchestration import TLP, make_project, timed  # noqa: E402 (after sys.path)
+from orchestration import TLP, make_project, timed, tlp_environment  # noqa: E402 (after sys.path)
 
 DEFAULT_STRATEGIES = ["scratch", "linear_probe", "partial", "full", "lp_ft", "l2sp"]
 
@@ -85,16 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tlp-bench-candidates-"))
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(work / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    }
-    env.pop("PREFECT_API_URL", None)
-    env["PATH"] = f"{TLP.parent}{os.pathsep}{env.get('PATH', '')}"
-    warm = "from prefect import flow\nflow(lambda: 1)()"
-    subprocess.run([sys.executable, "-c", warm], env=env, check=True, capture_output=True)
+    env = tlp_environment(work)
     try:
         project = make_project(work)
         n = len(args.strategies)

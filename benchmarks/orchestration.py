@@ -68,6 +68,25 @@ def make_project(base: Path) -> Path:
     return project
 
 
+def tlp_environment(work: Path) -> dict:
+    """The environment of the ``tlp`` processes a benchmark runs: one PREFECT_HOME under
+    ``work`` whose database is created here (so the first run does not pay for it), the
+    default ephemeral Prefect API per run, no tracking override, the venv's ``tlp`` first."""
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(work / "prefect-home"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    env.pop("PREFECT_API_URL", None)  # measure the default: an ephemeral API per run
+    env.pop("TLP_TRACKING_URI", None)
+    env["PATH"] = f"{TLP.parent}{os.pathsep}{env.get('PATH', '')}"
+    warm = "from prefect import flow\nflow(lambda: 1)()"  # create Prefect's database once
+    subprocess.run([sys.executable, "-c", warm], env=env, check=True, capture_output=True)
+    return env
+
+
 def timed(argv: list[str], env: dict, cwd: Path | None = None) -> tuple[float, str]:
     started = time.perf_counter()
     out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
@@ -244,18 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tlp-bench-orch-"))
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(work / "prefect-home"),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    }
-    env.pop("PREFECT_API_URL", None)  # measure the default: an ephemeral API per run
-    env.pop("TLP_TRACKING_URI", None)
-    env["PATH"] = f"{TLP.parent}{os.pathsep}{env.get('PATH', '')}"
-    warm = "from prefect import flow\nflow(lambda: 1)()"  # create Prefect's database once
-    subprocess.run([sys.executable, "-c", warm], env=env, check=True, capture_output=True)
+    env = tlp_environment(work)
     result = {
         "command": "python benchmarks/orchestration.py " + " ".join(argv or sys.argv[1:]),
         "startup": startup(env),

@@ -189,6 +189,7 @@ def record(project_dir: Path, params: Params, summary: dict) -> Path | None:
         "prefect_flow_run_id",
         "prefect_flow_run_name",
         "wall_seconds",
+        "stage_seconds",  # its keys: the stages it skips, transfer@NAME per candidate
     )
     payload = {
         "fingerprint": value,

@@ -181,6 +181,7 @@ def _on_dask(ctx: StageContext, names: list[str], plan: EnginePlan) -> dict[str,
     the MLflow runs that killed attempts left RUNNING are ended; a failure is then one line."""
     import dask
 
+    ensure_distributed_config()
     retries = ctx.params.engine.retries
     where = _where(plan)
     log.info("transfer: %d candidates on %s", len(names), where)
@@ -240,9 +241,22 @@ def _submit_and_wait(ctx, names, plan, seconds: dict, failures: dict) -> None:
 MALLOC_TRIM_KEY = "MALLOC_TRIM_THRESHOLD_"
 
 
+def ensure_distributed_config() -> None:
+    """distributed's defaults in dask's config: they are added when distributed is first
+    imported, and a process that reset dask's config since (seen in the test suite: every
+    ``distributed.*`` key gone, KeyError 'distributed') gets them back."""
+    import dask
+    from distributed.config import defaults
+
+    if "distributed" not in dask.config.config:
+        dask.config.update_defaults(defaults)
+
+
 def _worker_environ() -> dict:
     """Dask's pre-spawn environment of a local worker, less ``MALLOC_TRIM_THRESHOLD_``."""
     import dask
+
+    ensure_distributed_config()
 
     environ = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
     return {k: v for k, v in environ.items() if k != MALLOC_TRIM_KEY}

@@ -123,6 +123,9 @@ def _kill_a_training_worker(client, project: Path, tlp: subprocess.Popen) -> int
 def test_candidates_on_a_dask_cluster_survive_a_killed_worker(dask_cluster, tmp_path):
     from distributed import Client
 
+    from flows.candidates import ensure_distributed_config
+
+    ensure_distributed_config()  # the suite's earlier tests may have reset dask's config
     project = make_dvc_project(tmp_path)
     address = json.loads(dask_cluster.read_text())["address"]
     argv = [str(Path(sys.executable).parent / "tlp"), "-C", str(project), "run"]

@@ -74,8 +74,9 @@ def test_local_workers_keep_glibcs_adaptive_malloc():
     slower than in the flow's process; tlp's local workers get Dask's environment without it."""
     import dask
 
-    from flows.candidates import MALLOC_TRIM_KEY, _worker_environ
+    from flows.candidates import MALLOC_TRIM_KEY, _worker_environ, ensure_distributed_config
 
+    ensure_distributed_config()
     assert MALLOC_TRIM_KEY in dask.config.get("distributed.nanny.pre-spawn-environ")
     environ = _worker_environ()
     assert MALLOC_TRIM_KEY not in environ

@@ -168,11 +168,7 @@ def objective(job: Job, candidate_run_id: str | None) -> Callable[[optuna.Trial]
         values = _sample(trial, space)
         # resume off: a trial is short-lived, and stopped by the pruner on purpose
         params = with_transfer(ctx.params, {**values, "resume": False})
-        trial_job = dataclasses.replace(
-            job, ctx=dataclasses.replace(ctx, params=params), on_epoch=_pruning_hook(trial)
-        )
-        if "source" in job.__dict__:  # the source images, loaded once per process
-            trial_job.__dict__["source"] = job.__dict__["source"]
+        trial_job = job.with_params(params, on_epoch=_pruning_hook(trial))
         run_name = f"transfer/{name}/trial-{trial.number}"
         pruned = None
         with tracking.child_run(run_name, ctx.experiment_id, candidate_run_id):

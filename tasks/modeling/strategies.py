@@ -74,6 +74,16 @@ class Job:
         p = self.params
         return load_source_tensors(self.ctx.layout.source_data, "train", p)
 
+    def with_params(self, params, **changes) -> Job:
+        """This job under other params (a search trial, the tuned candidate), keeping the
+        source images already loaded (the cached ``source``) instead of reading them again."""
+        import dataclasses
+
+        job = dataclasses.replace(self, ctx=dataclasses.replace(self.ctx, params=params), **changes)
+        if "source" in self.__dict__:
+            job.__dict__["source"] = self.__dict__["source"]
+        return job
+
     def data_read(self) -> dict[str, tuple[str, ...]]:
         """The splits this strategy read (its run's datasets): the labelled target splits,
         the unlabelled pool for domain adaptation, the source train split once loaded."""

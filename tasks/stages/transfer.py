@@ -138,15 +138,9 @@ def _search(job: Job, run_id: str):
 
 def tuned_job(job: Job, values: dict) -> Job:
     """The job with the searched values in ``transfer`` (and the stage's params tuned)."""
-    import dataclasses
-
     from tasks.modeling.search import with_transfer
 
-    params = with_transfer(job.params, values)
-    tuned = dataclasses.replace(job, ctx=dataclasses.replace(job.ctx, params=params))
-    if "source" in job.__dict__:
-        tuned.__dict__["source"] = job.__dict__["source"]
-    return tuned
+    return job.with_params(with_transfer(job.params, values))
 
 
 def train_candidate(project_dir: str, name: str, parent_run_id: str | None) -> dict:
